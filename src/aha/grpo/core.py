@@ -1,0 +1,262 @@
+"""GRPO, the maths — read this file top to bottom next to the course's §3a.
+
+For each prompt q we sample a *group* of G completions o_1..o_G from the policy that generated them
+(π_old) and score each with rewards r_i. Then:
+
+1. Advantage (group-relative, no critic)::
+
+       A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + 1e-4)
+
+   e.g. rewards [1, 0, 0, 1] -> A = [+0.866, -0.866, -0.866, +0.866].
+
+2. Probability ratio, per completion token t::
+
+       ρ_t = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_<t) = exp(logp_t - old_logp_t)
+
+   (GSPO, ``importance_sampling_level="sequence"``: one ratio per completion, the geometric mean
+   exp(mean_t(logp_t - old_logp_t))).
+
+3. Clipped surrogate (PPO's pessimistic bound)::
+
+       L_t = -min(ρ_t · A, clip(ρ_t, 1 - ε_low, 1 + ε_high) · A)
+
+   e.g. ε = 0.2: ρ = 1.8 -> 1.2 and ρ = 0.4 -> 0.8.
+
+4. KL penalty against a frozen reference policy, the k3 estimator (always >= 0, 0 when equal)::
+
+       KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1,     L_t += β · KL_t
+
+5. Aggregation of L_t over the completion tokens (``loss_type``): ``grpo`` averages per sequence
+   then over sequences; ``bnpo`` averages over all tokens of the micro-batch; ``dr_grpo`` divides
+   the sum by B × max_completion_length; ``dapo`` divides by the number of completion tokens in
+   the whole generation batch (``num_items``), so every token weighs the same whatever the batching.
+
+Everything here is a pure function of tensors. Shapes: B completions (= prompts × G), T tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable
+
+import torch
+
+ADV_EPS = 1e-4  # as TRL: A = (r - mean) / (std + 1e-4)
+
+
+# --------------------------------------------------------------------------------------- advantages
+def group_rewards(
+    rewards: torch.Tensor, reward_weights: Sequence[float] | torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted NaN-aware sum of K reward functions.
+
+    rewards: (N,) or (N, K); NaN means "this function does not apply to this sample".
+    Returns (total (N,), applicable (N,) bool: at least one function gave a number).
+    """
+    r = rewards.float()
+    if r.dim() == 1:
+        r = r.unsqueeze(1)  # (N, 1)
+    if reward_weights is None:
+        w = torch.ones(r.size(1), dtype=r.dtype, device=r.device)
+    else:
+        w = torch.as_tensor(reward_weights, dtype=r.dtype, device=r.device)
+        if w.numel() != r.size(1):
+            raise ValueError(f"reward_weights has {w.numel()} entries but there are {r.size(1)} reward functions")
+    applicable = ~torch.isnan(r).all(dim=1)  # (N,)
+    total = (r * w.unsqueeze(0)).nansum(dim=1)  # (N,)
+    return total, applicable
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    num_generations: int,
+    *,
+    scale_rewards: str | bool = "group",
+    reward_weights: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Group-relative advantages, one per completion.
+
+    rewards: (N,) or (N, K), N = prompts × num_generations, completions of one prompt contiguous.
+    scale_rewards: "group" divides by the group's std (+1e-4), "batch" by the whole batch's std,
+    "none" not at all (Dr. GRPO). Std is Bessel-corrected (torch.std), as TRL's.
+    Returns A: (N,). Rows where no reward function applies get A = 0.
+    """
+    if scale_rewards is True:
+        scale_rewards = "group"
+    elif scale_rewards is False:
+        scale_rewards = "none"
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    total, applicable = group_rewards(rewards, reward_weights)  # (N,), (N,)
+    if num_generations < 2:
+        raise ValueError(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
+    if total.numel() % num_generations:
+        raise ValueError(f"{total.numel()} rewards do not split into groups of {num_generations}")
+    grouped = total.view(-1, num_generations)  # (P, G)
+    advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)  # (N,)
+    if scale_rewards == "group":
+        std = grouped.std(dim=1).repeat_interleave(num_generations)  # (N,)
+        advantages = advantages / (std + ADV_EPS)
+    elif scale_rewards == "batch":
+        advantages = advantages / (total.std() + ADV_EPS)
+    return torch.where(applicable, advantages, torch.zeros_like(advantages))
+
+
+def zero_std_groups(rewards_total: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """(P,) bool: groups whose rewards all tie exactly (they carry no learning signal)."""
+    g = rewards_total.view(-1, num_generations)  # (P, G)
+    return (g == g[:, :1]).all(dim=1)
+
+
+# --------------------------------------------------------------------------------------- the loss
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(ref - logp) - (ref - logp) - 1, shape kept."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+def clip_ratio(ratio: torch.Tensor, epsilon_low: float, epsilon_high: float) -> torch.Tensor:
+    """clip(ρ, 1 - ε_low, 1 + ε_high)."""
+    return torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if x.size(-1) == 1 and mask.size(-1) != 1:  # sequence-level quantity: one value per row
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _agg_grpo(loss_t, mask, **_):  # mean over each sequence's tokens, then over sequences
+    return ((loss_t * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+def _agg_bnpo(loss_t, mask, **_):  # mean over all tokens of the micro-batch
+    return (loss_t * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _agg_dr_grpo(loss_t, mask, *, max_completion_length=None, **_):  # sum / (B × L_max)
+    length = max_completion_length if max_completion_length is not None else mask.size(1)
+    return (loss_t * mask).sum() / (loss_t.size(0) * length)
+
+
+def _agg_dapo(loss_t, mask, *, num_items=None, **_):  # sum / tokens in the whole generation batch
+    n = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=loss_t.dtype)
+    return (loss_t * mask).sum() / n.clamp(min=1.0)
+
+
+#: loss_type -> aggregation of the per-token loss (B, T) into a scalar.
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": _agg_grpo,
+    "bnpo": _agg_bnpo,
+    "dr_grpo": _agg_dr_grpo,
+    "dapo": _agg_dapo,
+}
+
+
+def policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor | None,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "dapo",
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+    beta: float = 0.0,
+    importance_sampling_level: str = "token",
+    max_completion_length: int | None = None,
+    num_items: int | float | torch.Tensor | None = None,
+    use_bias_correction_kl: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped GRPO objective with optional KL penalty, as a loss to minimise.
+
+    logps, old_logps, ref_logps, mask: (B, T) log-probs of the sampled completion tokens under the
+    current, behaviour and reference policies; mask is 1 on real completion tokens.
+    advantages: (B,). old_logps=None means on-policy (ratio 1, gradient still flows).
+    Returns (scalar loss, metrics) with metrics kl, clip_ratio/low_mean, clip_ratio/high_mean,
+    clip_ratio/region_mean, ratio_mean.
+    """
+    if loss_type not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_AGGREGATIONS)}")
+    mask = mask.to(logps.dtype)
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    old = logps.detach() if old_logps is None else old_logps
+
+    log_ratio = logps - old  # (B, T)
+    if importance_sampling_level == "token":
+        log_w = log_ratio  # (B, T)
+    elif importance_sampling_level == "sequence":  # GSPO: geometric mean over the completion
+        log_w = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
+    else:
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+    ratio = torch.exp(log_w)  # (B, T) or (B, 1)
+
+    clipped = clip_ratio(ratio, eps_low, eps_high)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)  # two-sided clipping
+    loss_t = -torch.min(unclipped * adv, clipped * adv)  # (B, T) or (B, 1)
+
+    metrics: dict[str, float] = {}
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps")
+        kl = k3_kl(logps, ref_logps)  # (B, T)
+        if use_bias_correction_kl:
+            kl = kl * ratio  # importance-sampling correction of the KL estimate
+        loss_t = loss_t + beta * kl
+        metrics["kl"] = _masked_mean(kl.detach(), mask).item()
+    loss_t = loss_t.expand_as(mask) if loss_t.size(-1) == 1 else loss_t
+
+    loss = LOSS_AGGREGATIONS[loss_type](
+        loss_t, mask, max_completion_length=max_completion_length, num_items=num_items
+    )
+
+    with torch.no_grad():
+        low = ((ratio < 1 - eps_low) & (adv < 0)).to(logps.dtype)
+        high = ((ratio > 1 + eps_high) & (adv > 0)).to(logps.dtype)
+        metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).item()
+        metrics["clip_ratio/high_mean"] = _masked_mean(high, mask).item()
+        metrics["clip_ratio/region_mean"] = _masked_mean(((low + high) > 0).to(logps.dtype), mask).item()
+        metrics["ratio_mean"] = _masked_mean(ratio.detach(), mask).item()
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------- log-probs
+def completion_mask_after_eos(completion_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """(B, T) int mask: 1 up to and including the first EOS of each row, 0 after it."""
+    eos_ids = torch.as_tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=completion_ids.device
+    )
+    is_eos = torch.isin(completion_ids, eos_ids)  # (B, T)
+    t = completion_ids.size(1)
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], t, dtype=torch.long))
+    pos = torch.arange(t, device=completion_ids.device).unsqueeze(0)  # (1, T)
+    return (pos <= first.unsqueeze(1)).int()
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """log_softmax(logits)[..., index] without materialising full log-probs for more than `chunk` rows.
+
+    logits: (B, T, V), index: (B, T) -> (B, T).
+    """
+    out = []
+    flat_logits = logits.reshape(-1, logits.size(-1))  # (B*T, V)
+    flat_index = index.reshape(-1)  # (B*T,)
+    for s in range(0, flat_logits.size(0), chunk):
+        rows = flat_logits[s : s + chunk].float()
+        picked = rows.gather(-1, flat_index[s : s + chunk, None]).squeeze(-1)
+        out.append(picked - torch.logsumexp(rows, dim=-1))
+    return torch.cat(out).view_as(index)
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Per-position entropy of softmax(logits): (B, T, V) -> (B, T), chunked like above."""
+    flat = logits.reshape(-1, logits.size(-1))
+    out = []
+    for s in range(0, flat.size(0), chunk):
+        rows = flat[s : s + chunk].float()
+        logp = torch.log_softmax(rows, dim=-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out).view(logits.shape[:-1])

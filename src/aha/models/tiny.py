@@ -1,0 +1,134 @@
+"""A tiny character-level Llama that aha builds itself, so that everything runs offline.
+
+The tokenizer is a real ``tokenizers`` BPE model with no merges (one token per character), wrapped
+as a transformers ``PreTrainedTokenizerFast`` with a ChatML-style chat template. ``<think>``,
+``</think>``, ``<answer>`` and ``</answer>`` are *non-special* added tokens (one id each, kept by
+``skip_special_tokens=True``); ``<|im_start|>``, ``<|im_end|>`` (EOS) and ``<|pad|>`` are special.
+The model is a randomly initialised ``LlamaForCausalLM`` (not Qwen2: transformers 5 forces its own
+tokenizer class on model_type ``qwen2``).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+SPECIAL_TOKENS = {"pad": "<|pad|>", "unk": "<|unk|>", "bos": "<|im_start|>", "eos": "<|im_end|>"}
+CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
+
+# ChatML: <|im_start|>role\ncontent<|im_end|>\n ... ending with "<|im_start|>assistant\n".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyConfig:
+    """Size of the built-in model. The defaults give ~1.06 M parameters."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"tiny model: {name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"tiny model: hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+
+
+def build_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
+    """Character-level fast tokenizer with chat template, EOS/PAD and non-special reasoning tags."""
+    specials = list(SPECIAL_TOKENS.values())
+    chars = list(dict.fromkeys(CHARS + extra_chars))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL_TOKENS["unk"]))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=SPECIAL_TOKENS["pad"],
+        unk_token=SPECIAL_TOKENS["unk"],
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        clean_up_tokenization_spaces=False,
+    )
+    tok.add_tokens(REASONING_TAGS, special_tokens=False)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    tok.model_max_length = 512
+    return tok
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, config: TinyConfig | None = None) -> LlamaForCausalLM:
+    """Randomly initialised LlamaForCausalLM sized by `config`, vocabulary from `tokenizer`."""
+    cfg = config or TinyConfig()
+    torch.manual_seed(cfg.seed)
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        rms_norm_eps=1e-5,
+    )
+    model = LlamaForCausalLM(llama)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=64,
+    )
+    return model
+
+
+def build_tiny(out_dir: str | Path | None = None, config: TinyConfig | None = None, **sizes):
+    """Build tokenizer + model; save both with ``save_pretrained`` when `out_dir` is given.
+
+    Keyword arguments override TinyConfig fields (e.g. ``hidden_size=64``).
+    Returns (model, tokenizer).
+    """
+    cfg = config or TinyConfig()
+    if sizes:
+        unknown = set(sizes) - set(asdict(cfg))
+        if unknown:
+            raise ValueError(f"tiny model: unknown size option(s) {sorted(unknown)}; known: {sorted(asdict(cfg))}")
+        cfg = TinyConfig(**{**asdict(cfg), **sizes})
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, cfg)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return model, tokenizer
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
