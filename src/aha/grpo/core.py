@@ -36,8 +36,7 @@ Everything here is a pure function of tensors. Shapes: B completions (= prompts 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -78,8 +77,9 @@ def compute_advantages(
 
     rewards: (N,) or (N, K), N = prompts × num_generations, completions of one prompt contiguous.
     scale_rewards: "group" divides by the group's std (+1e-4), "batch" by the whole batch's std,
-    "none" not at all (Dr. GRPO). Std is Bessel-corrected (torch.std), as TRL's.
-    Returns A: (N,). Rows where no reward function applies get A = 0.
+    "none" not at all (Dr. GRPO). Std is Bessel-corrected, as TRL's.
+    Returns A: (N,). Rows where no reward function applies are left out of the mean and std and get
+    A = 0, as TRL; so does a group with a single scorable row when scaling by the group's std.
     """
     if scale_rewards is True:
         scale_rewards = "group"
@@ -92,14 +92,21 @@ def compute_advantages(
         raise ValueError(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
     if total.numel() % num_generations:
         raise ValueError(f"{total.numel()} rewards do not split into groups of {num_generations}")
+    total = total.masked_fill(~applicable, float("nan"))  # (N,) unscorable rows leave the baseline
     grouped = total.view(-1, num_generations)  # (P, G)
-    advantages = total - grouped.mean(dim=1).repeat_interleave(num_generations)  # (N,)
+    advantages = total - grouped.nanmean(dim=1).repeat_interleave(num_generations)  # (N,)
     if scale_rewards == "group":
-        std = grouped.std(dim=1).repeat_interleave(num_generations)  # (N,)
+        std = _nanstd(grouped, dim=1).repeat_interleave(num_generations)  # (N,)
         advantages = advantages / (std + ADV_EPS)
     elif scale_rewards == "batch":
-        advantages = advantages / (total.std() + ADV_EPS)
-    return torch.where(applicable, advantages, torch.zeros_like(advantages))
+        advantages = advantages / (_nanstd(total) + ADV_EPS)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Bessel-corrected std ignoring NaNs: sqrt(Σ (x - mean)² / (n - 1)); NaN when n < 2."""
+    n = (~torch.isnan(x)).sum(dim=dim)
+    return (((x - x.nanmean(dim=dim, keepdim=True)) ** 2).nansum(dim=dim) / (n - 1).clamp(min=0)).sqrt()
 
 
 def zero_std_groups(rewards_total: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -209,13 +216,11 @@ def policy_loss(
         metrics["kl"] = _masked_mean(kl.detach(), mask).item()
     loss_t = loss_t.expand_as(mask) if loss_t.size(-1) == 1 else loss_t
 
-    loss = LOSS_AGGREGATIONS[loss_type](
-        loss_t, mask, max_completion_length=max_completion_length, num_items=num_items
-    )
+    loss = LOSS_AGGREGATIONS[loss_type](loss_t, mask, max_completion_length=max_completion_length, num_items=num_items)
 
-    with torch.no_grad():
-        low = ((ratio < 1 - eps_low) & (adv < 0)).to(logps.dtype)
-        high = ((ratio > 1 + eps_high) & (adv > 0)).to(logps.dtype)
+    with torch.no_grad():  # on the delta-clamped ratio, as TRL (it only matters if delta < 1 + ε_high)
+        low = ((unclipped < 1 - eps_low) & (adv < 0)).to(logps.dtype)
+        high = ((unclipped > 1 + eps_high) & (adv > 0)).to(logps.dtype)
         metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).item()
         metrics["clip_ratio/high_mean"] = _masked_mean(high, mask).item()
         metrics["clip_ratio/region_mean"] = _masked_mean(((low + high) > 0).to(logps.dtype), mask).item()

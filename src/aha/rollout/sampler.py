@@ -1,0 +1,154 @@
+"""Batched sampling with a KV cache: aha's own rollout loop (``backend="fast"``) and transformers'
+``generate`` (``backend="hf"``), behind one function.
+
+Prompts are left-padded so that every row's next token sits in the last column. The fast loop runs
+one forward over the prompts, then one single-token forward per new token, reusing the cache; rows
+that have produced EOS are carried with a pad token and stop counting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k, top-p and min-p, as transformers' processors do.
+
+    logits: (B, V) float; seen: (B, V) bool of tokens already in each row (for the penalty).
+    Returns (B, V) logits with filtered entries at -inf.
+    """
+    if p.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if p.greedy:
+        return logits
+    logits = logits / p.temperature
+    neg = torch.finfo(logits.dtype).min
+    if p.top_k and p.top_k < logits.size(-1):
+        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, neg)
+    if p.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=False, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum <= (1 - p.top_p)
+        drop_sorted[:, -1] = False  # keep at least one token
+        logits = logits.masked_fill(drop_sorted.scatter(1, idx, drop_sorted), neg)
+    if p.min_p > 0.0:
+        probs = logits.softmax(-1)
+        threshold = p.min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, neg)
+    return logits
+
+
+def _pick(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    if p.greedy:
+        return logits.argmax(-1)
+    probs = logits.float().softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def sample_fast(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """prompt_ids/prompt_mask: (B, P) left-padded. Returns completion ids (B, T<=max_new_tokens),
+    pad after each row's first EOS (the EOS itself is kept)."""
+    b, device = prompt_ids.size(0), prompt_ids.device
+    eos = torch.tensor(eos_token_ids, device=device)
+    mask = prompt_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    cache = DynamicCache()
+    out = model(
+        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    )
+    logits = out.logits[:, -1, :].float()  # (B, V)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(b, logits.size(-1), dtype=torch.bool, device=device)
+        seen.scatter_(1, prompt_ids, prompt_mask.bool())
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens = []
+    for _ in range(params.max_new_tokens):
+        tok = _pick(process_logits(logits, seen, params), params, generator)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+        tokens.append(tok)
+        done = done | torch.isin(tok, eos)
+        if bool(done.all()):
+            break
+        if seen is not None:
+            seen[torch.arange(b, device=device), tok] = True
+        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+        out = model(
+            input_ids=tok.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :].float()
+        next_pos = next_pos + 1
+    return torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros((b, 0))
+
+
+@torch.no_grad()
+def sample_hf(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Same contract as sample_fast, through ``model.generate`` (seeded by the global torch RNG)."""
+    kwargs = dict(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not params.greedy,
+        eos_token_id=eos_token_ids,
+        pad_token_id=pad_token_id,
+        repetition_penalty=params.repetition_penalty,
+    )
+    if not params.greedy:
+        kwargs.update(
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p or None
+        )
+    seqs = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+    return seqs[:, prompt_ids.size(1) :]
+
+
+BACKENDS = {"fast": sample_fast, "hf": sample_hf}
+
+
+def sample(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator=None, backend="fast"):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rollout backend {backend!r}; choose from {sorted(BACKENDS)}")
+    was_training = model.training
+    model.eval()
+    try:
+        return BACKENDS[backend](model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator)
+    finally:
+        model.train(was_training)

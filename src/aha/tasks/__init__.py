@@ -1,0 +1,26 @@
+"""Built-in verifiable tasks with offline generators, by name."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from aha.tasks.arithmetic import Arithmetic
+from aha.tasks.base import Task, completion_text, extract_answer
+
+TASKS: dict[str, type[Task]] = {Arithmetic.name: Arithmetic}
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """Instantiate the built-in task `name` with its parameters (errors name the culprit)."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, TASKS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint}; built-in tasks: {', '.join(sorted(TASKS))}")
+    try:
+        return TASKS[name](**params)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: {e}") from None
+
+
+__all__ = ["TASKS", "Task", "completion_text", "extract_answer", "get_task"]

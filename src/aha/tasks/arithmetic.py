@@ -1,0 +1,84 @@
+"""Multi-digit addition written out column by column: a task whose answer needs its chain of thought.
+
+Question ``47+38``; trace ``<think>7+8=15 4+3+1=8</think><answer>85</answer>``: one step per column,
+right to left, ``+1`` when the previous column carried. A small model cannot add two numbers in one
+shot, but it can learn each column step, so the thought is what makes the answer reachable.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from aha.tasks.base import SPLITS, Task, extract_answer, in_eval_split
+
+GUESS_THOUGHT = "easy"
+
+
+def column_trace(a: int, b: int) -> str:
+    """Column-by-column working of a + b, e.g. 47, 38 -> '7+8=15 4+3+1=8'."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        steps.append(f"{x}+{y}{'+1' if carry else ''}={s}")
+        carry = s // 10
+    return " ".join(steps)
+
+
+class Arithmetic(Task):
+    name = "arithmetic"
+    description = "n-digit addition with column-by-column <think> working; exact integer answer"
+
+    def __init__(
+        self, digits: int = 2, min_digits: int | None = None, eval_fraction: float = 0.1, guess_fraction: float = 0.0
+    ) -> None:
+        if not isinstance(digits, int) or not 1 <= digits <= 9:
+            raise ValueError(f"arithmetic: digits must be an integer from 1 to 9, got {digits!r}")
+        lo = digits if min_digits is None else min_digits
+        if not isinstance(lo, int) or not 1 <= lo <= digits:
+            raise ValueError(
+                f"arithmetic: min_digits must be an integer from 1 to digits ({digits}), got {min_digits!r}"
+            )
+        if not 0.0 < eval_fraction < 1.0:
+            raise ValueError(f"arithmetic: eval_fraction must be in (0, 1), got {eval_fraction!r}")
+        if not 0.0 <= guess_fraction < 1.0:
+            raise ValueError(f"arithmetic: guess_fraction must be in [0, 1), got {guess_fraction!r}")
+        self.digits, self.min_digits, self.eval_fraction = digits, lo, eval_fraction
+        self.guess_fraction = guess_fraction
+
+    def _operand(self, rng: random.Random) -> int:
+        d = rng.randint(self.min_digits, self.digits)
+        return rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1)
+
+    def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+        if split not in SPLITS:
+            raise ValueError(f"arithmetic: unknown split {split!r}; choose from {SPLITS}")
+        # Each split has its own stream; eval draws only held-out problems, the others never do.
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        out: list[dict[str, Any]] = []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 1000 * n + 10_000:
+                raise ValueError(f"arithmetic: cannot draw {n} {split} problems with digits={self.digits}")
+            a, b = self._operand(rng), self._operand(rng)
+            question = f"{a}+{b}"
+            if in_eval_split(question, self.eval_fraction) != (split == "eval"):
+                continue
+            row: dict[str, Any] = {"prompt": [{"role": "user", "content": question}], "answer": str(a + b)}
+            if split == "sft":
+                # A `guess_fraction` of the cold-start traces answer without working it out: the model
+                # then starts from a mix of habits, and RL has to discover which one earns the reward.
+                thought = GUESS_THOUGHT if rng.random() < self.guess_fraction else column_trace(a, b)
+                row["completion"] = [
+                    {"role": "assistant", "content": f"<think>{thought}</think><answer>{a + b}</answer>"}
+                ]
+            out.append(row)
+        return out
+
+    def is_correct(self, completion: str, answer: str) -> bool:
+        got = extract_answer(completion)
+        return got is not None and got == str(answer).strip()

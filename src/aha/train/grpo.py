@@ -1,0 +1,349 @@
+"""The GRPO training loop (R1 phase 2): sample groups, score them, update the policy.
+
+One *generation batch* = ``generation_batch_size`` completions = (generation_batch_size / G)
+prompts × G. For each generation batch:
+
+1. sample G completions per prompt from the current policy (which is π_old for this batch);
+2. score them with the reward functions, group-relative advantages (``aha.grpo.compute_advantages``);
+3. μ = ``num_iterations`` passes over the batch in micro-batches of ``per_device_train_batch_size``
+   completions, one optimiser step every ``gradient_accumulation_steps`` micro-batches, loss from
+   ``aha.grpo.policy_loss``.
+
+The maths lives in ``aha.grpo.core``; this file only moves tensors between the model, the sampler,
+the rewards and the loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from aha.data.format import encode_prompts, eos_ids, is_conversational, render_prompt
+from aha.grpo import completion_mask_after_eos, compute_advantages, entropy_from_logits, policy_loss, zero_std_groups
+from aha.grpo.core import selective_log_softmax
+from aha.rollout.sampler import SamplingParams, sample
+from aha.train.config import GRPOConfig
+from aha.train.logging import MetricsLogger, progress
+from aha.train.rewards import reward_name, score
+
+
+@dataclass
+class TrainerState:
+    global_step: int = 0
+    epoch: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def token_logps(
+    model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the completion tokens (B, T) (logits divided by the sampling temperature, as in
+    TRL), and optionally the per-position entropy (B, T)."""
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, P+T)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    t = completion_ids.size(1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
+    logits = logits[:, :-1, :] / temperature  # (B, T, V): position i predicts completion token i
+    logps = selective_log_softmax(logits, completion_ids)
+    ent = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logps, ent
+
+
+class GRPOTrainer:
+    """TRL-compatible GRPO trainer: ``GRPOTrainer(model, reward_funcs, args, train_dataset).train()``."""
+
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        reward_funcs: Callable | Sequence[Callable],
+        args: GRPOConfig | None = None,
+        train_dataset: Any = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: Sequence[Callable[[TrainerState, dict[str, Any]], None]] = (),
+    ) -> None:
+        self.args = args or GRPOConfig()
+        a = self.args
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError("GRPOTrainer: train_dataset is empty")
+        if "prompt" not in train_dataset[0]:
+            raise ValueError(f"GRPOTrainer: train_dataset needs a 'prompt' column, found {sorted(train_dataset[0])}")
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not a.use_cpu else "cpu")
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        self.tokenizer = processing_class
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        self.model = model.to(self.device)
+        if a.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not self.reward_funcs:
+            raise ValueError("GRPOTrainer: give at least one reward function")
+        if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"GRPOConfig.reward_weights has {len(a.reward_weights)} entries for {len(self.reward_funcs)} reward functions"
+            )
+        self.train_dataset = train_dataset
+        self.ref_model = self._make_reference() if a.beta != 0.0 else None
+        self.eos = eos_ids(self.tokenizer, self.model)
+        self.callbacks = list(callbacks)
+        self.state = TrainerState()
+        self.logger: MetricsLogger | None = None  # set in train(): OUTPUT_DIR/metrics.jsonl
+        self._rng = random.Random(a.seed)
+        self._order: list[int] = []
+        self._epoch_rows = 0
+        self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
+
+    # ---------------------------------------------------------------------------------- set-up
+    def _make_reference(self):
+        if hasattr(self.model, "disable_adapter"):  # PEFT: the base with the adapter off is π_ref
+            return None
+        ref = copy.deepcopy(self.model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _next_rows(self, n: int) -> list[dict[str, Any]]:
+        rows = []
+        while len(rows) < n:
+            if not self._order:
+                self._order = list(range(len(self.train_dataset)))
+                self._rng.shuffle(self._order)
+            rows.append(self.train_dataset[self._order.pop()])
+            self._epoch_rows += 1
+        return rows
+
+    def total_steps(self) -> int:
+        a = self.args
+        steps_per_gen = a.num_iterations * a.steps_per_generation // a.gradient_accumulation_steps
+        if a.max_steps > 0:
+            return a.max_steps
+        gens = math.ceil(a.num_train_epochs * len(self.train_dataset) / a.prompts_per_generation)
+        return max(1, gens * max(1, steps_per_gen))
+
+    # ---------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def generate_and_score(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        a, tok, g = self.args, self.tokenizer, self.args.num_generations
+        prompts = [r["prompt"] for r in rows for _ in range(g)]  # (N,) each prompt G times, contiguous
+        texts = [render_prompt(tok, p) for p in prompts]
+        prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (N, P)
+        params = SamplingParams(
+            max_new_tokens=a.max_completion_length,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            top_k=a.top_k,
+            min_p=a.min_p or 0.0,
+            repetition_penalty=a.repetition_penalty,
+        )
+        completion_ids = sample(
+            self.model, prompt_ids, prompt_mask, params, self.eos, tok.pad_token_id, self._gen, a.rollout_backend
+        )  # (N, T)
+        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (N, T)
+        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (N,)
+        if a.mask_truncated_completions:
+            completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
+        ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
+        decoded = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
+        completions: list[Any] = (
+            [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
+        )
+        columns = {k: [r[k] for r in rows for _ in range(g)] for k in rows[0] if k not in ("prompt", "completion")}
+        rewards = score(self.reward_funcs, prompts, completions, ids_list, columns)  # (N, K)
+        advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
+        batch = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "advantages": advantages,
+        }
+        need_old = a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps
+        if need_old or self.args.beta != 0.0:
+            for key, use in (("old_logps", need_old), ("ref_logps", a.beta != 0.0)):
+                if use:
+                    batch[key] = self._logps_no_grad(batch, reference=key == "ref_logps")
+        info = self._rollout_metrics(rewards, completion_mask, truncated, prompts, completions)
+        return {"batch": batch, "info": info}
+
+    def _logps_no_grad(self, batch: dict[str, torch.Tensor], reference: bool) -> torch.Tensor:
+        outs = []
+        mb = self.args.per_device_train_batch_size
+        for s in range(0, batch["prompt_ids"].size(0), mb):
+            part = [batch[k][s : s + mb] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
+            if reference and self.ref_model is None:  # PEFT: adapter off
+                with self.model.disable_adapter():
+                    outs.append(token_logps(self.model, *part, self.args.temperature)[0])
+            else:
+                outs.append(token_logps(self.ref_model if reference else self.model, *part, self.args.temperature)[0])
+        return torch.cat(outs)
+
+    def _rollout_metrics(self, rewards, completion_mask, truncated, prompts, completions) -> dict[str, Any]:
+        a, g = self.args, self.args.num_generations
+        total = torch.nan_to_num(rewards) @ torch.as_tensor(a.reward_weights or [1.0] * rewards.size(1))  # (N,)
+        m: dict[str, Any] = {
+            "reward": total.mean().item(),
+            "reward_std": total.view(-1, g).std(dim=1).mean().item(),
+            "frac_reward_zero_std": zero_std_groups(total, g).float().mean().item(),
+            "completions/mean_length": completion_mask.sum(1).float().mean().item(),
+            "completions/max_length": completion_mask.sum(1).max().item(),
+            "completions/clipped_ratio": truncated.float().mean().item(),
+            "num_tokens": int(completion_mask.sum().item()),
+        }
+        for k, fn in enumerate(self.reward_funcs):
+            col = rewards[:, k]
+            m[f"rewards/{reward_name(fn)}/mean"] = torch.nanmean(col).item()
+            m[f"rewards/{reward_name(fn)}/std"] = col[~col.isnan()].std().item() if (~col.isnan()).sum() > 1 else 0.0
+        if a.log_completions:
+            n = a.num_completions_to_print or 2
+            m["_samples"] = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))][
+                :n
+            ]
+        return m
+
+    # ---------------------------------------------------------------------------------- update
+    def compute_loss(self, mb: dict[str, torch.Tensor], num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
+        a = self.args
+        logps, entropy = token_logps(
+            self.model,
+            mb["prompt_ids"],
+            mb["prompt_mask"],
+            mb["completion_ids"],
+            mb["completion_mask"],
+            a.temperature,
+            with_entropy=True,
+        )  # (B, T), (B, T)
+        mask = mb["completion_mask"]
+        if a.top_entropy_quantile < 1.0:  # train only on the highest-entropy tokens (the "forking" ones)
+            ent = entropy[mask.bool()]
+            threshold = torch.quantile(ent.float(), 1 - a.top_entropy_quantile) if ent.numel() else 0.0
+            mask = mask * (entropy >= threshold).int()
+        loss, metrics = policy_loss(
+            logps,
+            mb.get("old_logps"),
+            mb.get("ref_logps"),
+            mb["advantages"],
+            mask,
+            loss_type=a.loss_type,
+            epsilon=a.epsilon,
+            epsilon_high=a.epsilon_high,
+            delta=a.delta,
+            beta=a.beta,
+            importance_sampling_level=a.importance_sampling_level,
+            max_completion_length=a.max_completion_length,
+            num_items=num_items,
+            use_bias_correction_kl=a.use_bias_correction_kl,
+        )
+        if a.loss_type != "dapo":
+            loss = loss / a.gradient_accumulation_steps
+        m = mb["completion_mask"].bool()
+        metrics["entropy"] = entropy[m].mean().item() if m.any() else 0.0
+        return loss, metrics
+
+    def train(self) -> TrainerState:
+        a = self.args
+        torch.manual_seed(a.seed)
+        self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
+        out = Path(a.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.logger is None:
+            self.logger = MetricsLogger(out / "metrics.jsonl")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), weight_decay=a.weight_decay
+        )
+        total = self.total_steps()
+        warmup = a.warmup_steps or int(a.warmup_ratio * total)
+        sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
+        self.model.train()
+        pending: dict[str, list[float]] = defaultdict(list)
+        step_start = time.perf_counter()
+        with progress() as bar:
+            task = bar.add_task("GRPO", total=total, info="")
+            while self.state.global_step < total:
+                rollout = self.generate_and_score(self._next_rows(a.prompts_per_generation))
+                batch, info = rollout["batch"], rollout["info"]
+                for k, v in info.items():
+                    if not k.startswith("_"):
+                        pending[k].append(v)
+                n = batch["prompt_ids"].size(0)
+                # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling)
+                num_items = (
+                    batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / a.steps_per_generation
+                )
+                for _ in range(a.num_iterations):
+                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(self._rng.randrange(2**31)))
+                    for i, s in enumerate(range(0, n, a.per_device_train_batch_size)):
+                        idx = perm[s : s + a.per_device_train_batch_size]
+                        mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
+                        loss, lm = self.compute_loss(mb, num_items)
+                        loss.backward()
+                        pending["loss"].append(
+                            loss.item() * (1 if a.loss_type == "dapo" else a.gradient_accumulation_steps)
+                        )
+                        for k, v in lm.items():
+                            pending[k].append(v)
+                        if (i + 1) % a.gradient_accumulation_steps:
+                            continue
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad(set_to_none=True)
+                        self.state.global_step += 1
+                        self.state.epoch = self._epoch_rows / len(self.train_dataset)
+                        pending["grad_norm"].append(float(grad_norm))
+                        now = time.perf_counter()
+                        pending["step_time"].append(now - step_start)
+                        step_start = now
+                        bar.update(task, advance=1, info=f"reward {info['reward']:.3f}")
+                        if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
+                            self._log(pending, sched.get_last_lr()[0])
+                            pending = defaultdict(list)
+                        if self.state.global_step >= total:
+                            break
+                    if self.state.global_step >= total:
+                        break
+                if a.log_completions and "_samples" in info:
+                    for p, c, r in info["_samples"]:
+                        bar.console.print(f"[dim]{p!r}[/dim] -> {c!r} [bold]{r:.2f}[/bold]")
+        return self.state
+
+    def _log(self, pending: dict[str, list[float]], lr: float) -> None:
+        row: dict[str, Any] = {"phase": "grpo", "step": self.state.global_step, "epoch": round(self.state.epoch, 4)}
+        for k, vs in pending.items():
+            vs = [v for v in vs if v == v]  # drop NaN
+            row[k] = sum(vs) / len(vs) if vs else float("nan")
+        row["learning_rate"] = lr
+        self.state.log_history.append(row)
+        self.logger.log(row)
+        for cb in self.callbacks:
+            cb(self.state, row)
+
+    def save_model(self, output_dir: str | Path | None = None) -> None:
+        """Model (or adapter), tokenizer and generation config, with ``save_pretrained``."""
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        gen = getattr(self.model, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(out)
