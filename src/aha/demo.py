@@ -101,12 +101,11 @@ def _table(before: EvalResult, after: EvalResult) -> Table:
 def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    run = prepare_run_dir(cfg.out, overwrite)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     task = get_task("arithmetic", digits=cfg.digits, guess_fraction=cfg.guess_fraction)
     grpo_cfg = GRPOConfig(
-        output_dir=str(run),
+        output_dir=str(cfg.out),
         seed=cfg.seed,
         learning_rate=cfg.grpo_learning_rate,
         lr_scheduler_type="constant",
@@ -120,6 +119,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         save_steps=10**9,
         use_cpu=True,
     )
+    run = prepare_run_dir(cfg.out, overwrite)  # only once every setting has been validated
     (run / "config.yaml").write_text(yaml.safe_dump({"demo": asdict(cfg), "grpo": grpo_cfg.to_dict()}, sort_keys=False))
     logger = MetricsLogger(run / "metrics.jsonl")
 

@@ -39,12 +39,14 @@ class TinyConfig:
     intermediate_size: int = 512
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
-    num_key_value_heads: int = 4
+    num_key_value_heads: int | None = None  # None: as many as attention heads
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"tiny model: {name} must be >= 1, got {getattr(self, name)}")
@@ -52,6 +54,11 @@ class TinyConfig:
             raise ValueError(
                 f"tiny model: hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"tiny model: num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
             )
 
 
@@ -119,7 +126,10 @@ def build_tiny(out_dir: str | Path | None = None, config: TinyConfig | None = No
         unknown = set(sizes) - set(asdict(cfg))
         if unknown:
             raise ValueError(f"tiny model: unknown size option(s) {sorted(unknown)}; known: {sorted(asdict(cfg))}")
-        cfg = TinyConfig(**{**asdict(cfg), **sizes})
+        base = asdict(cfg)
+        if "num_attention_heads" in sizes and "num_key_value_heads" not in sizes:
+            base.pop("num_key_value_heads")  # follow the new head count
+        cfg = TinyConfig(**{**base, **sizes})
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, cfg)
     if out_dir is not None:
