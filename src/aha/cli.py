@@ -1,73 +1,51 @@
-"""The ``aha`` command line (thin: it parses arguments and calls the library)."""
+"""The ``aha`` command line: thin, it parses arguments and calls the library.
+
+Each sub-command lives in ``aha.commands.<name>`` with ``add_parser(subparsers)`` and ``run(args)``.
+A bad input ends with one line ``aha <command>: error: ...`` on stderr and a non-zero exit.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from dataclasses import fields
 
 from aha import __version__
 
+COMMANDS = ["demo"]
+
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but 'unrecognized arguments' names the command and exits 2 with one line."""
+    """argparse that reports a bad option as one line and exits 2."""
 
     def error(self, message: str):  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _demo_parser(sub) -> None:
-    from aha.demo import DemoConfig
-
-    p = sub.add_parser(
-        "demo",
-        help="the R1 recipe in miniature: tiny model → cold-start SFT → GRPO → held-out eval",
-        description="Build a tiny model, cold-start it with SFT, train it with GRPO and evaluate it on a "
-        "held-out split, offline, in a few minutes on a CPU.",
-    )
-    defaults = DemoConfig()
-    helps = {
-        "out": "run directory (refused if it exists and is not empty, unless --overwrite)",
-        "seed": "random seed for everything",
-        "digits": "number of digits of the addition task",
-        "guess_fraction": "fraction of cold-start traces that guess instead of working the sum out",
-        "sft_steps": "cold-start SFT optimiser steps",
-        "grpo_steps": "GRPO optimiser steps",
-        "threads": "torch CPU threads (0: default)",
-    }
-    for f in fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        p.add_argument(
-            flag,
-            type=type(value),
-            default=value,
-            dest=f.name,
-            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {value})",
-        )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing aha run in --out")
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = _Parser(prog="aha", description="Train language models to reason with GRPO.")
     parser.add_argument("--version", action="version", version=f"aha {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _demo_parser(sub)
+    modules = {}
+    for name in COMMANDS:
+        module = importlib.import_module(f"aha.commands.{name}")
+        module.add_parser(sub)
+        modules[module.NAME] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        if args.command == "demo":
-            from aha.demo import DemoConfig, run_demo
-
-            cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
-            run_demo(cfg, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as e:
+        return int(modules[args.command].run(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"aha {args.command}: error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``aha`` CLI. Each module has ``add_parser(subparsers)`` and ``run(args) -> int``."""
