@@ -12,7 +12,7 @@ import sys
 
 from aha import __version__
 
-COMMANDS = ["demo"]
+COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot"]
 
 
 class _Parser(argparse.ArgumentParser):

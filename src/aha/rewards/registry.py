@@ -3,7 +3,8 @@
 A reward is ``f(prompts=..., completions=..., **dataset_columns) -> list[float | None]``. Built-ins
 are registered with ``@reward(name, summary)`` on a function whose keyword-only arguments (after
 ``*``) are its parameters; ``get(name, **params)`` returns the callable with those bound and its
-``__name__`` set to `name` (what the logs show).
+``__name__`` set to `name` (what the logs show). A reward may also register ``check(params)``, called by
+``get`` with the defaults updated by the given params, to reject bad values (a ValueError) before training.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class RewardSpec:
     name: str
     summary: str
     fn: RewardFn
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def params(self) -> dict[str, Any]:
         """Keyword-only parameters and their defaults."""
@@ -33,13 +35,15 @@ class RewardSpec:
 REGISTRY: dict[str, RewardSpec] = {}
 
 
-def reward(name: str, summary: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` under `name`."""
+def reward(
+    name: str, summary: str, check: Callable[[dict[str, Any]], None] | None = None
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register `fn` under `name` (with an optional parameter `check`)."""
 
     def deco(fn: RewardFn) -> RewardFn:
         if name in REGISTRY:
             raise ValueError(f"reward {name!r} registered twice")
-        REGISTRY[name] = RewardSpec(name, summary, fn)
+        REGISTRY[name] = RewardSpec(name, summary, fn, check)
         return fn
 
     return deco
@@ -74,6 +78,8 @@ def get(name: str, **params: Any) -> RewardFn:
                 f"reward {name!r} has no parameter {key!r}; its parameters: {', '.join(known) or '(none)'}"
             )
         _check_type(name, key, value, known[key])
+    if spec.check is not None:
+        spec.check({**known, **params})
     fn = functools.partial(spec.fn, **params)
 
     @functools.wraps(spec.fn)

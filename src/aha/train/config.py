@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +73,9 @@ class GRPOConfig:
     reward_weights: list[float] | None = None
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = 1.0
+    # --- DAPO dynamic sampling (aha; TRL has no equivalent): drop groups whose rewards all tie, resample
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3  # extra generation rounds per batch to refill it with informative groups
     # --- logging
     log_completions: bool = False
     num_completions_to_print: int | None = None
@@ -142,6 +148,7 @@ class GRPOConfig:
         )
         need(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]")
+        need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         need(self.rollout_backend in ("fast", "hf"), "rollout_backend", "must be 'fast' or 'hf'")
         need(
             self.lr_scheduler_type in ("linear", "cosine", "constant", "constant_with_warmup"),
@@ -153,11 +160,14 @@ class GRPOConfig:
             "optim",
             "must be adamw_torch, adamw_torch_fused, adamw_8bit or paged_adamw_8bit",
         )
-        if self.optim in ("adamw_8bit", "paged_adamw_8bit") and importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError(
-                f"GRPOConfig.optim={self.optim!r} needs bitsandbytes, which is not installed: "
-                "pip install bitsandbytes (GPU only), or use optim='adamw_torch'"
-            )
+        if self.optim in ("adamw_8bit", "paged_adamw_8bit"):
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError(
+                    f"GRPOConfig.optim={self.optim!r} needs bitsandbytes, which is not installed: "
+                    "pip install bitsandbytes (GPU only), or use optim='adamw_torch'"
+                )
+            if not torch.cuda.is_available() or self.use_cpu:
+                raise ValueError(f"GRPOConfig.optim={self.optim!r} needs a CUDA GPU: use optim='adamw_torch'")
         if self.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "GRPOConfig.use_vllm=True but vllm is not installed: pip install 'aha[vllm]' "
@@ -167,12 +177,22 @@ class GRPOConfig:
             raise ValueError("GRPOConfig.bf16=True but this machine has no bf16-capable GPU: set bf16=False")
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("GRPOConfig.fp16=True needs a CUDA GPU: set fp16=False")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("GRPOConfig.push_to_hub=True needs hub_model_id='user/name'")
+        if self.push_to_hub:
+            offline = _hub_offline()
+            later = "set push_to_hub=False and upload later (e.g. with `aha export`)"
+            if not self.hub_model_id:
+                hint = f"; the Hugging Face Hub is also unreachable: {later}" if offline else ""
+                raise ValueError(f"GRPOConfig.push_to_hub=True needs hub_model_id='user/name'{hint}")
+            if offline:
+                raise ValueError(
+                    f"GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): {later}"
+                )
         unsupported = [r for r in self.report_to if r not in ("none", "jsonl")]
-        if unsupported and importlib.util.find_spec(unsupported[0]) is None:
+        missing = [r for r in unsupported if not _installed(r)]
+        if missing:
+            names = ", ".join(repr(r) for r in missing)
             raise ValueError(
-                f"GRPOConfig.report_to: {unsupported[0]!r} is not installed; "
+                f"GRPOConfig.report_to: {names} {'is' if len(missing) == 1 else 'are'} not installed; "
                 "metrics always go to OUTPUT_DIR/metrics.jsonl, set report_to=[] or install it"
             )
         if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
@@ -211,6 +231,31 @@ def _type_ok(value: Any, annotation: str) -> bool:
         "list[float]": lambda v: isinstance(v, list),
     }
     return any(checks[t.strip()](value) for t in annotation.split("|") if t.strip() in checks)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set or huggingface.co:443 does not answer within 2 s."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    return _hub_unreachable()
+
+
+@functools.cache
+def _hub_unreachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+    except OSError:
+        return True
+    return False
 
 
 def _bf16_ok(use_cpu: bool) -> bool:

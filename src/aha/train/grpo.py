@@ -4,7 +4,9 @@ One *generation batch* = ``generation_batch_size`` completions = (generation_bat
 prompts × G. For each generation batch:
 
 1. sample G completions per prompt from the current policy (which is π_old for this batch);
-2. score them with the reward functions, group-relative advantages (``aha.grpo.compute_advantages``);
+2. score them with the reward functions (or reward models), group-relative advantages
+   (``aha.grpo.compute_advantages``); with ``dynamic_sampling`` drop the groups whose rewards all
+   tie and refill the batch with new prompts (``aha.train.dynamic``);
 3. μ = ``num_iterations`` passes over the batch in micro-batches of ``per_device_train_batch_size``
    completions, one optimiser step every ``gradient_accumulation_steps`` micro-batches, loss from
    ``aha.grpo.policy_loss``.
@@ -32,9 +34,10 @@ from aha.data.format import encode_prompts, eos_ids, is_conversational, render_p
 from aha.grpo import completion_mask_after_eos, compute_advantages, entropy_from_logits, policy_loss, zero_std_groups
 from aha.grpo.core import selective_log_softmax
 from aha.rollout.sampler import SamplingParams, sample
+from aha.train import dynamic
 from aha.train.config import GRPOConfig
 from aha.train.logging import MetricsLogger, progress
-from aha.train.rewards import reward_name, score
+from aha.train.rewards import load_reward_models, reward_name, score
 
 
 @dataclass
@@ -66,7 +69,7 @@ class GRPOTrainer:
     def __init__(
         self,
         model: str | torch.nn.Module,
-        reward_funcs: Callable | Sequence[Callable],
+        reward_funcs: Callable | str | torch.nn.Module | Sequence[Callable | str | torch.nn.Module],
         args: GRPOConfig | None = None,
         train_dataset: Any = None,
         processing_class: Any = None,
@@ -95,9 +98,13 @@ class GRPOTrainer:
         self.model = model.to(self.device)
         if a.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        if not self.reward_funcs:
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs:
             raise ValueError("GRPOTrainer: give at least one reward function")
+        # strings -> reward models; each reward model gets its tokenizer (None for plain functions)
+        self.reward_funcs, self.reward_processing_classes = load_reward_models(
+            funcs, reward_processing_classes, self.device
+        )
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise ValueError(
                 f"GRPOConfig.reward_weights has {len(a.reward_weights)} entries for {len(self.reward_funcs)} reward functions"
@@ -141,8 +148,14 @@ class GRPOTrainer:
         return max(1, gens * max(1, steps_per_gen))
 
     # ---------------------------------------------------------------------------------- rollout
+    def sample_batch(self) -> dict[str, Any]:
+        """The next generation batch, ready for the update (dynamic sampling: informative groups only)."""
+        return dynamic.sample_batch(self)
+
     @torch.no_grad()
-    def generate_and_score(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> dict[str, Any]:
+        """Sample G completions for each row, score them. Returns {"batch": tensors (N = len(rows) × G rows),
+        "info": metrics, "rows": rows, "rewards": (N, K)}; old/ref log-probs only `with_logps`."""
         a, tok, g = self.args, self.tokenizer, self.args.num_generations
         prompts = [r["prompt"] for r in rows for _ in range(g)]  # (N,) each prompt G times, contiguous
         texts = [render_prompt(tok, p) for p in prompts]
@@ -168,7 +181,9 @@ class GRPOTrainer:
             [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
         )
         columns = {k: [r[k] for r in rows for _ in range(g)] for k in rows[0] if k not in ("prompt", "completion")}
-        rewards = score(self.reward_funcs, prompts, completions, ids_list, columns)  # (N, K)
+        rewards = score(
+            self.reward_funcs, prompts, completions, ids_list, columns, self.reward_processing_classes
+        )  # (N, K)
         advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
         batch = {
             "prompt_ids": prompt_ids,
@@ -177,13 +192,19 @@ class GRPOTrainer:
             "completion_mask": completion_mask,
             "advantages": advantages,
         }
-        need_old = a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps
-        if need_old or self.args.beta != 0.0:
-            for key, use in (("old_logps", need_old), ("ref_logps", a.beta != 0.0)):
-                if use:
-                    batch[key] = self._logps_no_grad(batch, reference=key == "ref_logps")
+        if with_logps:
+            self.add_logps(batch)
         info = self._rollout_metrics(rewards, completion_mask, truncated, prompts, completions)
-        return {"batch": batch, "info": info}
+        return {"batch": batch, "info": info, "rows": rows, "rewards": rewards}
+
+    @torch.no_grad()
+    def add_logps(self, batch: dict[str, torch.Tensor]) -> None:
+        """π_old log-probs (when the batch is used off-policy) and π_ref's (when beta != 0), (N, T), in place."""
+        a = self.args
+        if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps:
+            batch["old_logps"] = self._logps_no_grad(batch, reference=False)
+        if a.beta != 0.0:
+            batch["ref_logps"] = self._logps_no_grad(batch, reference=True)
 
     def _logps_no_grad(self, batch: dict[str, torch.Tensor], reference: bool) -> torch.Tensor:
         outs = []
@@ -279,17 +300,36 @@ class GRPOTrainer:
         step_start = time.perf_counter()
         with progress() as bar:
             task = bar.add_task("GRPO", total=total, info="")
+
+            def end_step(grad_norm: float | None) -> None:  # bookkeeping after an optimiser step (or a skip)
+                nonlocal step_start
+                self.state.global_step += 1
+                self.state.epoch = self._epoch_rows / len(self.train_dataset)
+                if grad_norm is not None:
+                    pending["grad_norm"].append(grad_norm)
+                now = time.perf_counter()
+                pending["step_time"].append(now - step_start)
+                step_start = now
+                bar.update(task, advance=1, info=f"reward {info['reward']:.3f}")
+                if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
+                    self._log(pending, sched.get_last_lr()[0])
+                    pending.clear()
+
             while self.state.global_step < total:
-                rollout = self.generate_and_score(self._next_rows(a.prompts_per_generation))
+                rollout = self.sample_batch()
                 batch, info = rollout["batch"], rollout["info"]
                 for k, v in info.items():
                     if not k.startswith("_"):
                         pending[k].append(v)
                 n = batch["prompt_ids"].size(0)
+                if n == 0:  # dynamic sampling kept no group: no update, but the batch uses up its steps
+                    skipped = a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
+                    for _ in range(min(skipped, total - self.state.global_step)):
+                        end_step(None)
+                    continue
+                n_micro = math.ceil(n / a.per_device_train_batch_size)
                 # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling)
-                num_items = (
-                    batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / a.steps_per_generation
-                )
+                num_items = batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / n_micro
                 for _ in range(a.num_iterations):
                     perm = torch.randperm(n, generator=torch.Generator().manual_seed(self._rng.randrange(2**31)))
                     for i, s in enumerate(range(0, n, a.per_device_train_batch_size)):
@@ -302,22 +342,13 @@ class GRPOTrainer:
                         )
                         for k, v in lm.items():
                             pending[k].append(v)
-                        if (i + 1) % a.gradient_accumulation_steps:
-                            continue
+                        if (i + 1) % a.gradient_accumulation_steps and i + 1 < n_micro:
+                            continue  # accumulate; a short (dynamic-sampling) batch still ends with a step
                         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
-                        self.state.global_step += 1
-                        self.state.epoch = self._epoch_rows / len(self.train_dataset)
-                        pending["grad_norm"].append(float(grad_norm))
-                        now = time.perf_counter()
-                        pending["step_time"].append(now - step_start)
-                        step_start = now
-                        bar.update(task, advance=1, info=f"reward {info['reward']:.3f}")
-                        if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
-                            self._log(pending, sched.get_last_lr()[0])
-                            pending = defaultdict(list)
+                        end_step(float(grad_norm))
                         if self.state.global_step >= total:
                             break
                     if self.state.global_step >= total:

@@ -1,0 +1,81 @@
+"""DAPO dynamic sampling: keep only groups that carry a learning signal, refill the batch with new prompts.
+
+A group whose G rewards all tie has zero advantage everywhere, so it adds nothing to the gradient but
+still dilutes the token-level loss. With ``dynamic_sampling=True`` such groups are dropped after scoring
+and just enough new prompts are generated and scored to refill the batch, for at most
+``max_resample_rounds`` extra rounds. Advantages are group-local, so concatenating the kept groups of
+several rounds leaves every advantage exactly as it was computed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from aha.grpo import group_rewards, zero_std_groups
+
+if TYPE_CHECKING:
+    from aha.train.grpo import GRPOTrainer
+
+
+def select_groups(batch: dict[str, torch.Tensor], keep: torch.Tensor, g: int) -> dict[str, torch.Tensor]:
+    """The completions of the kept groups; keep: (P,) bool, every tensor (P*G, ...) -> (kept*G, ...)."""
+    idx = keep.to(torch.bool).repeat_interleave(g)  # (P*G,)
+    return {k: v[idx.to(v.device)] for k, v in batch.items()}
+
+
+def concat_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate rollout batches of different widths: prompts left-padded, completions right-padded."""
+    out = {}
+    for key in batches[0]:
+        parts = [b[key] for b in batches]
+        if parts[0].dim() == 1:  # advantages (N,)
+            out[key] = torch.cat(parts)
+            continue
+        width = max(p.size(1) for p in parts)
+        value = pad_id if key.endswith("_ids") else 0
+        left = key.startswith("prompt")
+        out[key] = torch.cat(
+            [F.pad(p, (width - p.size(1), 0) if left else (0, width - p.size(1)), value=value) for p in parts]
+        )
+    return out
+
+
+def sample_batch(trainer: GRPOTrainer) -> dict[str, Any]:
+    """One generation batch, ready for the update (with old/ref log-probs when the objective needs them).
+
+    Without dynamic sampling: ``prompts_per_generation`` new prompts, all kept. With it: tied groups
+    are dropped and resampled; the returned rollout may hold fewer groups (even none) when
+    ``max_resample_rounds`` runs out. The rollout metrics describe the first round (the policy's own
+    reward distribution), plus ``dynamic_sampling/{rounds,dropped_groups,kept_groups}``.
+    """
+    a, g = trainer.args, trainer.args.num_generations
+    target = a.prompts_per_generation
+    first = trainer.generate_and_score(trainer._next_rows(target), with_logps=False)
+    if not a.dynamic_sampling:
+        trainer.add_logps(first["batch"])
+        return first
+    rollout, batches, rows, rewards = first, [], [], []
+    dropped = rounds = 0
+    while True:
+        total, _ = group_rewards(rollout["rewards"], a.reward_weights)  # (N,)
+        tied = zero_std_groups(total, g)  # (P,)
+        dropped += int(tied.sum())
+        batches.append(select_groups(rollout["batch"], ~tied, g))
+        rewards.append(rollout["rewards"][(~tied).repeat_interleave(g)])
+        rows += [r for r, t in zip(rollout["rows"], tied.tolist()) if not t]
+        need = target - len(rows)
+        if need <= 0 or rounds >= a.max_resample_rounds:
+            break
+        rounds += 1
+        rollout = trainer.generate_and_score(trainer._next_rows(need), with_logps=False)
+    batch = concat_batches(batches, trainer.tokenizer.pad_token_id)
+    if rows:
+        trainer.add_logps(batch)
+    info = dict(first["info"])
+    info["dynamic_sampling/rounds"] = rounds
+    info["dynamic_sampling/dropped_groups"] = dropped
+    info["dynamic_sampling/kept_groups"] = len(rows)
+    return {"batch": batch, "info": info, "rows": rows, "rewards": torch.cat(rewards)}
