@@ -148,7 +148,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     ev = dict(
         n_samples=cfg.eval_samples, temperature=cfg.temperature, max_new_tokens=cfg.max_completion_length, seed=cfg.seed
     )
-    before = evaluate(model, tok, held_out, task.is_correct, **ev)
+    before = evaluate(model, tok, held_out, task.check, **ev)
     console.print(
         f"[bold]3. held-out[/bold] ({cfg.eval_size} problems never trained on): greedy accuracy "
         f"{100 * before.accuracy:.1f}%, sampled pass@1 {100 * before.pass1:.1f}%"
@@ -169,7 +169,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     trainer.train()
     trainer.save_model(run / "model")
 
-    after = evaluate(model, tok, held_out, task.is_correct, **ev)
+    after = evaluate(model, tok, held_out, task.check, **ev)
     console.print(_table(before, after))
     summary = {
         "accuracy_before": before.accuracy,

@@ -60,7 +60,7 @@ def evaluate(
     model,
     tokenizer,
     rows: list[dict[str, Any]],
-    is_correct: Callable[[str, str], bool],
+    is_correct: Callable[[str, dict[str, Any]], bool],
     *,
     n_samples: int = 4,
     temperature: float = 1.0,
@@ -69,22 +69,21 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
 ) -> EvalResult:
-    """Evaluate on `rows` (each with `prompt` and `answer`)."""
+    """Evaluate on `rows` (each with `prompt` and `answer`); ``is_correct(text, row)``, e.g. ``task.check``."""
     if not rows:
         raise ValueError("evaluation: no rows to evaluate")
     prompts = [r["prompt"] for r in rows]
-    answers = [str(r["answer"]) for r in rows]
     greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     texts, lengths, trunc = generate_texts(model, tokenizer, prompts, greedy, batch_size=batch_size, seed=seed)
-    acc = sum(is_correct(t, a) for t, a in zip(texts, answers)) / len(rows)
+    acc = sum(is_correct(t, r) for t, r in zip(texts, rows)) / len(rows)
     fmt = sum(bool(STYLES["think"].match(t)) for t in texts) / len(rows)
     pass1 = float("nan")
     if n_samples > 0:
         sampled = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         rep_prompts = [p for p in prompts for _ in range(n_samples)]
         s_texts, _, _ = generate_texts(model, tokenizer, rep_prompts, sampled, batch_size=batch_size, seed=seed + 1)
-        rep_answers = [a for a in answers for _ in range(n_samples)]
-        pass1 = sum(is_correct(t, a) for t, a in zip(s_texts, rep_answers)) / len(s_texts)
+        rep_rows = [r for r in rows for _ in range(n_samples)]
+        pass1 = sum(is_correct(t, r) for t, r in zip(s_texts, rep_rows)) / len(s_texts)
     return EvalResult(
         accuracy=acc,
         pass1=pass1,

@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aha.reasoning import parse_reasoning
 from aha.tasks.base import extract_answer
@@ -157,8 +158,10 @@ class Verifier:
             return extract_math(completion, self.prefilled)
         return extract_answer(completion)
 
-    def is_correct(self, completion: str, truth: str) -> bool:
-        if self.format == "task":
+    def is_correct(self, completion: str, truth: str, row: dict[str, Any] | None = None) -> bool:
+        if self.format == "task":  # the task's own verifier, with the row's other columns when given
+            if row is not None:
+                return self.task.check(completion, {**row, "answer": truth})  # type: ignore[union-attr]
             return bool(self.task.is_correct(completion, truth))  # type: ignore[union-attr]
         got = self.extract(completion)
         if got is None:

@@ -162,11 +162,11 @@ def _generate(model, tok, prompts, params, cfg, seed, bar, task_id) -> tuple[lis
     return texts, lengths, trunc
 
 
-def _judge(text: str, length: int, truncated: bool, truth: str, verifier: Verifier) -> dict[str, Any]:
+def _judge(text: str, length: int, truncated: bool, row: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     return {
         "completion": text,
         "extracted": verifier.extract(text),
-        "correct": verifier.is_correct(text, truth),
+        "correct": verifier.is_correct(text, row["answer"], row),
         "format_ok": parse_reasoning(text, verifier.prefilled).format_ok,
         "length": length,
         "truncated": truncated,
@@ -195,9 +195,9 @@ def evaluate_model(model, tok, rows, verifier: Verifier, cfg: EvalConfig, label:
         s = _generate(model, tok, rep, sample_p, cfg, cfg.seed + 1_000_003, bar, tid)
     records = []
     for i, row in enumerate(rows):
-        greedy = _judge(g[0][i], g[1][i], g[2][i], row["answer"], verifier)
+        greedy = _judge(g[0][i], g[1][i], g[2][i], row, verifier)
         span = range(i * cfg.n, (i + 1) * cfg.n)
-        samples = [_judge(s[0][j], s[1][j], s[2][j], row["answer"], verifier) for j in span]
+        samples = [_judge(s[0][j], s[1][j], s[2][j], row, verifier) for j in span]
         correct = [x["correct"] for x in samples]
         answers = [x["extracted"] for x in samples]
         rec = {"index": i, "prompt": row["prompt"], "answer": row["answer"], "greedy": greedy, "samples": samples}

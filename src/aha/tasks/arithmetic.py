@@ -79,6 +79,6 @@ class Arithmetic(Task):
             out.append(row)
         return out
 
-    def is_correct(self, completion: str, answer: str) -> bool:
+    def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
         got = extract_answer(completion)
         return got is not None and got == str(answer).strip()

@@ -53,8 +53,14 @@ class Task(ABC):
         """`n` rows of `split` (one of SPLITS), deterministic in `seed`."""
 
     @abstractmethod
-    def is_correct(self, completion: str, answer: str) -> bool:
-        """Does the completion's final answer equal the ground truth?"""
+    def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
+        """Does the completion's final answer equal the ground truth? `columns`: the row's other
+        columns named by ``reward_columns()`` (e.g. countdown's ``numbers``)."""
+
+    def check(self, completion: str, row: dict[str, Any]) -> bool:
+        """``is_correct`` on a dataset row: passes the answer and the other columns the task needs."""
+        extra = {c: row[c] for c in self.reward_columns() if c != "answer" and c in row}
+        return bool(self.is_correct(completion, row["answer"], **extra))
 
     def reward_columns(self) -> list[str]:
         return ["answer"]

@@ -1,0 +1,94 @@
+"""``aha tasks``: list the built-in tasks, or show a sample row of each split of one."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from typing import Any
+
+NAME = "tasks"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="list the built-in tasks or show sample rows of one",
+        description="Built-in verifiable tasks: offline generators of problems, SFT traces and a verifier.",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="a table of the tasks, their descriptions and parameters")
+    show = actions.add_parser("show", help="a sample row of each split (sft, train, eval) of a task")
+    show.add_argument("task", metavar="NAME", help="task name (see `aha tasks list`)")
+    show.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task parameter, e.g. --set count=3 (repeatable; values are read as YAML)",
+    )
+    show.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+
+
+def task_params(cls: type) -> dict[str, Any]:
+    """A task class's parameters and their defaults, from its ``__init__`` signature."""
+    sig = inspect.signature(cls.__init__)
+    return {
+        p.name: p.default for p in sig.parameters.values() if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["count=3", "eval_fraction=0.2"]`` -> ``{"count": 3, "eval_fraction": 0.2}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _list() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from aha.tasks import TASKS
+
+    table = Table(title="Built-in tasks", show_lines=True)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("description")
+    table.add_column("parameters (defaults)")
+    for name in sorted(TASKS):
+        cls = TASKS[name]
+        params = "\n".join(f"{k}={v!r}" for k, v in task_params(cls).items())
+        table.add_row(name, cls.description, params or "-")
+    Console(width=160).print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from aha.tasks import get_task
+    from aha.tasks.base import SPLITS
+
+    task = get_task(args.task, **parse_params(args.params))
+    console = Console(width=160)
+    console.print(f"[bold]{task.name}[/bold]: {task.description}")
+    for split in SPLITS:
+        row = task.rows(split, 1, args.seed)[0]
+        console.rule(f"split {split}")
+        console.print_json(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return _show(args)
+    if args.action == "list" or args.action is None:
+        return _list()
+    raise ValueError(f"unknown action {args.action!r}; use list or show")

@@ -1,0 +1,201 @@
+import json
+import logging
+
+import pytest
+
+from aha.data.load import load_rows
+
+GSM = [
+    {"question": "What is 2+2?", "answer": "2+2 = <<2+2=4>>4\n#### 4"},
+    {"question": "What is 1,000+234?", "answer": "1000+234 = <<1000+234=1234>>1234\n#### 1,234"},
+    {"question": "Broken row", "answer": "no final answer"},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def gsm_file(tmp_path):
+    return write_jsonl(tmp_path / "gsm.jsonl", GSM)
+
+
+def test_jsonl_gsm8k_with_system_prompt(gsm_file, caplog):
+    spec = {
+        "path": str(gsm_file),
+        "prompt_column": "question",
+        "answer_column": "answer",
+        "answer_format": "gsm8k",
+        "system_prompt": "Think first.",
+    }
+    with caplog.at_level(logging.WARNING, logger="aha.data.load"):
+        rows = load_rows(spec)
+    assert len(rows) == 2 and [r["answer"] for r in rows] == ["4", "1234"]
+    assert rows[0]["prompt"] == [
+        {"role": "system", "content": "Think first."},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
+    assert rows[1]["question"] == "What is 1,000+234?"  # original columns are kept
+    assert "dropped 1 rows" in caplog.text
+
+
+def test_plain_prompt_and_raw_answer(gsm_file):
+    rows = load_rows({"path": str(gsm_file), "prompt_column": "question", "answer_column": "answer"})
+    assert len(rows) == 3 and rows[0]["prompt"] == "What is 2+2?" and rows[2]["answer"] == "no final answer"
+    rows = load_rows({"path": str(gsm_file), "prompt_column": "question"})
+    assert rows[0]["answer"] == GSM[0]["answer"]  # no answer_column: columns untouched
+
+
+def test_math_boxed(tmp_path):
+    path = write_jsonl(
+        tmp_path / "math.jsonl",
+        [{"problem": "half?", "solution": r"It is $\boxed{\frac{1}{2}}$."}, {"problem": "p", "solution": r"\boxed{3}"}],
+    )
+    rows = load_rows(
+        {"path": str(path), "prompt_column": "problem", "answer_column": "solution", "answer_format": "math"}
+    )
+    assert [r["answer"] for r in rows] == [r"\frac{1}{2}", "3"]
+    assert rows[0]["solution"] == r"It is $\boxed{\frac{1}{2}}$."
+
+
+def test_other_formats_and_directory(tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "a.json").write_text(json.dumps([{"prompt": "p1"}, {"prompt": "p2"}]))
+    assert [r["prompt"] for r in load_rows({"path": str(tmp_path / "a.json")})] == ["p1", "p2"]
+    (tmp_path / "c.csv").write_text("q,a\nhello,1\nworld,2\n")
+    rows = load_rows({"path": str(tmp_path / "c.csv"), "prompt_column": "q", "answer_column": "a"})
+    assert [(r["prompt"], r["answer"]) for r in rows] == [("hello", "1"), ("world", "2")]
+    Dataset.from_list([{"prompt": "x", "answer": 7}]).to_parquet(str(tmp_path / "d.parquet"))
+    assert load_rows({"path": str(tmp_path / "d.parquet"), "answer_column": "answer"})[0]["answer"] == "7"
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-0.jsonl", [{"prompt": "a"}])
+    write_jsonl(shards / "part-1.jsonl", [{"prompt": "b"}, {"prompt": "c"}])
+    assert sorted(r["prompt"] for r in load_rows({"path": str(shards), "split": "test"})) == ["a", "b", "c"]
+    (shards / "extra.csv").write_text("prompt\nd\n")
+    with pytest.raises(ValueError, match="mixes formats"):
+        load_rows({"path": str(shards)})
+
+
+def test_conversational_prompt_column(tmp_path):
+    conv = [{"role": "user", "content": "hi"}]
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": conv}])
+    assert load_rows({"path": str(path)})[0]["prompt"] == conv
+    rows = load_rows({"path": str(path), "system_prompt": "S"})
+    assert rows[0]["prompt"] == [{"role": "system", "content": "S"}, *conv]
+    sys_path = write_jsonl(tmp_path / "s.jsonl", [{"prompt": [{"role": "system", "content": "X"}, *conv]}])
+    with pytest.raises(ValueError, match="already start with a system message"):
+        load_rows({"path": str(sys_path), "system_prompt": "S"})
+
+
+def test_max_samples_and_shuffle(tmp_path):
+    path = write_jsonl(tmp_path / "n.jsonl", [{"prompt": f"p{i}"} for i in range(20)])
+    assert [r["prompt"] for r in load_rows({"path": str(path), "max_samples": 3})] == ["p0", "p1", "p2"]
+    a = load_rows({"path": str(path), "shuffle_seed": 1, "max_samples": 5})
+    assert a == load_rows({"path": str(path), "shuffle_seed": 1, "max_samples": 5})
+    assert [r["prompt"] for r in a] != ["p0", "p1", "p2", "p3", "p4"]
+    assert sorted(r["prompt"] for r in load_rows({"path": str(path), "shuffle_seed": 1})) == sorted(
+        f"p{i}" for i in range(20)
+    )
+
+
+def test_max_prompt_length_filters_never_truncates(tmp_path, caplog):
+    from aha.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()  # one token per character
+    path = write_jsonl(tmp_path / "l.jsonl", [{"prompt": "aaaa"}, {"prompt": "a" * 10}, {"prompt": "aaaaa"}])
+    with caplog.at_level(logging.WARNING, logger="aha.data.load"):
+        rows = load_rows({"path": str(path), "max_prompt_length": 5}, tokenizer=tok)
+    assert [r["prompt"] for r in rows] == ["aaaa", "aaaaa"]
+    assert "dropped 1 rows" in caplog.text and "max_prompt_length=5" in caplog.text
+    with pytest.raises(ValueError, match="no rows left.*too long"):
+        load_rows({"path": str(path), "max_prompt_length": 3}, tokenizer=tok)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        load_rows({"path": str(path), "max_prompt_length": 5})
+    # chat prompts are measured with the chat template
+    conv = load_rows({"task": "arithmetic", "n": 5, "system_prompt": "S", "max_prompt_length": 1000}, tokenizer=tok)
+    assert len(conv) == 5
+    with pytest.raises(ValueError, match="no rows left"):
+        load_rows({"task": "arithmetic", "n": 5, "max_prompt_length": 10}, tokenizer=tok)
+
+
+def test_tasks():
+    rows = load_rows({"task": "countdown", "count": 3, "n": 7, "split": "eval", "seed": 2})
+    assert len(rows) == 7 and all(len(r["numbers"]) == 3 for r in rows)
+    from aha.tasks import get_task
+
+    assert rows == get_task("countdown", count=3).rows("eval", 7, 2)
+    assert load_rows({"task": "wordproblems", "params": {"max_steps": 1}, "n": 3})[0]["solution"].count("\n") == 1
+    sys_rows = load_rows({"task": "summarize", "n": 2, "system_prompt": "Be short.", "max_samples": 1})
+    assert len(sys_rows) == 1 and sys_rows[0]["prompt"][0] == {"role": "system", "content": "Be short."}
+    with pytest.raises(ValueError, match="did you mean countdown"):
+        load_rows({"task": "countdwn"})
+    with pytest.raises(ValueError, match="colour"):
+        load_rows({"task": "countdown", "colour": "red"})
+    with pytest.raises(ValueError, match="count"):
+        load_rows({"task": "countdown", "count": 99})
+    with pytest.raises(ValueError, match="given twice"):
+        load_rows({"task": "countdown", "count": 3, "params": {"count": 4}})
+    with pytest.raises(ValueError, match="n must be"):
+        load_rows({"task": "countdown", "n": 0})
+
+
+def test_errors_name_the_culprit(tmp_path, gsm_file):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_rows({"path": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_rows({"path": "data/missing.jsonl"})
+    with pytest.raises(ValueError, match=r"prompt_column 'prompt' not found .*columns: question, answer"):
+        load_rows({"path": str(gsm_file)})
+    with pytest.raises(ValueError, match=r"answer_column 'solution' not found .*columns: question, answer"):
+        load_rows({"path": str(gsm_file), "prompt_column": "question", "answer_column": "solution"})
+    with pytest.raises(ValueError, match="answer_format must be one of gsm8k, math"):
+        load_rows({"path": str(gsm_file), "prompt_column": "question", "answer_column": "answer", "answer_format": "x"})
+    with pytest.raises(ValueError, match="needs answer_column"):
+        load_rows({"path": str(gsm_file), "prompt_column": "question", "answer_format": "gsm8k"})
+    with pytest.raises(ValueError, match="unknown key.*promt_column"):
+        load_rows({"path": str(gsm_file), "promt_column": "question"})
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_rows({"path": str(gsm_file), "task": "countdown"})
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_rows({})
+    with pytest.raises(ValueError, match="max_samples"):
+        load_rows({"path": str(gsm_file), "max_samples": 0})
+    (tmp_path / "empty.csv").write_text("prompt\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_rows({"path": str(tmp_path / "empty.csv")})
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt"):
+        load_rows({"path": str(tmp_path / "notes.txt")})
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match="bad.jsonl"):
+        load_rows({"path": str(tmp_path / "bad.jsonl")})
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        load_rows({"path": str(empty_dir)})
+    only_bad = write_jsonl(tmp_path / "nb.jsonl", [{"q": "x", "a": "no marker"}])
+    with pytest.raises(ValueError, match="no rows left.*no answer found"):
+        load_rows({"path": str(only_bad), "prompt_column": "q", "answer_column": "a", "answer_format": "gsm8k"})
+
+
+def test_hub_ids_go_to_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split, kwargs))
+        if path == "nobody/nothing":
+            raise datasets.exceptions.DatasetNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
+        return datasets.Dataset.from_list([{"question": "q", "answer": "r\n#### 5"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec = {"path": "openai/gsm8k", "name": "main", "split": "test", "prompt_column": "question"}
+    rows = load_rows({**spec, "answer_column": "answer", "answer_format": "gsm8k"})
+    assert rows[0]["answer"] == "5" and calls == [("openai/gsm8k", "main", "test", {})]
+    with pytest.raises(ValueError, match="nobody/nothing"):
+        load_rows({"path": "nobody/nothing"})
