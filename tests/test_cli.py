@@ -51,6 +51,33 @@ def test_demo_reduced(tmp_path):
     tok = AutoTokenizer.from_pretrained(out / "model")
     assert model.generation_config.eos_token_id == tok.eos_token_id
     assert (out / "sft" / "config.json").exists()
+    assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
+    # `aha eval` on the same held-out split reproduces the greedy accuracy the demo reported
+    ev = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                "arithmetic",
+                "--limit",
+                "12",
+                "--seed",
+                "3",
+                "--n",
+                "1",
+                "--max-new-tokens",
+                "24",
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
+    got = json.loads((ev / "summary.json").read_text())
+    assert got["greedy_accuracy"] == summary["accuracy_after"], (got, summary)
 
 
 def test_demo_refuses_existing_run(tmp_path, capsys):

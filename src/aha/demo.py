@@ -26,6 +26,7 @@ from rich.table import Table
 
 from aha.eval.evaluate import EvalResult, evaluate
 from aha.models.tiny import build_tiny, num_parameters
+from aha.plot import plot_run
 from aha.rewards import get as get_reward
 from aha.tasks import get_task
 from aha.train.config import GRPOConfig
@@ -188,6 +189,8 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 1),
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots = plot_run(run)  # RUN/plots/*.png and RUN/report.md
+    console.print(f"plots: {len(plots)} PNGs in {run / 'plots'}, report in {run / 'report.md'}")
     console.print(
         f"run directory: {run}  (model in {run / 'model'}, metrics in {run / 'metrics.jsonl'}); "
         f"{summary['seconds']:.0f} s"
