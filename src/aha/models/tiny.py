@@ -47,9 +47,16 @@ class TinyConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"tiny model: {name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"tiny model: {name} must be an integer >= 1, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"tiny model: hidden_size ({self.hidden_size}) must be divisible by "

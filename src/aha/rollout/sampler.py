@@ -40,7 +40,7 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingP
     if p.greedy:
         return logits
     logits = logits / p.temperature
-    neg = torch.finfo(logits.dtype).min
+    neg = float("-inf")  # as transformers' filter_value
     if p.top_k and p.top_k < logits.size(-1):
         kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, neg)

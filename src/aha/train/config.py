@@ -54,7 +54,7 @@ class GRPOConfig:
     steps_per_generation: int | None = None
     num_iterations: int = 1  # μ: optimisation passes per generation batch
     max_prompt_length: int | None = 512  # the course's field: prompts are truncated from the left
-    max_completion_length: int = 256
+    max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -85,13 +85,13 @@ class GRPOConfig:
     vllm_gpu_memory_utilization: float = 0.3
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale_rewards, bool):  # TRL's bool form
+            self.scale_rewards = "group" if self.scale_rewards else "none"
         self._check_types()
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
         if self.generation_batch_size is None:
             self.generation_batch_size = self.per_device_train_batch_size * self.steps_per_generation
-        if isinstance(self.scale_rewards, bool):
-            self.scale_rewards = "group" if self.scale_rewards else "none"
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if self.bf16 is None:
