@@ -12,7 +12,7 @@ import sys
 
 from aha import __version__
 
-COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks"]
+COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks", "train", "sft"]
 
 
 class _Parser(argparse.ArgumentParser):
