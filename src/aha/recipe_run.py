@@ -35,8 +35,9 @@ def load_recipe_model(spec: str | dict[str, Any], seed: int = 0) -> tuple[Any, A
 
 
 def _count(model: torch.nn.Module) -> tuple[int, int]:
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    from aha.models.tiny import num_parameters
+
+    return num_parameters(model), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _save(recipe: Recipe, model: Any, tok: Any, run: Path, base_dir: Path | None) -> dict[str, str]:
