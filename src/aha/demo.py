@@ -1,9 +1,10 @@
 """``aha demo``: the R1 recipe in miniature, offline, in a few minutes on a 2-core CPU.
 
 1. build a tiny character-level Llama (random weights, ~1 M parameters);
-2. cold start (R1 phase 1): a short SFT on arithmetic traces. Half of them work the sum out column
-   by column inside ``<think>``; the other half just guess (``<think>easy</think>``), so the model
-   starts with two habits and no idea which one pays;
+2. cold start (R1 phase 1): a short SFT on arithmetic traces. 40% of them work the sum out column
+   by column inside ``<think>``; 60% are quick guesses (``<think>easy</think>``) that add the columns
+   in the head and forget to carry — right when no column carries, wrong otherwise. The model leaves
+   SFT with both habits and prefers the quick one;
 3. evaluate on a held-out split that is never trained on;
 4. reasoning RL (R1 phase 2): GRPO with a correctness and a format reward. Nothing tells the model to
    think, but completions that work it out are right more often, so their advantages are positive:
@@ -42,7 +43,7 @@ class DemoConfig:
     out: str = "runs/demo"
     seed: int = 0
     digits: int = 2
-    guess_fraction: float = 0.5
+    guess_fraction: float = 0.6
     hidden_size: int = 128
     num_hidden_layers: int = 4
     sft_steps: int = 400
@@ -131,7 +132,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     )
     console.print(
         f"[bold]2. cold start[/bold]: SFT for {cfg.sft_steps} steps on {cfg.sft_examples} traces "
-        f"({100 * cfg.guess_fraction:.0f}% of them guess instead of working it out)"
+        f"({100 * cfg.guess_fraction:.0f}% of them quick guesses that forget to carry)"
     )
     sft_rows = task.rows("sft", cfg.sft_examples, cfg.seed)
     sft_cfg = SFTConfig(

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from aha.tasks import get_task
-from aha.tasks.arithmetic import GUESS_THOUGHT, Arithmetic, column_trace
+from aha.tasks.arithmetic import GUESS_THOUGHT, Arithmetic, column_trace, sum_without_carry
 from aha.tasks.base import in_eval_split
 
 Q_RE = re.compile(r"^(\d+)\+(\d+)$")
@@ -131,17 +131,30 @@ def test_is_correct(completion, answer, expected):
 def test_guess_fraction_mixes_guess_and_worked_traces():
     task = Arithmetic(digits=2, guess_fraction=0.5)
     rows = task.rows("sft", 2000, seed=0)
-    guesses = 0
+    guesses = wrong_guesses = 0
     for row in rows:
         a, b = operands(row)
         content = row["completion"][0]["content"]
-        if content == f"<think>{GUESS_THOUGHT}</think><answer>{a + b}</answer>":
+        if content.startswith(f"<think>{GUESS_THOUGHT}</think>"):
+            # a guess adds column by column and forgets the carry: wrong exactly when the units carry
             guesses += 1
+            assert content == f"<think>{GUESS_THOUGHT}</think><answer>{sum_without_carry(a, b)}</answer>"
+            carries = (a % 10) + (b % 10) >= 10
+            assert task.is_correct(content, row["answer"]) is not carries
+            wrong_guesses += carries
         else:
             assert content == f"<think>{column_trace(a, b)}</think><answer>{a + b}</answer>"
-        assert task.is_correct(content, row["answer"])
+            assert task.is_correct(content, row["answer"])
     assert 0.45 < guesses / len(rows) < 0.55
+    assert 0.35 < wrong_guesses / guesses < 0.55  # about 45% of two-digit sums carry in the units
     assert not any(GUESS_THOUGHT in r["completion"][0]["content"] for r in Arithmetic().rows("sft", 500, seed=0))
+
+
+@pytest.mark.parametrize(
+    "a, b, expected", [(47, 38, 75), (65, 92, 157), (99, 1, 90), (5, 7, 12), (123, 989, 1002), (10, 20, 30)]
+)
+def test_sum_without_carry(a, b, expected):
+    assert sum_without_carry(a, b) == expected
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
         "out": "run directory (refused if it exists and is not empty, unless --overwrite)",
         "seed": "random seed for everything",
         "digits": "number of digits of the addition task",
-        "guess_fraction": "fraction of cold-start traces that guess instead of working the sum out",
+        "guess_fraction": "fraction of cold-start traces that are quick guesses forgetting the carry",
         "sft_steps": "cold-start SFT optimiser steps",
         "grpo_steps": "GRPO optimiser steps",
         "threads": "torch CPU threads (0: default)",

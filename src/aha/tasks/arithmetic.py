@@ -3,6 +3,11 @@
 Question ``47+38``; trace ``<think>7+8=15 4+3+1=8</think><answer>85</answer>``: one step per column,
 right to left, ``+1`` when the previous column carried. A small model cannot add two numbers in one
 shot, but it can learn each column step, so the thought is what makes the answer reachable.
+
+With ``guess_fraction > 0`` that share of the cold-start (``sft``) traces are quick guesses instead:
+``<think>easy</think><answer>75</answer>`` — added column by column in the head, forgetting to carry
+(a classic slip), so a guess is wrong exactly when a column carries. A model cold-started on such
+data has two habits; reinforcement learning with a correctness reward has to find out which pays.
 """
 
 from __future__ import annotations
@@ -13,6 +18,14 @@ from typing import Any
 from aha.tasks.base import SPLITS, Task, extract_answer, in_eval_split
 
 GUESS_THOUGHT = "easy"
+
+
+def sum_without_carry(a: int, b: int) -> int:
+    """a + b, forgetting every carry except the top column's: 47+38 -> 75, 65+92 -> 157."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    width = max(len(da), len(db))
+    cols = [(int(da[i]) if i < len(da) else 0) + (int(db[i]) if i < len(db) else 0) for i in range(width)]
+    return int(str(cols[-1]) + "".join(str(c % 10) for c in reversed(cols[:-1])))
 
 
 def column_trace(a: int, b: int) -> str:
@@ -72,9 +85,12 @@ class Arithmetic(Task):
             if split == "sft":
                 # A `guess_fraction` of the cold-start traces answer without working it out: the model
                 # then starts from a mix of habits, and RL has to discover which one earns the reward.
-                thought = GUESS_THOUGHT if rng.random() < self.guess_fraction else column_trace(a, b)
+                if rng.random() < self.guess_fraction:
+                    thought, said = GUESS_THOUGHT, sum_without_carry(a, b)
+                else:
+                    thought, said = column_trace(a, b), a + b
                 row["completion"] = [
-                    {"role": "assistant", "content": f"<think>{thought}</think><answer>{a + b}</answer>"}
+                    {"role": "assistant", "content": f"<think>{thought}</think><answer>{said}</answer>"}
                 ]
             out.append(row)
         return out
