@@ -120,8 +120,38 @@ def _before_after(summary: dict[str, Any], before: dict[str, Any] | None, after:
             summary[f"{key}_before"] = before.get(metric)
 
 
-def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True) -> dict[str, Any]:
-    """Train as the recipe says and write the run directory; returns the summary."""
+def resume_point(recipe: Recipe, resume: str | None, overwrite: bool) -> Path | None:
+    """The checkpoint ``--resume`` (``auto`` or a path) continues from; None: a fresh run. ``auto`` on a
+    directory with no complete checkpoint starts fresh only when the directory is empty (or with --overwrite)."""
+    if not resume:
+        return None
+    if recipe.kind != "grpo":
+        raise ValueError("--resume: only GRPO runs (aha train) write checkpoints")
+    from aha.train.checkpoint import resolve_checkpoint
+
+    out = Path(recipe.output_dir)
+    found = resolve_checkpoint(out, "auto" if resume == "auto" else resume)
+    if found is None and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(
+            f"--resume: {out} holds no complete checkpoint-<step>/ to resume from (the run died before its first "
+            "save_steps?); pass --overwrite to start over"
+        )
+    return found
+
+
+def _logged_before(run: Path) -> dict[str, Any] | None:
+    """The "before" evaluation a resumed run already logged (metrics.jsonl: phase eval, step 0)."""
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        row = json.loads(line)
+        if row.get("phase") == "eval" and row.get("step") == 0:
+            return {k[5:]: v for k, v in row.items() if k.startswith("eval/")}
+    return None
+
+
+def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resume: str | None = None) -> dict[str, Any]:
+    """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
+    checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
     from aha.data.load import load_rows
     from aha.demo import prepare_run_dir
 
@@ -141,7 +171,11 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True) -> di
                 raise ValueError(f"SFT needs the dataset column {col!r}, which {where} lacks (has: {sorted(rows[0])})")
 
     eval_data = prepare_eval(recipe, tok) if recipe.eval is not None else None
-    run = prepare_run_dir(recipe.output_dir, overwrite)  # only once everything has been validated
+    ckpt = resume_point(recipe, resume, overwrite)
+    if ckpt is not None:  # continue in the existing run directory
+        run = Path(recipe.output_dir)
+    else:
+        run = prepare_run_dir(recipe.output_dir, overwrite)  # only once everything has been validated
     (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
     logger = MetricsLogger(run / "metrics.jsonl")
     base_dir = None
@@ -149,8 +183,8 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True) -> di
         base_dir = run / "base"
         model.save_pretrained(base_dir)
         tok.save_pretrained(base_dir)
-    before = None
-    if recipe.eval is not None and recipe.eval["before"]:
+    before = _logged_before(run) if ckpt is not None else None
+    if recipe.eval is not None and recipe.eval["before"] and before is None:
         before = evaluate_recipe(recipe, model, tok, eval_data, "eval (before)")
         logger.log({"phase": "eval", "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
 
@@ -168,7 +202,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True) -> di
             peft_config=recipe.lora_config(),
         )
         trainer.logger = logger
-        state = trainer.train()
+        state = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
         model = trainer.model
         result: dict[str, Any] = {"steps": state.global_step}
         if state.log_history:

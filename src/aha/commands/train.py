@@ -35,6 +35,15 @@ def add_parser(sub) -> None:
         "and GRPOConfig fields under training:. --dry-run validates it all without loading weights or Hub data.",
     )
     add_recipe_arguments(p)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="auto|PATH",
+        help="continue a killed run from its newest complete checkpoint-<step>/ in the run directory (auto, the "
+        "default) or from the checkpoint PATH; bit-identical on CPU to a run that was never interrupted",
+    )
 
 
 def run_kind(args: argparse.Namespace, kind: str) -> int:
@@ -46,7 +55,7 @@ def run_kind(args: argparse.Namespace, kind: str) -> int:
         return 0
     from aha.recipe_run import run_recipe
 
-    run_recipe(recipe, overwrite=args.overwrite, plot=not args.no_plot)
+    run_recipe(recipe, overwrite=args.overwrite, plot=not args.no_plot, resume=getattr(args, "resume", None))
     return 0
 
 

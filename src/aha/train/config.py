@@ -40,6 +40,7 @@ class GRPOConfig:
     logging_steps: int = 10
     save_steps: int = 500
     save_total_limit: int | None = None
+    resume_from_checkpoint: str | bool | None = None  # as train(resume_from_checkpoint=...): "auto"/True or a path
     bf16: bool | None = None  # None: bf16 only where a GPU supports it (TRL defaults to True and fails on CPU)
     fp16: bool = False
     use_cpu: bool = False
@@ -71,6 +72,7 @@ class GRPOConfig:
     use_bias_correction_kl: bool = True
     scale_rewards: str = "group"
     reward_weights: list[float] | None = None
+    reward_errors: str = "raise"  # aha: "raise" (stop, naming function + sample) or "skip" (that reward is None)
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = 1.0
     # --- DAPO dynamic sampling (aha; TRL has no equivalent): drop groups whose rewards all tie, resample
@@ -148,6 +150,9 @@ class GRPOConfig:
         )
         need(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]")
+        need(self.reward_errors in ("raise", "skip"), "reward_errors", "must be 'raise' or 'skip'")
+        need(self.save_steps >= 1, "save_steps", "must be >= 1")
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 (or None)")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         need(self.rollout_backend in ("fast", "hf"), "rollout_backend", "must be 'fast' or 'hf'")
         need(

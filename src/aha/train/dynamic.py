@@ -9,6 +9,7 @@ several rounds leaves every advantage exactly as it was computed.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,7 +58,7 @@ def sample_batch(trainer: GRPOTrainer) -> dict[str, Any]:
     if not a.dynamic_sampling:
         trainer.add_logps(first["batch"])
         return first
-    rollout, batches, rows, rewards = first, [], [], []
+    rollout, batches, rows, rewards, extra = first, [], [], [], []
     dropped = rounds = 0
     while True:
         total, _ = group_rewards(rollout["rewards"], a.reward_weights)  # (N,)
@@ -71,11 +72,36 @@ def sample_batch(trainer: GRPOTrainer) -> dict[str, Any]:
             break
         rounds += 1
         rollout = trainer.generate_and_score(trainer._next_rows(need), with_logps=False)
+        extra.append(rollout["info"])
     batch = concat_batches(batches, trainer.tokenizer.pad_token_id)
     if rows:
         trainer.add_logps(batch)
     info = dict(first["info"])
+    for r in extra:  # reward errors / non-finite rewards of the resampling rounds count too
+        for k, v in r.items():
+            if k.endswith(("/errors", "/nonfinite")):
+                info[k] = info.get(k, 0) + v
     info["dynamic_sampling/rounds"] = rounds
     info["dynamic_sampling/dropped_groups"] = dropped
     info["dynamic_sampling/kept_groups"] = len(rows)
     return {"batch": batch, "info": info, "rows": rows, "rewards": torch.cat(rewards)}
+
+
+def next_batch(trainer: GRPOTrainer, pending: dict[str, list[float]]) -> dict[str, Any]:
+    """The next generation batch as the training loop tracks it (and checkpoints it mid-way): the batch, its
+    rollout metrics (also appended to `pending`), the pass `it` over it, the next micro-batch `mb`, the pass's
+    permutation `perm`, the optimiser steps to `skip` (dynamic sampling kept no group) and `num_items`."""
+    a = trainer.args
+    rollout = trainer.sample_batch()
+    batch, info = rollout["batch"], rollout["info"]
+    for k, v in info.items():
+        if not k.startswith("_"):
+            pending[k].append(v)
+    n = batch["prompt_ids"].size(0)
+    n_micro = math.ceil(n / a.per_device_train_batch_size)
+    # dynamic sampling kept no group: no update, but the batch uses up its steps
+    skip = 0 if n else a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
+    # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling)
+    num_items = batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / max(1, n_micro)
+    it = 0 if n else a.num_iterations
+    return {"batch": batch, "info": info, "it": it, "mb": 0, "perm": None, "skip": skip, "num_items": num_items}

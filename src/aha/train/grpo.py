@@ -34,10 +34,12 @@ from aha.data.format import encode_prompts, eos_ids, is_conversational, render_p
 from aha.grpo import completion_mask_after_eos, compute_advantages, entropy_from_logits, policy_loss, zero_std_groups
 from aha.grpo.core import selective_log_softmax
 from aha.rollout.sampler import SamplingParams, sample
-from aha.train import dynamic
+from aha.train import checkpoint, dynamic
 from aha.train.config import GRPOConfig
 from aha.train.logging import MetricsLogger, progress
 from aha.train.rewards import load_reward_models, reward_name, score
+
+COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 
 
 @dataclass
@@ -181,8 +183,16 @@ class GRPOTrainer:
             [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
         )
         columns = {k: [r[k] for r in rows for _ in range(g)] for k in rows[0] if k not in ("prompt", "completion")}
+        counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
         rewards = score(
-            self.reward_funcs, prompts, completions, ids_list, columns, self.reward_processing_classes
+            self.reward_funcs,
+            prompts,
+            completions,
+            ids_list,
+            columns,
+            self.reward_processing_classes,
+            a.reward_errors,
+            counts,
         )  # (N, K)
         advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
         batch = {
@@ -194,7 +204,7 @@ class GRPOTrainer:
         }
         if with_logps:
             self.add_logps(batch)
-        info = self._rollout_metrics(rewards, completion_mask, truncated, prompts, completions)
+        info = self._rollout_metrics(rewards, completion_mask, truncated, prompts, completions) | counts
         return {"batch": batch, "info": info, "rows": rows, "rewards": rewards}
 
     @torch.no_grad()
@@ -280,7 +290,9 @@ class GRPOTrainer:
         metrics["entropy"] = entropy[m].mean().item() if m.any() else 0.0
         return loss, metrics
 
-    def train(self) -> TrainerState:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
+        """Train to ``total_steps()``, saving ``checkpoint-<step>`` every ``save_steps``. `resume_from_checkpoint`
+        (default ``args.resume_from_checkpoint``): "auto"/True (the newest complete checkpoint) or a path."""
         a = self.args
         torch.manual_seed(a.seed)
         self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
@@ -295,11 +307,17 @@ class GRPOTrainer:
         total = self.total_steps()
         warmup = a.warmup_steps or int(a.warmup_ratio * total)
         sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
+        spec = a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+        resume = checkpoint.resolve_checkpoint(out, spec)
+        checkpoint.remove_stale(out)
+        loop = checkpoint.load_checkpoint(self, opt, sched, resume) if resume else {"inflight": None, "pending": {}}
         self.model.train()
-        pending: dict[str, list[float]] = defaultdict(list)
+        pending: dict[str, list[float]] = defaultdict(list, loop["pending"])
+        fl: dict[str, Any] | None = loop["inflight"]  # the generation batch in flight and where we are in it
+        mbs, gas = a.per_device_train_batch_size, a.gradient_accumulation_steps
         step_start = time.perf_counter()
         with progress() as bar:
-            task = bar.add_task("GRPO", total=total, info="")
+            task = bar.add_task("GRPO", total=total, info="", completed=self.state.global_step)
 
             def end_step(grad_norm: float | None) -> None:  # bookkeeping after an optimiser step (or a skip)
                 nonlocal step_start
@@ -310,59 +328,66 @@ class GRPOTrainer:
                 now = time.perf_counter()
                 pending["step_time"].append(now - step_start)
                 step_start = now
-                bar.update(task, advance=1, info=f"reward {info['reward']:.3f}")
+                bar.update(task, advance=1, info=f"reward {fl['info']['reward']:.3f}")
                 if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
                     self._log(pending, sched.get_last_lr()[0])
                     pending.clear()
+                if self.state.global_step % a.save_steps == 0:
+                    done = fl["skip"] == 0 and fl["it"] >= a.num_iterations  # the batch is used up
+                    checkpoint.save_checkpoint(
+                        self, opt, sched, {"inflight": None if done else fl, "pending": dict(pending)}
+                    )
 
             while self.state.global_step < total:
-                rollout = self.sample_batch()
-                batch, info = rollout["batch"], rollout["info"]
-                for k, v in info.items():
-                    if not k.startswith("_"):
-                        pending[k].append(v)
+                if fl is None:
+                    fl = dynamic.next_batch(self, pending)
+                while fl["skip"] and self.state.global_step < total:  # dynamic sampling kept no group
+                    fl["skip"] -= 1
+                    end_step(None)
+                batch = fl["batch"]
                 n = batch["prompt_ids"].size(0)
-                if n == 0:  # dynamic sampling kept no group: no update, but the batch uses up its steps
-                    skipped = a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
-                    for _ in range(min(skipped, total - self.state.global_step)):
-                        end_step(None)
-                    continue
-                n_micro = math.ceil(n / a.per_device_train_batch_size)
-                # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling)
-                num_items = batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / n_micro
-                for _ in range(a.num_iterations):
-                    perm = torch.randperm(n, generator=torch.Generator().manual_seed(self._rng.randrange(2**31)))
-                    for i, s in enumerate(range(0, n, a.per_device_train_batch_size)):
-                        idx = perm[s : s + a.per_device_train_batch_size]
-                        mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
-                        loss, lm = self.compute_loss(mb, num_items)
-                        loss.backward()
-                        pending["loss"].append(
-                            loss.item() * (1 if a.loss_type == "dapo" else a.gradient_accumulation_steps)
+                n_micro = math.ceil(n / mbs)
+                while fl["it"] < a.num_iterations and self.state.global_step < total:
+                    if fl["perm"] is None:  # the pass's micro-batch order, from the (checkpointed) prompt-order RNG
+                        fl["perm"] = torch.randperm(
+                            n, generator=torch.Generator().manual_seed(self._rng.randrange(2**31))
                         )
+                    i, marks, losses = fl["mb"], {k: len(v) for k, v in pending.items()}, []
+                    while True:  # one accumulation window; a short (dynamic-sampling) batch still ends with a step
+                        idx = fl["perm"][i * mbs : (i + 1) * mbs]
+                        mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
+                        loss, lm = self.compute_loss(mb, fl["num_items"])
+                        losses.append(loss.item() * (1 if a.loss_type == "dapo" else gas))
+                        if not math.isfinite(losses[-1]):
+                            break
+                        loss.backward()
+                        pending["loss"].append(losses[-1])
                         for k, v in lm.items():
                             pending[k].append(v)
-                        if (i + 1) % a.gradient_accumulation_steps and i + 1 < n_micro:
-                            continue  # accumulate; a short (dynamic-sampling) batch still ends with a step
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
-                        opt.step()
-                        sched.step()
-                        opt.zero_grad(set_to_none=True)
-                        end_step(float(grad_norm))
-                        if self.state.global_step >= total:
+                        i += 1
+                        if i % gas == 0 or i == n_micro:
                             break
-                    if self.state.global_step >= total:
-                        break
-                if a.log_completions and "_samples" in info:
-                    for p, c, r in info["_samples"]:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm))
+                    if not all(map(math.isfinite, losses + [grad_norm])):  # save the last good state, then stop
+                        checkpoint.fail_nonfinite(self, opt, sched, fl, pending, marks, losses)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    fl["mb"] = i
+                    if i == n_micro:
+                        fl.update(it=fl["it"] + 1, mb=0, perm=None)
+                    end_step(grad_norm)
+                if a.log_completions and "_samples" in fl["info"]:
+                    for p, c, r in fl["info"]["_samples"]:
                         bar.console.print(f"[dim]{p!r}[/dim] -> {c!r} [bold]{r:.2f}[/bold]")
+                fl = None
         return self.state
 
     def _log(self, pending: dict[str, list[float]], lr: float) -> None:
         row: dict[str, Any] = {"phase": "grpo", "step": self.state.global_step, "epoch": round(self.state.epoch, 4)}
         for k, vs in pending.items():
             vs = [v for v in vs if v == v]  # drop NaN
-            row[k] = sum(vs) / len(vs) if vs else float("nan")
+            row[k] = sum(vs) if k.endswith(COUNTERS) else sum(vs) / len(vs) if vs else float("nan")
         row["learning_rate"] = lr
         self.state.log_history.append(row)
         self.logger.log(row)

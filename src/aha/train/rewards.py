@@ -92,28 +92,39 @@ def score(
     completion_ids: list[list[int]],
     columns: dict[str, list[Any]],
     reward_processing_classes: Sequence[Any] | None = None,
+    on_error: str = "raise",
+    counts: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """(N, K) float tensor of rewards; None/NaN become NaN ("does not apply"). Reward models are scored
-    with the matching entry of `reward_processing_classes`."""
+    with the matching entry of `reward_processing_classes`.
+
+    A reward function that raises is called again sample by sample to find the first failing sample:
+    ``on_error="raise"`` stops with an error naming the function, that sample and the exception;
+    ``on_error="skip"`` gives the failing samples None. NaN/inf rewards become None too. Both are counted
+    in `counts` (``rewards/<name>/errors`` (skip mode only) and ``rewards/<name>/nonfinite``)."""
     n = len(completions)
     out = torch.full((n, len(reward_funcs)), float("nan"))
+    counts = {} if counts is None else counts
     for k, fn in enumerate(reward_funcs):
         name = reward_name(fn)
         if isinstance(fn, PreTrainedModel):
             if not reward_processing_classes or reward_processing_classes[k] is None:
                 raise ValueError(f"reward model {name!r} needs a tokenizer (reward_processing_classes)")
-            out[:, k] = torch.tensor(reward_model_scores(fn, reward_processing_classes[k], prompts, completions))
+            values = torch.tensor(reward_model_scores(fn, reward_processing_classes[k], prompts, completions))
+            counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + int(
+                (~values.isfinite()).sum()
+            )
+            out[:, k] = torch.where(values.isfinite(), values, torch.nan)
             continue
+        errors = 0
         try:
             values = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
-        except TypeError as e:
-            raise ValueError(
-                f"reward function {name!r} could not be called with prompts, completions, completion_ids and the "
-                f"dataset columns {sorted(columns)}: {e}"
-            ) from e
+        except Exception as e:
+            values, errors = _per_sample(fn, name, e, prompts, completions, completion_ids, columns, on_error)
         if values is None or not hasattr(values, "__len__") or len(values) != n:
             got = "None" if values is None else f"{len(values)} values" if hasattr(values, "__len__") else repr(values)
             raise ValueError(f"reward function {name!r} must return a list of {n} rewards, got {got}")
+        nonfinite = 0
         for i, v in enumerate(values):
             if v is None:
                 continue
@@ -123,4 +134,48 @@ def score(
                 raise ValueError(f"reward function {name!r} returned a non-numeric reward {v!r} for sample {i}")
             if math.isfinite(v):
                 out[i, k] = float(v)
+            else:
+                nonfinite += 1
+        counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
+        if on_error == "skip":
+            counts[f"rewards/{name}/errors"] = counts.get(f"rewards/{name}/errors", 0) + errors
     return out
+
+
+def _per_sample(fn, name, error, prompts, completions, completion_ids, columns, on_error) -> tuple[list[Any], int]:
+    """`fn` raised `error` on the whole batch: call it on one sample at a time. Returns (values, errors),
+    failing samples as None (skip mode), or raises naming the first failing sample."""
+    values: list[Any] = []
+    errors = 0
+    for i in range(len(completions)):
+        cols = {c: v[i : i + 1] for c, v in columns.items()}
+        try:
+            got = fn(
+                prompts=prompts[i : i + 1],
+                completions=completions[i : i + 1],
+                completion_ids=completion_ids[i : i + 1],
+                **cols,
+            )
+            got = list(got)
+            if len(got) != 1:
+                raise ValueError(f"returned {len(got)} rewards for 1 sample")
+            values.append(got[0])
+        except Exception as e:
+            if isinstance(e, TypeError) and isinstance(error, TypeError) and i == 0 and str(e) == str(error):
+                raise ValueError(
+                    f"reward function {name!r} could not be called with prompts, completions, completion_ids and "
+                    f"the dataset columns {sorted(columns)}: {e}"
+                ) from error
+            if on_error != "skip":
+                raise ValueError(
+                    f"reward function {name!r} raised on sample {i} (completion {str(completions[i])[:200]!r}): "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            values.append(None)
+            errors += 1
+    if errors == 0 and on_error != "skip":  # fails only on the whole batch
+        raise ValueError(
+            f"reward function {name!r} raised on the batch of {len(completions)} samples (no single sample fails "
+            f"alone): {type(error).__name__}: {error}"
+        ) from error
+    return values, errors
