@@ -5,6 +5,7 @@
 """
 
 from aha.rewards import builtin as _builtin  # noqa: F401  (registers the built-ins)
+from aha.rewards import code as _code  # noqa: F401  (registers the sandboxed code rewards)
 from aha.rewards import course as _course  # noqa: F401  (registers the course's rewards)
 from aha.rewards import openr1 as _openr1  # noqa: F401  (registers Open R1's rewards)
 from aha.rewards.custom import load_custom, resolve

@@ -7,11 +7,12 @@ from typing import Any
 
 from aha.tasks.arithmetic import Arithmetic
 from aha.tasks.base import Task, completion_text, extract_answer
+from aha.tasks.coding import Coding
 from aha.tasks.countdown import Countdown
 from aha.tasks.summarize import Summarize
 from aha.tasks.wordproblems import WordProblems
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Arithmetic, Countdown, WordProblems, Summarize)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Arithmetic, Countdown, WordProblems, Summarize, Coding)}
 
 
 def get_task(name: str, **params: Any) -> Task:
