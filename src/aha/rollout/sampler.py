@@ -3,7 +3,8 @@
 
 Prompts are left-padded so that every row's next token sits in the last column. The fast loop runs
 one forward over the prompts, then one single-token forward per new token, reusing the cache; rows
-that have produced EOS are carried with a pad token and stop counting.
+that have produced EOS are carried with a pad token and stop counting; once at most half of the computed
+rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ def _pick(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
+# Drop finished rows from the forward once at most this fraction of the computed rows is still running
+# (and the batch is at least DROP_MIN_ROWS wide): the cache, mask and positions are narrowed in place.
+DROP_LIVE_FRACTION = 0.5
+DROP_MIN_ROWS = 8
+
+
 def sample_fast(
     model,
     prompt_ids: torch.Tensor,
@@ -76,42 +82,78 @@ def sample_fast(
 ) -> torch.Tensor:
     """prompt_ids/prompt_mask: (B, P) left-padded. Returns completion ids (B, T<=max_new_tokens),
     pad after each row's first EOS (the EOS itself is kept)."""
-    b, device = prompt_ids.size(0), prompt_ids.device
-    eos = torch.tensor(eos_token_ids, device=device)
-    mask = prompt_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    with torch.inference_mode():
+        out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator)
+    return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
+
+
+def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator):
+    b, p_len, device = prompt_ids.size(0), prompt_ids.size(1), prompt_ids.device
+    n_new = params.max_new_tokens
+    out = torch.full((b, n_new), pad_token_id, dtype=torch.long, device=device)  # (B, T) result
+    if n_new == 0:
+        return out, 0
+    # the whole attention mask at once; step t uses its first P+t+1 columns (no per-step torch.cat)
+    mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((b, n_new), dtype=torch.long)], dim=1)
+    positions = (mask[:, :p_len].cumsum(-1) - 1).clamp(min=0)  # (B, P)
     cache = DynamicCache()
-    out = model(
-        input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-    )
-    logits = out.logits[:, -1, :].float()  # (B, V)
+    logits = (
+        model(
+            input_ids=prompt_ids,
+            attention_mask=mask[:, :p_len],
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        .logits[:, -1, :]
+        .float()
+    )  # (B, V)
+    vocab = logits.size(-1)
+    is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)  # lookup table instead of isin per step
+    for e in eos_token_ids:
+        if 0 <= e < vocab:
+            is_eos[e] = True
     next_pos = positions[:, -1:] + 1  # (B, 1)
     seen = None
     if params.repetition_penalty != 1.0:
-        seen = torch.zeros(b, logits.size(-1), dtype=torch.bool, device=device)
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
         seen.scatter_(1, prompt_ids, prompt_mask.bool())
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    tokens = []
-    for _ in range(params.max_new_tokens):
-        tok = _pick(process_logits(logits, seen, params), params, generator)  # (B,)
-        tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-        tokens.append(tok)
-        done = done | torch.isin(tok, eos)
-        if bool(done.all()):
+    rows = torch.arange(b, device=device)  # original row of each computed row
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # (computed rows,)
+    pad = torch.full((b,), pad_token_id, dtype=torch.long, device=device)
+    steps = 0
+    for t in range(n_new):
+        tok = _pick(process_logits(logits, seen, params), params, generator)  # (b',)
+        tok = torch.where(done, pad[: tok.size(0)], tok)
+        out[rows, t] = tok
+        steps = t + 1
+        done = done | is_eos[tok]
+        live = int((~done).sum())
+        if live == 0 or t + 1 == n_new:
             break
         if seen is not None:
-            seen[torch.arange(b, device=device), tok] = True
-        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-        out = model(
-            input_ids=tok.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=next_pos,
-            past_key_values=cache,
-            use_cache=True,
+            seen[torch.arange(tok.size(0), device=device), tok] = True
+        if tok.size(0) >= DROP_MIN_ROWS and live <= DROP_LIVE_FRACTION * tok.size(0):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tok, mask, next_pos, done = rows[keep], tok[keep], mask[keep], next_pos[keep], done[keep]
+            if seen is not None:
+                seen = seen[keep]
+        logits = (
+            model(
+                input_ids=tok.unsqueeze(1),
+                attention_mask=mask[:, : p_len + t + 1],
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1, :]
+            .float()
         )
-        logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
-    return torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros((b, 0))
+    return out, steps
 
 
 @torch.no_grad()

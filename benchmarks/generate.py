@@ -1,0 +1,127 @@
+"""Rollout throughput: aha's ``fast`` KV-cache sampler against ``model.generate`` (the ``hf`` backend).
+
+Batch of B arithmetic chat prompts (~24 tokens, left-padded), T new tokens per row, temperature 1.0.
+EOS is made impossible (the stop id is outside the vocabulary), so every row of both backends produces
+exactly T tokens and tokens/s = B·T / wall time. Backends run interleaved (A B B A ...), each rep timed;
+the table shows the median (and min/max) over reps. vLLM is reported only when ``import vllm`` works.
+
+    .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128
+    .venv/bin/python benchmarks/generate.py --quick         # 1m only, fewer reps
+    .venv/bin/python benchmarks/generate.py --baseline-file /tmp/old_sampler.py   # A/B a sampler version
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SIZES, build, gemm_peak, load, model_dims, summary  # noqa: E402
+from aha.data.format import encode_prompts, render_prompt  # noqa: E402
+from aha.rollout.sampler import SamplingParams, sample_fast, sample_hf  # noqa: E402
+from aha.tasks import get_task  # noqa: E402
+
+
+def load_sampler_file(path: str):
+    spec = importlib.util.spec_from_file_location("baseline_sampler", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod.sample_fast
+
+
+def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict) -> dict:
+    model, tok = build(size)
+    model.eval()
+    rows = get_task("arithmetic", digits=2).rows("train", batch, seed=0)
+    prompt_ids, prompt_mask = encode_prompts(tok, [render_prompt(tok, r["prompt"]) for r in rows])
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
+    no_eos = [len(tok) + 7]  # outside the vocabulary: never sampled, so no row stops early
+    times: dict[str, list[float]] = {name: [] for name in backends}
+
+    def once(name):
+        fn = backends[name]
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        out = fn(model, prompt_ids, prompt_mask, params, no_eos, tok.pad_token_id, gen)
+        dt = time.perf_counter() - t
+        assert out.shape == (batch, new_tokens), (name, tuple(out.shape))
+        return dt
+
+    for name in backends:  # warm-up
+        once(name)
+    order = list(backends)
+    for r in range(reps):
+        for name in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...: cancels drift
+            times[name].append(once(name))
+    return {
+        "size": size,
+        "params": model_dims(model)["params"],
+        "prompt_len": prompt_ids.size(1),
+        "stats": {name: summary(ts) for name, ts in times.items()},
+        "tokens": batch * new_tokens,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1m,19m", help=f"comma-separated, from {sorted(SIZES)}")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="1m only, 3 reps, 64 new tokens")
+    ap.add_argument("--baseline-file", help="a sampler.py whose sample_fast is timed too, as 'baseline'")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is stable on a shared machine"
+    )
+    ap.add_argument("--no-hf", action="store_true", help="skip the hf backend")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.reps, args.new_tokens = "1m", 3, 64
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    backends = {"fast": sample_fast}
+    if args.baseline_file:
+        backends["baseline"] = load_sampler_file(args.baseline_file)
+    if not args.no_hf:
+        backends["hf"] = sample_hf
+
+    print(f"machine: {load()}")
+    print(f"fp32 GEMM peak (torch.mm 1024²): {gemm_peak() / 1e9:.1f} GFLOP/s")
+    print(
+        f"batch {args.batch}, {args.new_tokens} new tokens per row (EOS impossible), temperature 1.0, {args.reps} reps"
+    )
+    results = []
+    for size in args.sizes.split(","):
+        res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends)
+        results.append(res)
+        print(f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']})")
+        print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
+        for name, st in res["stats"].items():
+            print(
+                f"{name:<10} {res['tokens'] / st['median']:>10.0f} {st['median']:>11.3f} {st['min']:>8.3f} {st['max']:>8.3f}"
+            )
+        if "hf" in res["stats"]:
+            print(f"speed-up fast vs hf: {res['stats']['hf']['median'] / res['stats']['fast']['median']:.2f}x")
+        if "baseline" in res["stats"]:
+            print(
+                f"speed-up fast vs baseline: {res['stats']['baseline']['median'] / res['stats']['fast']['median']:.2f}x"
+            )
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("\nvllm not installed")
+    else:
+        print("\nvllm is installed but this benchmark does not drive it yet")
+    print(f"machine at end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
