@@ -12,7 +12,7 @@ import sys
 
 from aha import __version__
 
-COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks", "train", "sft"]
+COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks", "train", "sft", "sample", "pipeline"]
 
 
 class _Parser(argparse.ArgumentParser):

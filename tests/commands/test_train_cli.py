@@ -30,7 +30,7 @@ def _sets(items: list[str]) -> list[str]:
 
 
 def test_all_recipes_are_tested() -> None:
-    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*GRPO_RECIPES, "demo-sft"])
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*GRPO_RECIPES, "demo-sft", "r1-pipeline-tiny"])
 
 
 @pytest.mark.parametrize("name", GRPO_RECIPES)

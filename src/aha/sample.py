@@ -1,0 +1,249 @@
+"""Rejection sampling (R1 phase 3, and distillation): sample n completions per prompt, verify them, keep the
+accepted ones as an SFT dataset.
+
+Data: a built-in task (``arithmetic`` or ``arithmetic:digits=3``; its ``train`` split by default and its own
+verifier), a local GSM8K/MATH-style file (verified by :class:`aha.eval.metrics.Verifier`), or a
+:func:`aha.data.load.load_rows` spec mapping (what a pipeline's ``sample`` stage gives). With ``rewards`` a
+completion is accepted when its weighted summed reward is at least ``min_reward`` instead.
+
+Output (``out``, JSON lines): one line per kept completion ``{"prompt": [...messages], "completion":
+[{"role": "assistant", "content": text}], "answer": ..., "pass_rate": p}`` (plus the row's other columns, and
+``correct`` with ``keep="all"``); identical completions of a prompt are kept once. The sidecar
+``<out stem>.pass_rates.jsonl`` holds one line per prompt: its samples, accepted count, pass rate, whether
+the pass rate is within ``[min_pass_rate, max_pass_rate]`` (only those prompts' samples are kept) and how
+many lines were kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aha.data.format import render_prompt
+from aha.eval.evaluate import generate_texts
+from aha.eval.metrics import Verifier, detect_format
+from aha.rollout.sampler import SamplingParams
+
+KEEP = ("correct", "all")
+DEFAULT_ROWS = 100
+DROP_COLUMNS = ("prompt", "completion", "raw_answer")
+
+
+@dataclass
+class SampleConfig:
+    """Settings of one rejection-sampling run (``aha sample`` options / a pipeline's ``sample`` stage)."""
+
+    n: int = 8  # completions per prompt
+    keep: str = "correct"  # correct: accepted completions only; all: every (unique) completion
+    max_per_prompt: int | None = None  # at most this many kept completions per prompt
+    min_pass_rate: float = 0.0  # keep a prompt's samples only when its pass rate is in [min, max]
+    max_pass_rate: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    limit: int | None = None  # prompts (default: 100 for a task, all rows of a file)
+    split: str = "train"  # a built-in task's split
+    seed: int = 0
+    batch_size: int = 64
+    rewards: list[Any] = field(default_factory=list)  # reward specs (names, dicts); empty: the verifier
+    min_reward: float = 1.0  # with rewards: accepted when the weighted sum is >= this
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"--n must be at least 1, got {self.n}")
+        if self.keep not in KEEP:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.max_per_prompt is not None and self.max_per_prompt < 1:
+            raise ValueError(f"--max-per-prompt must be at least 1, got {self.max_per_prompt}")
+        if not 0.0 <= self.min_pass_rate <= self.max_pass_rate <= 1.0:
+            raise ValueError(
+                f"pass rates: need 0 <= --min-pass-rate <= --max-pass-rate <= 1, "
+                f"got {self.min_pass_rate} and {self.max_pass_rate}"
+            )
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("--max-new-tokens and --batch-size must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """``x.jsonl`` → ``x.pass_rates.jsonl`` (next to the output)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.pass_rates.jsonl")
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+
+def load_sample_data(
+    data: str | dict[str, Any], cfg: SampleConfig, tokenizer: Any = None
+) -> tuple[list[dict[str, Any]], Verifier]:
+    """Rows (``prompt``, ``answer`` and the row's other columns) and the verifier that judges them."""
+    from aha.data.load import TASK_KEYS, load_rows
+    from aha.tasks import get_task
+
+    if isinstance(data, dict):
+        rows = load_rows(data, tokenizer)
+        if "task" in data:
+            params = {**(data.get("params") or {}), **{k: v for k, v in data.items() if k not in TASK_KEYS}}
+            verifier = Verifier("task", get_task(str(data["task"]), **params))
+        else:
+            if "answer" not in rows[0]:
+                raise ValueError(f"sample: the data {data.get('path')!r} needs an answer column (answer_column)")
+            fmt = data.get("answer_format") or detect_format([str(r["answer"]) for r in rows])
+            verifier = Verifier(fmt)
+    else:
+        from aha.eval.run import _task, load_eval_data
+
+        task = _task(data)
+        if task is not None:
+            rows, verifier = task.rows(cfg.split, cfg.limit or DEFAULT_ROWS, cfg.seed), Verifier("task", task)
+        else:
+            rows, verifier = load_eval_data(data, cfg.limit, cfg.seed)
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    if not rows:
+        raise ValueError("sample: no prompts")
+    return [{**r, "answer": str(r["answer"])} for r in rows], verifier
+
+
+# ---- judging -----------------------------------------------------------------------------------------
+
+
+def reward_scores(specs: list[Any], rows: list[dict[str, Any]], texts: list[str], tokenizer: Any = None) -> list[float]:
+    """Weighted summed rewards of `texts` (``texts[i]`` answers ``rows[i]``), TRL's call convention: prompts,
+    completions (messages when the prompt is), completion_ids and every other column as keyword lists."""
+    from aha.rewards import resolve
+
+    prompts = [r["prompt"] for r in rows]
+    chat = isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": t}] if chat else t for t in texts]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in ("prompt", "completion")}
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts] if tokenizer is not None else None
+    total = [0.0] * len(texts)
+    for spec in specs:
+        fn, weight = resolve(spec)
+        values = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
+        total = [t + weight * (v or 0.0) for t, v in zip(total, values)]
+    return total
+
+
+def judge(
+    rows: list[dict[str, Any]], texts: list[str], verifier: Verifier, cfg: SampleConfig, tokenizer: Any = None
+) -> list[bool]:
+    """Is each completion accepted? (``texts`` holds ``cfg.n`` consecutive completions per row.)"""
+    rep = [r for r in rows for _ in range(cfg.n)]
+    if cfg.rewards:
+        return [s >= cfg.min_reward for s in reward_scores(cfg.rewards, rep, texts, tokenizer)]
+    return [bool(verifier.is_correct(t, r["answer"], r)) for t, r in zip(texts, rep)]
+
+
+def select(
+    rows: list[dict[str, Any]], texts: list[str], accepted: list[bool], cfg: SampleConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(output lines, per-prompt pass-rate records): pass-rate filter, keep mode, dedup, max_per_prompt."""
+    lines: list[dict[str, Any]] = []
+    rates: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        span = range(i * cfg.n, (i + 1) * cfg.n)
+        n_ok = sum(accepted[j] for j in span)
+        rate = n_ok / cfg.n
+        in_range = cfg.min_pass_rate <= rate <= cfg.max_pass_rate
+        kept: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for j in span if in_range else range(0):
+            if (cfg.keep == "correct" and not accepted[j]) or texts[j] in seen:
+                continue
+            if cfg.max_per_prompt is not None and len(kept) >= cfg.max_per_prompt:
+                break
+            seen.add(texts[j])
+            extra = {k: v for k, v in row.items() if k not in DROP_COLUMNS}
+            line = {**extra, "prompt": row["prompt"], "completion": [{"role": "assistant", "content": texts[j]}]}
+            line |= {"answer": row["answer"], "pass_rate": rate}
+            if cfg.keep == "all":
+                line["correct"] = accepted[j]
+            kept.append(line)
+        lines += kept
+        rates.append(
+            {"prompt": row["prompt"], "answer": row["answer"], "n": cfg.n, "accepted": n_ok, "pass_rate": rate}
+            | {"in_range": in_range, "kept": len(kept)}
+        )
+    return lines, rates
+
+
+# ---- running -----------------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write atomically (a temporary file renamed into place): a killed run leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    """The output path; an existing output (or sidecar) is refused unless `overwrite`."""
+    path = Path(out)
+    if path.suffix != ".jsonl":
+        raise ValueError(f"--out {path}: the output is a .jsonl file")
+    for p in (path, sidecar_path(path)):
+        if p.exists() and not overwrite:
+            raise ValueError(f"--out: {p} already exists; choose another file or pass --overwrite")
+    return path
+
+
+def sample_rows(
+    model: Any, tok: Any, rows: list[dict[str, Any]], verifier: Verifier, cfg: SampleConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Generate ``cfg.n`` completions per row with aha's sampler, judge and select them."""
+    prompts = [r["prompt"] for r in rows]
+    if getattr(tok, "chat_template", None) is None:  # a base model: the question as plain text
+        prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+    first = render_prompt(tok, prompts[0])
+    verifier = replace(verifier, prefilled=first.rstrip().endswith(("<think>", "<reasoning>")))
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    rep = [p for p in prompts for _ in range(cfg.n)]
+    was_training = model.training
+    model.eval()
+    texts, _, _ = generate_texts(model, tok, rep, params, batch_size=cfg.batch_size, seed=cfg.seed)
+    model.train(was_training)
+    accepted = judge(rows, texts, verifier, cfg, tok)
+    return select(rows, texts, accepted, cfg)
+
+
+def run_sample(
+    model: Any, tok: Any, data: str | dict[str, Any], out: str | Path, cfg: SampleConfig, overwrite: bool = False
+) -> dict[str, Any]:
+    """Sample, verify and write `out` plus its pass-rate sidecar; returns a summary."""
+    cfg.validate()
+    if cfg.rewards:
+        from aha.rewards import resolve
+
+        for spec in cfg.rewards:
+            resolve(spec)  # unknown names and bad parameters fail before any generation
+    path = check_out(out, overwrite)
+    start = time.perf_counter()
+    rows, verifier = load_sample_data(data, cfg, tok)
+    lines, rates = sample_rows(model, tok, rows, verifier, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(sidecar_path(path), rates)
+    _write_jsonl(path, lines)
+    n_in = sum(r["in_range"] for r in rates)
+    return {
+        "prompts": len(rows),
+        "samples": len(rows) * cfg.n,
+        "accepted": sum(r["accepted"] for r in rates),
+        "mean_pass_rate": sum(r["pass_rate"] for r in rates) / len(rates),
+        "prompts_in_range": n_in,
+        "kept": len(lines),
+        "out": str(path),
+        "pass_rates": str(sidecar_path(path)),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
