@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from aha.tasks.base import SPLITS, Task, extract_answer, in_eval_split
+from aha.tasks.base import Task, extract_answer
 
 GUESS_THOUGHT = "easy"
 
@@ -66,22 +66,14 @@ class Arithmetic(Task):
         d = rng.randint(self.min_digits, self.digits)
         return rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1)
 
+    def _draw(self, rng: random.Random) -> tuple[str, tuple[int, int]]:
+        a, b = self._operand(rng), self._operand(rng)
+        return f"{a}+{b}", (a, b)
+
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-        if split not in SPLITS:
-            raise ValueError(f"arithmetic: unknown split {split!r}; choose from {SPLITS}")
-        # Each split has its own stream; eval draws only held-out problems, the others never do.
-        rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[dict[str, Any]] = []
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 1000 * n + 10_000:
-                raise ValueError(f"arithmetic: cannot draw {n} {split} problems with digits={self.digits}")
-            a, b = self._operand(rng), self._operand(rng)
-            question = f"{a}+{b}"
-            if in_eval_split(question, self.eval_fraction) != (split == "eval"):
-                continue
-            row: dict[str, Any] = {"prompt": [{"role": "user", "content": question}], "answer": str(a + b)}
+        for rng, (a, b) in self.draws(split, n, seed, self._draw, f"digits={self.digits}"):
+            row: dict[str, Any] = {"prompt": [{"role": "user", "content": f"{a}+{b}"}], "answer": str(a + b)}
             if split == "sft":
                 # A `guess_fraction` of the cold-start traces answer without working it out: the model
                 # then starts from a mix of habits, and RL has to discover which one earns the reward.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -64,3 +66,24 @@ class Task(ABC):
 
     def reward_columns(self) -> list[str]:
         return ["answer"]
+
+    def draws(
+        self, split: str, n: int, seed: int, draw: Callable[[random.Random], tuple[str, Any] | None], what: str = ""
+    ) -> Iterator[tuple[random.Random, Any]]:
+        """Yield (rng, item) `n` times for `split`: ``draw(rng)`` returns (key, item) or None to skip; an item
+        is kept when its key's hash partition matches the split (``eval`` only held-out keys, the others
+        never). Each split has its own seeded stream; the consumer may keep using `rng` for the kept item."""
+        if split not in SPLITS:
+            raise ValueError(f"{self.name}: unknown split {split!r}; choose from {SPLITS}")
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        kept = tries = 0
+        eval_fraction = getattr(self, "eval_fraction", 0.1)
+        while kept < n:
+            tries += 1
+            if tries > 1000 * n + 10_000:
+                raise ValueError(f"{self.name}: cannot draw {n} {split} items{' with ' + what if what else ''}")
+            got = draw(rng)
+            if got is None or in_eval_split(got[0], eval_fraction) != (split == "eval"):
+                continue
+            kept += 1
+            yield rng, got[1]

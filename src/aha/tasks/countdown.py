@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from aha.tasks.base import SPLITS, Task, completion_text, extract_answer, in_eval_split
+from aha.tasks.base import Task, completion_text, extract_answer
 
 MAX_EXPRESSION_CHARS = 256
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
@@ -181,25 +181,15 @@ class Countdown(Task):
         return numbers, target, expression, steps
 
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-        if split not in SPLITS:
-            raise ValueError(f"countdown: unknown split {split!r}; choose from {SPLITS}")
-        rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[dict[str, Any]] = []
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 1000 * n + 10_000:
-                raise ValueError(
-                    f"countdown: cannot draw {n} {split} problems with count={self.count}, "
-                    f"max_number={self.max_number}, max_target={self.max_target}"
-                )
+
+        def draw(rng: random.Random) -> tuple[str, tuple] | None:
             inst = self._instance(rng)
-            if inst is None:
-                continue
-            numbers, target, expression, steps = inst
             # The problem is the multiset of numbers and the target, whatever their order.
-            if in_eval_split(f"{sorted(numbers)}->{target}", self.eval_fraction) != (split == "eval"):
-                continue
+            return None if inst is None else (f"{sorted(inst[0])}->{inst[1]}", inst)
+
+        what = f"count={self.count}, max_number={self.max_number}, max_target={self.max_target}"
+        for rng, (numbers, target, expression, steps) in self.draws(split, n, seed, draw, what):
             shown = rng.sample(numbers, len(numbers))
             question = (
                 f"Using the numbers {shown}, write an expression that equals {target}. "

@@ -18,7 +18,7 @@ import random
 import string
 from typing import Any
 
-from aha.tasks.base import SPLITS, Task, completion_text, extract_answer, in_eval_split
+from aha.tasks.base import Task, completion_text, extract_answer
 
 TOWNS = ["Millbrook", "Ashford", "Lakeside", "Greenvale", "Stonebridge", "Riverton", "Oakhurst"]
 EVENTS = ["spring fair", "book sale", "charity run", "food festival", "art show", "music night"]
@@ -136,18 +136,13 @@ class Summarize(Task):
         return f"<think>{thought}</think><answer>{best}</answer>"
 
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-        if split not in SPLITS:
-            raise ValueError(f"summarize: unknown split {split!r}; choose from {SPLITS}")
-        rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[dict[str, Any]] = []
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 1000 * n + 10_000:
-                raise ValueError(f"summarize: cannot draw {n} {split} documents")
+
+        def draw(rng: random.Random) -> tuple[str, tuple[str, dict[str, Any]]]:
             doc, facts = self._document(rng)
-            if in_eval_split(doc, self.eval_fraction) != (split == "eval"):
-                continue
+            return doc, (doc, facts)
+
+        for _, (doc, facts) in self.draws(split, n, seed, draw):
             row: dict[str, Any] = {
                 "prompt": [{"role": "user", "content": f"Summarize the following text.\n\n{doc}"}],
                 "answer": str(self.ideal_length),

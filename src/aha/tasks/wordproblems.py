@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aha.data.normalize import gsm8k_answer, normalize_number
-from aha.tasks.base import SPLITS, Task, extract_answer, in_eval_split
+from aha.tasks.base import Task, extract_answer
 
 NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Carlos", "he"), ("Mei", "she"), ("Ravi", "he")]
 ITEMS = ["apples", "stickers", "marbles", "cookies", "pencils", "books", "shells", "cards"]
@@ -167,18 +167,13 @@ class WordProblems(Task):
         self.templates = [t for t, k in TEMPLATES if min_steps <= k <= max_steps]
 
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-        if split not in SPLITS:
-            raise ValueError(f"wordproblems: unknown split {split!r}; choose from {SPLITS}")
-        rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[dict[str, Any]] = []
-        tries = 0
-        while len(out) < n:
-            tries += 1
-            if tries > 1000 * n + 10_000:
-                raise ValueError(f"wordproblems: cannot draw {n} {split} problems with max_value={self.max_value}")
+
+        def draw(rng: random.Random) -> tuple[str, tuple]:
             question, steps, answer = rng.choice(self.templates)(rng, self.max_value)
-            if in_eval_split(question, self.eval_fraction) != (split == "eval"):
-                continue
+            return question, (question, steps, answer)
+
+        for _, (question, steps, answer) in self.draws(split, n, seed, draw, f"max_value={self.max_value}"):
             row: dict[str, Any] = {
                 "prompt": [{"role": "user", "content": question}],
                 "answer": str(answer),
