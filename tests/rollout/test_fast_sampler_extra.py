@@ -8,27 +8,11 @@ import pytest
 import torch
 
 from aha.data.format import encode_prompts
-from aha.models.tiny import build_tiny
 from aha.rollout import SamplingParams, sample
 from aha.rollout import sampler as sampler_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "<think>9+9</think>", "What is 47+38?"] * 3
 MAX_NEW = 24
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tok = build_tiny(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False
-    )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                scale = 1.0 if "embed" in name else p.shape[1] ** -0.5
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    model.eval()
-    return model, tok
 
 
 @pytest.fixture(scope="module")
