@@ -58,11 +58,25 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingP
     return logits
 
 
-def _pick(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    if p.greedy:
+def _pick(logits: torch.Tensor, p: SamplingParams, u: torch.Tensor | None) -> torch.Tensor:
+    """One token per row: argmax when greedy, else inverse-CDF sampling with the row's uniform u (B,),
+    which is exactly a draw from softmax(logits) (zero-probability tokens can never be picked)."""
+    if p.greedy or u is None:
         return logits.argmax(-1)
-    probs = logits.float().softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cdf = logits.float().softmax(-1).cumsum(-1)  # (B, V)
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous(), right=True).squeeze(1)
+    return tok.clamp(max=logits.size(-1) - 1)
+
+
+def uniforms(b: int, n: int, device, generator: torch.Generator | None, row_seeds=None) -> torch.Tensor:
+    """The (B, n) uniforms that drive sampling. With ``row_seeds`` each row draws from its own seeded
+    stream, so a row's completion does not depend on which other rows share its batch (or process)."""
+    if row_seeds is None:
+        return torch.rand((b, n), generator=generator, device=device)
+    if len(row_seeds) != b:
+        raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {b} prompts")
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
+    return torch.stack([torch.rand(n, generator=g, device=device) for g in gens])
 
 
 # Drop finished rows from the forward once at most this fraction of the computed rows is still running
@@ -79,15 +93,20 @@ def sample_fast(
     eos_token_ids: list[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    row_seeds: list[int] | None = None,
 ) -> torch.Tensor:
     """prompt_ids/prompt_mask: (B, P) left-padded. Returns completion ids (B, T<=max_new_tokens),
-    pad after each row's first EOS (the EOS itself is kept)."""
+    pad after each row's first EOS (the EOS itself is kept). Randomness: ``row_seeds`` (one per row,
+    layout-independent) or else ``generator``."""
     with torch.inference_mode():
-        out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator)
+        u = None
+        if not params.greedy and params.max_new_tokens > 0:
+            u = uniforms(prompt_ids.size(0), params.max_new_tokens, prompt_ids.device, generator, row_seeds)
+        out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u)
     return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
 
 
-def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator):
+def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u):
     b, p_len, device = prompt_ids.size(0), prompt_ids.size(1), prompt_ids.device
     n_new = params.max_new_tokens
     out = torch.full((b, n_new), pad_token_id, dtype=torch.long, device=device)  # (B, T) result
@@ -124,7 +143,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     pad = torch.full((b,), pad_token_id, dtype=torch.long, device=device)
     steps = 0
     for t in range(n_new):
-        tok = _pick(process_logits(logits, seen, params), params, generator)  # (b',)
+        tok = _pick(process_logits(logits, seen, params), params, None if u is None else u[rows, t])  # (b',)
         tok = torch.where(done, pad[: tok.size(0)], tok)
         out[rows, t] = tok
         steps = t + 1
@@ -165,8 +184,12 @@ def sample_hf(
     eos_token_ids: list[int],
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    row_seeds: list[int] | None = None,
 ) -> torch.Tensor:
-    """Same contract as sample_fast, through ``model.generate`` (seeded by the global torch RNG)."""
+    """Same contract as sample_fast, through ``model.generate``. Its randomness is the global torch RNG
+    (seeded from ``row_seeds[0]`` when given): rows are not independent of their batch-mates."""
+    if row_seeds:
+        torch.manual_seed(int(row_seeds[0]))
     kwargs = dict(
         max_new_tokens=params.max_new_tokens,
         do_sample=not params.greedy,
@@ -185,12 +208,15 @@ def sample_hf(
 BACKENDS = {"fast": sample_fast, "hf": sample_hf}
 
 
-def sample(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator=None, backend="fast"):
+def sample(
+    model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator=None, backend="fast", row_seeds=None
+):
     if backend not in BACKENDS:
         raise ValueError(f"unknown rollout backend {backend!r}; choose from {sorted(BACKENDS)}")
     was_training = model.training
     model.eval()
     try:
-        return BACKENDS[backend](model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator)
+        fn = BACKENDS[backend]
+        return fn(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator, row_seeds=row_seeds)
     finally:
         model.train(was_training)

@@ -250,7 +250,7 @@ def fail_nonfinite(
     loop = {"inflight": inflight, "pending": {k: v[: marks[k]] for k, v in pending.items() if marks.get(k)}}
     step = trainer.state.global_step
     path = Path(trainer.args.output_dir) / f"checkpoint-{step}"
-    if not is_complete(path):
+    if not is_complete(path) and trainer.accelerator.is_main_process:
         path = save_checkpoint(trainer, opt, sched, loop)
     raise RuntimeError(
         f"GRPO: non-finite {what} in optimiser step {step + 1}; the update was not applied and the last good "

@@ -92,8 +92,8 @@ class GRPOConfig:
         self._check_types()
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
-        if self.generation_batch_size is None:
-            self.generation_batch_size = self.per_device_train_batch_size * self.steps_per_generation
+        if self.generation_batch_size is None:  # global, as in TRL: every process takes its share
+            self.generation_batch_size = self.per_device_train_batch_size * self.world_size * self.steps_per_generation
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         if self.bf16 is None:
@@ -122,9 +122,10 @@ class GRPOConfig:
             "steps_per_generation to a multiple of it",
         )
         need(
-            self.generation_batch_size % self.per_device_train_batch_size == 0,
+            self.generation_batch_size % (self.per_device_train_batch_size * self.world_size) == 0,
             "generation_batch_size",
-            f"must be a multiple of per_device_train_batch_size ({self.per_device_train_batch_size})",
+            f"must be a multiple of per_device_train_batch_size × processes "
+            f"({self.per_device_train_batch_size} × {self.world_size})",
         )
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
@@ -204,6 +205,11 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.reward_weights must be a list of numbers, got {self.reward_weights!r}")
 
     # ------------------------------------------------------------------------------------ helpers
+    @property
+    def world_size(self) -> int:
+        """Processes in the run (``accelerate launch`` / ``torchrun`` set WORLD_SIZE); 1 otherwise."""
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
     @property
     def prompts_per_generation(self) -> int:
         return self.generation_batch_size // self.num_generations

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from aha.grpo import group_rewards, zero_std_groups
+from aha.train.distributed import sum_all
 
 if TYPE_CHECKING:
     from aha.train.grpo import GRPOTrainer
@@ -101,7 +102,10 @@ def next_batch(trainer: GRPOTrainer, pending: dict[str, list[float]]) -> dict[st
     n_micro = math.ceil(n / a.per_device_train_batch_size)
     # dynamic sampling kept no group: no update, but the batch uses up its steps
     skip = 0 if n else a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
-    # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling)
-    num_items = batch["completion_mask"].sum().item() * a.gradient_accumulation_steps / max(1, n_micro)
+    # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling). Over W
+    # processes: the tokens of all of them, divided by W because the engine averages the W gradients
+    acc = trainer.accelerator
+    tokens = sum_all(acc, batch["completion_mask"].sum().item()) / acc.num_processes
+    num_items = tokens * a.gradient_accumulation_steps / max(1, n_micro)
     it = 0 if n else a.num_iterations
     return {"batch": batch, "info": info, "it": it, "mb": 0, "perm": None, "skip": skip, "num_items": num_items}

@@ -17,6 +17,7 @@ the rewards and the loss.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -31,13 +32,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from aha.data.format import encode_prompts, eos_ids, is_conversational, render_prompt
-from aha.grpo import completion_mask_after_eos, compute_advantages, entropy_from_logits, policy_loss, zero_std_groups
-from aha.grpo.core import selective_log_softmax
+from aha.grpo import completion_mask_after_eos, compute_advantages, policy_loss
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train import checkpoint, dynamic
 from aha.train.config import GRPOConfig
-from aha.train.logging import MetricsLogger, progress
-from aha.train.rewards import load_reward_models, reward_name, score
+from aha.train.distributed import all_true, gather_rows, make_accelerator, shard
+from aha.train.forward import token_logps
+from aha.train.logging import MetricsLogger, progress, rollout_metrics
+from aha.train.rewards import load_reward_models, score
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 
@@ -47,22 +49,6 @@ class TrainerState:
     global_step: int = 0
     epoch: float = 0.0
     log_history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def token_logps(
-    model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float, with_entropy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the completion tokens (B, T) (logits divided by the sampling temperature, as in
-    TRL), and optionally the per-position entropy (B, T)."""
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
-    mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, P+T)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    t = completion_ids.size(1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
-    logits = logits[:, :-1, :] / temperature  # (B, T, V): position i predicts completion token i
-    logps = selective_log_softmax(logits, completion_ids)
-    ent = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logps, ent
 
 
 class GRPOTrainer:
@@ -85,7 +71,11 @@ class GRPOTrainer:
             raise ValueError("GRPOTrainer: train_dataset is empty")
         if "prompt" not in train_dataset[0]:
             raise ValueError(f"GRPOTrainer: train_dataset needs a 'prompt' column, found {sorted(train_dataset[0])}")
-        self.device = torch.device("cuda" if torch.cuda.is_available() and not a.use_cpu else "cpu")
+        # one process, or one of several under `accelerate launch` / `torchrun` (see aha.train.distributed)
+        self.accelerator = make_accelerator(a.use_cpu)
+        self.device = self.accelerator.device
+        if a.dynamic_sampling and self.accelerator.num_processes > 1:
+            raise ValueError("GRPOConfig.dynamic_sampling: runs on a single process only (for now)")
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model)
         if processing_class is None:
@@ -97,7 +87,8 @@ class GRPOTrainer:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # the plain model: sampling, saving; `train_model` is the one wrapped
+        self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
         if a.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
@@ -158,8 +149,13 @@ class GRPOTrainer:
     def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> dict[str, Any]:
         """Sample G completions for each row, score them. Returns {"batch": tensors (N = len(rows) × G rows),
         "info": metrics, "rows": rows, "rewards": (N, K)}; old/ref log-probs only `with_logps`."""
-        a, tok, g = self.args, self.tokenizer, self.args.num_generations
-        prompts = [r["prompt"] for r in rows for _ in range(g)]  # (N,) each prompt G times, contiguous
+        a, tok, g, acc = self.args, self.tokenizer, self.args.num_generations, self.accelerator
+        # this process's rows of the global batch; each row samples from its own seed, so the completions
+        # do not depend on how the batch is split over processes
+        base_seed = int(torch.randint(2**62, (1,), generator=self._gen, device=self._gen.device))
+        local = shard(len(rows) * g, acc.process_index, acc.num_processes)
+        row_seeds = [base_seed + i for i in range(local.start, local.stop)]
+        prompts = [r["prompt"] for r in rows for _ in range(g)][local]  # (n,) each prompt G times, contiguous
         texts = [render_prompt(tok, p) for p in prompts]
         prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (N, P)
         params = SamplingParams(
@@ -171,8 +167,16 @@ class GRPOTrainer:
             repetition_penalty=a.repetition_penalty,
         )
         completion_ids = sample(
-            self.model, prompt_ids, prompt_mask, params, self.eos, tok.pad_token_id, self._gen, a.rollout_backend
-        )  # (N, T)
+            self.model,
+            prompt_ids,
+            prompt_mask,
+            params,
+            self.eos,
+            tok.pad_token_id,
+            self._gen,
+            a.rollout_backend,
+            row_seeds=row_seeds,
+        )  # (n, T)
         completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (N, T)
         truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (N,)
         if a.mask_truncated_completions:
@@ -182,7 +186,9 @@ class GRPOTrainer:
         completions: list[Any] = (
             [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
         )
-        columns = {k: [r[k] for r in rows for _ in range(g)] for k in rows[0] if k not in ("prompt", "completion")}
+        columns = {
+            k: [r[k] for r in rows for _ in range(g)][local] for k in rows[0] if k not in ("prompt", "completion")
+        }
         counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
         rewards = score(
             self.reward_funcs,
@@ -193,8 +199,10 @@ class GRPOTrainer:
             self.reward_processing_classes,
             a.reward_errors,
             counts,
-        )  # (N, K)
+        )  # (n, K)
+        rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
         advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
+        advantages = advantages[local]  # (n,)
         batch = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -204,7 +212,9 @@ class GRPOTrainer:
         }
         if with_logps:
             self.add_logps(batch)
-        info = self._rollout_metrics(rewards, completion_mask, truncated, prompts, completions) | counts
+        lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
+        truncated = gather_rows(acc, truncated)  # (N,)
+        info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
         return {"batch": batch, "info": info, "rows": rows, "rewards": rewards}
 
     @torch.no_grad()
@@ -228,34 +238,11 @@ class GRPOTrainer:
                 outs.append(token_logps(self.ref_model if reference else self.model, *part, self.args.temperature)[0])
         return torch.cat(outs)
 
-    def _rollout_metrics(self, rewards, completion_mask, truncated, prompts, completions) -> dict[str, Any]:
-        a, g = self.args, self.args.num_generations
-        total = torch.nan_to_num(rewards) @ torch.as_tensor(a.reward_weights or [1.0] * rewards.size(1))  # (N,)
-        m: dict[str, Any] = {
-            "reward": total.mean().item(),
-            "reward_std": total.view(-1, g).std(dim=1).mean().item(),
-            "frac_reward_zero_std": zero_std_groups(total, g).float().mean().item(),
-            "completions/mean_length": completion_mask.sum(1).float().mean().item(),
-            "completions/max_length": completion_mask.sum(1).max().item(),
-            "completions/clipped_ratio": truncated.float().mean().item(),
-            "num_tokens": int(completion_mask.sum().item()),
-        }
-        for k, fn in enumerate(self.reward_funcs):
-            col = rewards[:, k]
-            m[f"rewards/{reward_name(fn)}/mean"] = torch.nanmean(col).item()
-            m[f"rewards/{reward_name(fn)}/std"] = col[~col.isnan()].std().item() if (~col.isnan()).sum() > 1 else 0.0
-        if a.log_completions:
-            n = a.num_completions_to_print or 2
-            m["_samples"] = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))][
-                :n
-            ]
-        return m
-
     # ---------------------------------------------------------------------------------- update
     def compute_loss(self, mb: dict[str, torch.Tensor], num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
         a = self.args
         logps, entropy = token_logps(
-            self.model,
+            self.train_model,
             mb["prompt_ids"],
             mb["prompt_mask"],
             mb["completion_ids"],
@@ -293,23 +280,28 @@ class GRPOTrainer:
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
         """Train to ``total_steps()``, saving ``checkpoint-<step>`` every ``save_steps``. `resume_from_checkpoint`
         (default ``args.resume_from_checkpoint``): "auto"/True (the newest complete checkpoint) or a path."""
-        a = self.args
+        a, acc = self.args, self.accelerator
         torch.manual_seed(a.seed)
         self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
         out = Path(a.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.logger is None:
-            self.logger = MetricsLogger(out / "metrics.jsonl")
+        if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
+            out.mkdir(parents=True, exist_ok=True)
+            if self.logger is None:
+                self.logger = MetricsLogger(out / "metrics.jsonl")
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(
             params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), weight_decay=a.weight_decay
         )
+        if acc.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
+            self.train_model, opt = acc.prepare(self.model, opt)
+            params = [p for p in self.train_model.parameters() if p.requires_grad]
         total = self.total_steps()
         warmup = a.warmup_steps or int(a.warmup_ratio * total)
         sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
         spec = a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         resume = checkpoint.resolve_checkpoint(out, spec)
-        checkpoint.remove_stale(out)
+        if acc.is_main_process:
+            checkpoint.remove_stale(out)
         loop = checkpoint.load_checkpoint(self, opt, sched, resume) if resume else {"inflight": None, "pending": {}}
         self.model.train()
         pending: dict[str, list[float]] = defaultdict(list, loop["pending"])
@@ -334,9 +326,11 @@ class GRPOTrainer:
                     pending.clear()
                 if self.state.global_step % a.save_steps == 0:
                     done = fl["skip"] == 0 and fl["it"] >= a.num_iterations  # the batch is used up
-                    checkpoint.save_checkpoint(
-                        self, opt, sched, {"inflight": None if done else fl, "pending": dict(pending)}
-                    )
+                    if acc.is_main_process:
+                        checkpoint.save_checkpoint(
+                            self, opt, sched, {"inflight": None if done else fl, "pending": dict(pending)}
+                        )
+                    acc.wait_for_everyone()
 
             while self.state.global_step < total:
                 if fl is None:
@@ -358,16 +352,20 @@ class GRPOTrainer:
                         mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
                         loss, lm = self.compute_loss(mb, fl["num_items"])
                         losses.append(loss.item() * (1 if a.loss_type == "dapo" else gas))
-                        if not math.isfinite(losses[-1]):
+                        if not all_true(acc, math.isfinite(losses[-1])):  # every process stops together
+                            losses[-1] = float("nan")
                             break
-                        loss.backward()
+                        last = (i + 1) % gas == 0 or i + 1 == n_micro  # gradients are averaged on the last
+                        sync = contextlib.nullcontext() if last else acc.no_sync(self.train_model)
+                        with sync:
+                            loss.backward()
                         pending["loss"].append(losses[-1])
                         for k, v in lm.items():
                             pending[k].append(v)
                         i += 1
                         if i % gas == 0 or i == n_micro:
                             break
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm))
+                    grad_norm = float(acc.clip_grad_norm_(params, a.max_grad_norm))
                     if not all(map(math.isfinite, losses + [grad_norm])):  # save the last good state, then stop
                         checkpoint.fail_nonfinite(self, opt, sched, fl, pending, marks, losses)
                     opt.step()
@@ -390,12 +388,17 @@ class GRPOTrainer:
             row[k] = sum(vs) if k.endswith(COUNTERS) else sum(vs) / len(vs) if vs else float("nan")
         row["learning_rate"] = lr
         self.state.log_history.append(row)
-        self.logger.log(row)
+        if self.logger is not None:
+            self.logger.log(row)
         for cb in self.callbacks:
             cb(self.state, row)
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
-        """Model (or adapter), tokenizer and generation config, with ``save_pretrained``."""
+        """Model (or adapter), tokenizer and generation config, with ``save_pretrained`` (on the first process
+        only; the others wait for it)."""
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
         out = Path(output_dir or self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
@@ -403,3 +406,4 @@ class GRPOTrainer:
         gen = getattr(self.model, "generation_config", None)
         if gen is not None:
             gen.save_pretrained(out)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,70 @@
+"""Data parallelism on an existing engine: accelerate (``accelerate launch``) or ``torchrun``.
+
+Every process holds the whole model (DDP; FSDP shards it when accelerate's config says so), takes a
+contiguous share of each global batch, and the gradients are averaged by the engine in ``backward``.
+A GRPO generation batch is N = P prompts × G completions; process r generates rows
+``[r·N/W, (r+1)·N/W)``, so a group may straddle two processes. Rewards are therefore gathered over
+all processes before the group-relative advantages are computed, and each process keeps the
+advantages of its own rows. On a single process every helper here is the identity.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+import torch
+from accelerate import Accelerator
+
+
+def make_accelerator(use_cpu: bool = False) -> Accelerator:
+    """The run's Accelerator; on a machine without CUDA (or with ``use_cpu``) it runs on the CPU, and
+    several processes talk over gloo."""
+    acc = Accelerator(cpu=use_cpu or not torch.cuda.is_available())
+    if acc.num_processes > 1:
+        atexit.register(_end)  # a gloo process group left open makes the interpreter hang on exit
+    return acc
+
+
+def _end() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def world_size() -> int:
+    """Processes in the run as the launcher set them (1 when not launched by accelerate / torchrun)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def is_main_process() -> bool:
+    """True on the process that writes files (rank 0), also before an Accelerator exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """The rows of an n-row global batch that process `rank` owns (n must divide evenly)."""
+    if n % world:
+        raise ValueError(f"a batch of {n} rows cannot be split evenly over {world} processes")
+    size = n // world
+    return slice(rank * size, (rank + 1) * size)
+
+
+def gather_rows(acc: Accelerator, t: torch.Tensor) -> torch.Tensor:
+    """(n, ...) on each process -> (W·n, ...) everywhere, in rank order (the global row order)."""
+    if acc.num_processes == 1:
+        return t
+    return acc.gather(t.contiguous())
+
+
+def sum_all(acc: Accelerator, value: float) -> float:
+    """The sum of a number over all processes."""
+    if acc.num_processes == 1:
+        return value
+    return float(acc.reduce(torch.tensor([float(value)], dtype=torch.float64, device=acc.device), "sum").item())
+
+
+def all_true(acc: Accelerator, flag: bool) -> bool:
+    """True only if `flag` holds on every process (so that all of them take the same branch)."""
+    if acc.num_processes == 1:
+        return flag
+    return sum_all(acc, 0.0 if flag else 1.0) == 0.0

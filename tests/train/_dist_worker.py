@@ -1,0 +1,51 @@
+"""Run by tests/train/test_distributed.py, under torchrun (several processes) or alone: a few GRPO or SFT
+steps on a tiny model; the first process saves the final parameters to OUT (a torch file)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from aha import GRPOConfig, GRPOTrainer
+from aha.models.tiny import build_tiny
+from aha.tasks import completion_text, get_task
+from aha.train.distributed import is_main_process
+from aha.train.sft import SFTConfig, train_sft
+
+
+def digit_share(completions, **kwargs):
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def main(kind: str, out: str, batch: int, run_dir: str) -> None:
+    torch.manual_seed(0)
+    model, tok = build_tiny(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
+    rows = get_task("arithmetic").rows("train" if kind == "grpo" else "sft", 64, seed=0)
+    if kind == "grpo":
+        cfg = GRPOConfig(
+            output_dir=run_dir,
+            learning_rate=3e-3,
+            max_steps=3,
+            num_generations=4,
+            per_device_train_batch_size=batch,
+            max_completion_length=10,
+            loss_type="dapo",
+            logging_steps=1,
+            save_steps=2,
+            seed=0,
+            lr_scheduler_type="constant",
+            use_cpu=True,
+        )
+        trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok)
+        trainer.train()
+        trainer.save_model(run_dir + "/model")
+    else:
+        train_sft(model, tok, rows, SFTConfig(learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=3))
+    if is_main_process():
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
