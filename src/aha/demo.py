@@ -65,6 +65,15 @@ class DemoConfig:
 
 def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
     """Create `out`; refuse a non-empty one unless `overwrite` and it holds an aha run."""
+    path = check_run_dir(out, overwrite)
+    if path.exists() and any(path.iterdir()):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """The checks of ``prepare_run_dir``, touching nothing."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} exists and is not a directory")
@@ -76,8 +85,6 @@ def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
                 f"--out {path} is not an aha run directory (no {' / '.join(RUN_MARKERS)}); "
                 "refusing to delete it even with --overwrite"
             )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

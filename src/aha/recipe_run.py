@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from aha.recipe import Recipe, check_columns
+from aha.train.distributed import is_main_process, make_accelerator, world_size
 from aha.train.logging import MetricsLogger, console
 
 
@@ -153,7 +154,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
     checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
     from aha.data.load import load_rows
-    from aha.demo import prepare_run_dir
+    from aha.demo import check_run_dir, prepare_run_dir
 
     start = time.perf_counter()
     seed = recipe.config.seed
@@ -172,19 +173,27 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
 
     eval_data = prepare_eval(recipe, tok) if recipe.eval is not None else None
     ckpt = resume_point(recipe, resume, overwrite)
-    if ckpt is not None:  # continue in the existing run directory
+    # under `accelerate launch` / `torchrun` every process trains; only the first one writes and evaluates
+    acc = make_accelerator(getattr(recipe.config, "use_cpu", False)) if world_size() > 1 else None
+    main = is_main_process()
+    if acc is not None:
+        if ckpt is None:
+            check_run_dir(recipe.output_dir, overwrite)  # every process fails alike on a bad run directory
+        acc.wait_for_everyone()  # every process has read the run directory before the first one touches it
+    if ckpt is not None or not main:  # continue in the existing run directory
         run = Path(recipe.output_dir)
     else:
         run = prepare_run_dir(recipe.output_dir, overwrite)  # only once everything has been validated
-    (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
-    logger = MetricsLogger(run / "metrics.jsonl")
+    logger = MetricsLogger(run / "metrics.jsonl" if main else None)
     base_dir = None
-    if recipe.peft is not None and isinstance(recipe.model, dict):  # the adapter needs a base on disk
-        base_dir = run / "base"
-        model.save_pretrained(base_dir)
-        tok.save_pretrained(base_dir)
-    before = _logged_before(run) if ckpt is not None else None
-    if recipe.eval is not None and recipe.eval["before"] and before is None:
+    if main:
+        (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
+        if recipe.peft is not None and isinstance(recipe.model, dict):  # the adapter needs a base on disk
+            base_dir = run / "base"
+            model.save_pretrained(base_dir)
+            tok.save_pretrained(base_dir)
+    before = _logged_before(run) if ckpt is not None and main else None
+    if main and recipe.eval is not None and recipe.eval["before"] and before is None:
         before = evaluate_recipe(recipe, model, tok, eval_data, "eval (before)")
         logger.log({"phase": "eval", "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
 
@@ -217,6 +226,8 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
             model = get_peft_model(model, recipe.lora_config())
         console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
         result = train_sft(model, tok, rows, recipe.config, logger, description="SFT")
+    if not main:
+        return {"trainer": recipe.kind, **result}
     total, trainable = _count(model)
     dirs = _save(recipe, model, tok, run, base_dir)
     if recipe.eval is not None:

@@ -12,6 +12,9 @@ Output (``out``, JSON lines): one line per kept completion ``{"prompt": [...mess
 ``<out stem>.pass_rates.jsonl`` holds one line per prompt: its samples, accepted count, pass rate, whether
 the pass rate is within ``[min_pass_rate, max_pass_rate]`` (only those prompts' samples are kept) and how
 many lines were kept.
+
+Teachers: the model in this process (aha's ``fast`` sampler or transformers' ``hf`` generate), an in-process vLLM
+engine (:class:`VLLMTeacher`), or any OpenAI-compatible server such as ``vllm serve`` (:class:`EndpointTeacher`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlparse
 
 from aha.data.format import render_prompt
 from aha.eval.evaluate import generate_texts
@@ -29,6 +34,7 @@ from aha.eval.metrics import Verifier, detect_format
 from aha.rollout.sampler import SamplingParams
 
 KEEP = ("correct", "all")
+BACKENDS = ("fast", "hf")  # in-process sampling of the local model; vLLM and endpoints are teachers below
 DEFAULT_ROWS = 100
 DROP_COLUMNS = ("prompt", "completion", "raw_answer")
 
@@ -176,6 +182,122 @@ def select(
     return lines, rates
 
 
+# ---- teachers ----------------------------------------------------------------------------------------
+
+
+class Teacher(Protocol):
+    """Generates for :func:`sample_rows` instead of the local model: ``cfg.n`` consecutive completions per prompt
+    (prompts are message lists, or plain strings for a tokenizer without a chat template)."""
+
+    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]: ...
+
+
+def request_seed(seed: int, prompt_index: int, n: int) -> int:
+    """The seed of prompt `prompt_index`'s request; its j-th completion draws with ``request_seed(...) + j``, which
+    is what vLLM does for a seeded request with ``n`` > 1, so every (prompt, sample) has a stream of its own."""
+    return (int(seed) * 1_000_003 + prompt_index * n) % 2**31
+
+
+def _as_messages(prompt: Any) -> list[dict[str, str]]:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+@dataclass
+class EndpointTeacher:
+    """A teacher behind an OpenAI-compatible API (``vllm serve``, an inference provider, ...) at `url`, its API
+    root (``http://127.0.0.1:8000/v1``; a bare ``http://host:port`` means ``/v1`` there).
+
+    With a local `tokenizer`, each prompt is rendered with its chat template, exactly as in-process sampling
+    renders it, and sent to ``/completions`` as token ids: the served model sees the same tokens as the local one
+    (no server-side template, no second BOS), and the verifier knows whether the template pre-fills ``<think>``.
+    Without one, the messages go to ``/chat/completions`` and the server applies its own template. One request per
+    prompt (``n`` completions, ``seed`` = :func:`request_seed`; greedy: one completion, used ``n`` times),
+    `concurrency` at a time. Every failure (bad URL,
+    server down, HTTP error, malformed answer) is one :class:`aha.rollout.vllm.EndpointError` naming the URL.
+    """
+
+    url: str
+    model: str
+    tokenizer: Any = None
+    api_key: str | None = None
+    timeout: float = 600.0
+    concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        parsed = urlparse(self.url) if isinstance(self.url, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"--endpoint must be an http(s):// URL such as http://127.0.0.1:8000/v1, got {self.url!r}")
+        self.url = self.url.rstrip("/")
+        if parsed.path in ("", "/"):
+            self.url += "/v1"
+        if not self.model:
+            raise ValueError("--model: the endpoint needs the served model's name")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+
+    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]:
+        from aha.data.format import render_prompt
+        from aha.rollout.vllm import EndpointError, http_json
+
+        chat = self.tokenizer is None
+        url = f"{self.url}/{'chat/completions' if chat else 'completions'}"
+        greedy = cfg.temperature == 0  # one greedy completion repeated n times: vLLM refuses n > 1 when greedy
+        common = {
+            "model": self.model,
+            "n": 1 if greedy else cfg.n,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_new_tokens,
+        }
+
+        def one(i: int) -> list[str]:
+            body = {**common, "seed": request_seed(cfg.seed, i, cfg.n)}
+            if chat:
+                body["messages"] = _as_messages(prompts[i])
+            else:
+                text = render_prompt(self.tokenizer, prompts[i])
+                body["prompt"] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            answer = http_json(url, body, timeout=self.timeout, api_key=self.api_key)
+            try:
+                choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
+                texts = [c["message"]["content"] if chat else c["text"] for c in choices]
+            except (KeyError, TypeError, AttributeError):
+                raise EndpointError(
+                    f"{url}: the answer has no choices[].{'message.content' if chat else 'text'}"
+                ) from None
+            if len(texts) != common["n"] or not all(isinstance(t, str) for t in texts):
+                raise EndpointError(f"{url}: asked for {common['n']} completions of prompt {i}, got {len(texts)}")
+            return texts * cfg.n if greedy else texts
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            return [t for texts in pool.map(one, range(len(prompts))) for t in texts]
+
+
+class VLLMTeacher:
+    """The model in an in-process vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`, colocate): prompts rendered
+    and tokenised as in-process sampling does, completion j of prompt i seeded as :class:`EndpointTeacher` seeds it
+    (so a local engine and a ``vllm serve`` of the same model give the same samples)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, seed: int = 0, **engine_kwargs: Any) -> None:
+        from aha.rollout.vllm import VLLMRollout
+
+        self.tokenizer = tokenizer
+        self.rollout = VLLMRollout(model, tokenizer, mode="colocate", seed=seed, **engine_kwargs)
+
+    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]:
+        from aha.data.format import render_prompt
+
+        ids = [self.tokenizer(render_prompt(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        rep = [x for x in ids for _ in range(cfg.n)]
+        seeds = [request_seed(cfg.seed, i, cfg.n) + j for i in range(len(ids)) for j in range(cfg.n)]
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        out, _ = self.rollout.generate(rep, params, row_seeds=seeds)
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in out]
+
+    def close(self) -> None:
+        self.rollout.close()
+
+
 # ---- running -----------------------------------------------------------------------------------------
 
 
@@ -200,28 +322,50 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
 
 
 def sample_rows(
-    model: Any, tok: Any, rows: list[dict[str, Any]], verifier: Verifier, cfg: SampleConfig
+    model: Any,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    verifier: Verifier,
+    cfg: SampleConfig,
+    teacher: Teacher | None = None,
+    backend: str = "fast",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Generate ``cfg.n`` completions per row with aha's sampler, judge and select them."""
+    """Generate ``cfg.n`` completions per row (with `teacher`, else the local `model` and aha's sampler
+    `backend`), judge and select them. `tok` may be None only with a teacher (an endpoint's chat API)."""
     prompts = [r["prompt"] for r in rows]
-    if getattr(tok, "chat_template", None) is None:  # a base model: the question as plain text
+    if tok is not None and getattr(tok, "chat_template", None) is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
-    first = render_prompt(tok, prompts[0])
-    verifier = replace(verifier, prefilled=first.rstrip().endswith(("<think>", "<reasoning>")))
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-    rep = [p for p in prompts for _ in range(cfg.n)]
-    was_training = model.training
-    model.eval()
-    texts, _, _ = generate_texts(model, tok, rep, params, batch_size=cfg.batch_size, seed=cfg.seed)
-    model.train(was_training)
+    prefilled = tok is not None and render_prompt(tok, prompts[0]).rstrip().endswith(("<think>", "<reasoning>"))
+    verifier = replace(verifier, prefilled=prefilled)
+    if teacher is not None:
+        texts = teacher.complete(prompts, cfg)
+    else:
+        if backend not in BACKENDS:
+            raise ValueError(f"sample: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        rep = [p for p in prompts for _ in range(cfg.n)]
+        was_training = model.training
+        model.eval()
+        texts, _, _ = generate_texts(model, tok, rep, params, batch_size=cfg.batch_size, seed=cfg.seed, backend=backend)
+        model.train(was_training)
+    if len(texts) != len(rows) * cfg.n:
+        raise ValueError(f"sample: the teacher returned {len(texts)} completions for {len(rows)} prompts × {cfg.n}")
     accepted = judge(rows, texts, verifier, cfg, tok)
     return select(rows, texts, accepted, cfg)
 
 
 def run_sample(
-    model: Any, tok: Any, data: str | dict[str, Any], out: str | Path, cfg: SampleConfig, overwrite: bool = False
+    model: Any,
+    tok: Any,
+    data: str | dict[str, Any],
+    out: str | Path,
+    cfg: SampleConfig,
+    overwrite: bool = False,
+    teacher: Teacher | None = None,
+    backend: str = "fast",
 ) -> dict[str, Any]:
-    """Sample, verify and write `out` plus its pass-rate sidecar; returns a summary."""
+    """Sample (with `teacher` when given, else `model`), verify and write `out` plus its pass-rate sidecar;
+    returns a summary."""
     cfg.validate()
     if cfg.rewards:
         from aha.rewards import resolve
@@ -231,7 +375,7 @@ def run_sample(
     path = check_out(out, overwrite)
     start = time.perf_counter()
     rows, verifier = load_sample_data(data, cfg, tok)
-    lines, rates = sample_rows(model, tok, rows, verifier, cfg)
+    lines, rates = sample_rows(model, tok, rows, verifier, cfg, teacher=teacher, backend=backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_jsonl(sidecar_path(path), rates)
     _write_jsonl(path, lines)

@@ -81,10 +81,24 @@ class GRPOConfig:
     # --- logging
     log_completions: bool = False
     num_completions_to_print: int | None = None
-    # --- vLLM
+    # --- vLLM (aha.rollout.vllm; TRL 1.16's names and defaults)
     use_vllm: bool = False
+    # "colocate" (an in-process engine, weights synced in memory) is TRL 1.16's default too (older TRLs defaulted to
+    # "server"): it needs nothing started beforehand and works on one machine, CPU included; "server" talks to a
+    # running `vllm serve` at vllm_server_base_url (or http://vllm_server_host:vllm_server_port).
     vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_server_base_url: str | None = None  # e.g. "http://127.0.0.1:8000"; overrides host and port
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
+    vllm_server_timeout: float = 240.0  # seconds to wait for the server to answer /health
+    vllm_gpu_memory_utilization: float = 0.3  # colocate only (a server takes its own --gpu-memory-utilization)
+    vllm_max_model_length: int | None = None  # None: prompt + completion lengths (or the model's own limit)
+    # importance-sampling correction of the vLLM/trainer log-prob mismatch (TRL's truncated/masked IS)
+    vllm_importance_sampling_correction: bool = True
+    vllm_importance_sampling_mode: str = "sequence_mask"
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    vllm_importance_sampling_clip_min: float | None = None
+    vllm_importance_sampling_cap: float | None = None  # TRL's deprecated alias of clip_max: when set, it wins
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_rewards, bool):  # TRL's bool form
@@ -174,6 +188,56 @@ class GRPOConfig:
                 )
             if not torch.cuda.is_available() or self.use_cpu:
                 raise ValueError(f"GRPOConfig.optim={self.optim!r} needs a CUDA GPU: use optim='adamw_torch'")
+        need(self.vllm_mode in ("colocate", "server"), "vllm_mode", "must be 'colocate' or 'server'")
+        need(
+            self.vllm_server_base_url is None or self.vllm_server_base_url.startswith(("http://", "https://")),
+            "vllm_server_base_url",
+            "must be an http(s):// URL such as 'http://127.0.0.1:8000' (or None to use host and port)",
+        )
+        need(bool(self.vllm_server_host), "vllm_server_host", "must not be empty")
+        need(1 <= self.vllm_server_port <= 65535, "vllm_server_port", "must be a TCP port in 1..65535")
+        need(self.vllm_server_timeout > 0, "vllm_server_timeout", "must be > 0 seconds")
+        need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
+        need(
+            self.vllm_max_model_length is None or self.vllm_max_model_length >= 1,
+            "vllm_max_model_length",
+            "must be >= 1",
+        )
+        need(
+            self.vllm_importance_sampling_mode
+            in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+            "vllm_importance_sampling_mode",
+            "must be token_truncate, token_mask, sequence_truncate or sequence_mask",
+        )
+        need(
+            self.vllm_importance_sampling_cap is None or self.vllm_importance_sampling_cap > 0,
+            "vllm_importance_sampling_cap",
+            "must be > 0 (or None)",
+        )
+        if self.vllm_importance_sampling_cap is not None:  # as TRL: the deprecated cap sets clip_max
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
+        need(
+            self.vllm_importance_sampling_clip_max is None or self.vllm_importance_sampling_clip_max > 0,
+            "vllm_importance_sampling_clip_max",
+            "must be > 0 (or None)",
+        )
+        need(
+            self.vllm_importance_sampling_clip_min is None
+            or self.vllm_importance_sampling_clip_max is None
+            or 0 <= self.vllm_importance_sampling_clip_min < self.vllm_importance_sampling_clip_max,
+            "vllm_importance_sampling_clip_min",
+            f"must be >= 0 and less than vllm_importance_sampling_clip_max ({self.vllm_importance_sampling_clip_max})",
+        )
+        need(
+            not (
+                self.vllm_importance_sampling_correction
+                and self.vllm_importance_sampling_mode.endswith("_truncate")
+                and self.vllm_importance_sampling_clip_min is None
+                and self.vllm_importance_sampling_clip_max is None
+            ),
+            "vllm_importance_sampling_mode",
+            "a *_truncate mode needs vllm_importance_sampling_clip_min or vllm_importance_sampling_clip_max",
+        )
         if self.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "GRPOConfig.use_vllm=True but vllm is not installed: pip install 'aha[vllm]' "

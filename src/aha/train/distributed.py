@@ -11,7 +11,9 @@ advantages of its own rows. On a single process every helper here is the identit
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -68,3 +70,23 @@ def all_true(acc: Accelerator, flag: bool) -> bool:
     if acc.num_processes == 1:
         return flag
     return sum_all(acc, 0.0 if flag else 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Generation under FSDP (version 2): all-gather every sharded module's parameters once, so that the
+    sampler's forwards (whose number differs between processes) run without collectives; reshard after.
+    A no-op for an unsharded model."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        yield
+        return
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in sharded:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in sharded:
+            m.reshard()

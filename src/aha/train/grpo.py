@@ -36,7 +36,7 @@ from aha.grpo import completion_mask_after_eos, compute_advantages, policy_loss
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train import checkpoint, dynamic
 from aha.train.config import GRPOConfig
-from aha.train.distributed import all_true, gather_rows, make_accelerator, shard
+from aha.train.distributed import all_true, full_weights, gather_rows, make_accelerator, shard
 from aha.train.forward import token_logps
 from aha.train.logging import MetricsLogger, progress, rollout_metrics
 from aha.train.rewards import load_reward_models, score
@@ -166,17 +166,18 @@ class GRPOTrainer:
             min_p=a.min_p or 0.0,
             repetition_penalty=a.repetition_penalty,
         )
-        completion_ids = sample(
-            self.model,
-            prompt_ids,
-            prompt_mask,
-            params,
-            self.eos,
-            tok.pad_token_id,
-            self._gen,
-            a.rollout_backend,
-            row_seeds=row_seeds,
-        )  # (n, T)
+        with full_weights(self.train_model):
+            completion_ids = sample(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                params,
+                self.eos,
+                tok.pad_token_id,
+                self._gen,
+                a.rollout_backend,
+                row_seeds=row_seeds,
+            )  # (n, T)
         completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (N, T)
         truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (N,)
         if a.mask_truncated_completions:

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")  # one voice in a multi-process run
 
 
 def progress() -> Progress:

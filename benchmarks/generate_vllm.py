@@ -1,0 +1,105 @@
+"""Rollout throughput of vLLM's CPU engine (run under .venv-vllm: `make test-vllm` builds it).
+
+The same workload as ``benchmarks/generate.py``: B arithmetic chat prompts, T new tokens per row, temperature 1.0,
+EOS made impossible (``ignore_eos``), so every row produces exactly T tokens and tokens/s = B·T / wall time. The
+model is ``_common.build(size)`` with its attention widened where vLLM's CPU kernel needs it (it rejects head_dim
+16, the 1m model's: ``--heads`` overrides the head count, default: the size's own when head_dim >= 32, else
+hidden/64). Engine start-up is timed separately; each rep is one ``LLM.generate`` of the whole batch (median).
+
+    .venv-vllm/bin/python benchmarks/generate_vllm.py --size 1m
+    .venv-vllm/bin/python benchmarks/generate_vllm.py --size 19m --batch 64 --new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SIZES, load  # noqa: E402
+
+
+def build_for_vllm(size: str, heads: int | None, out: Path):
+    """`_common.build(size)`'s model (same sizes, seed 0), with a head count vLLM's CPU attention accepts."""
+    from aha.models.tiny import TinyConfig, build_tiny
+
+    if size not in SIZES:
+        raise SystemExit(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    sizes = dict(SIZES[size])
+    hidden = sizes.get("hidden_size", TinyConfig.hidden_size)
+    n_heads = heads or sizes.get("num_attention_heads", TinyConfig.num_attention_heads)
+    if heads is None and hidden // n_heads < 32:
+        n_heads = max(1, hidden // 64)
+    if hidden % n_heads or hidden // n_heads < 32:
+        raise SystemExit(f"--heads {n_heads}: head_dim {hidden}/{n_heads} must be a whole number >= 32 for vLLM's CPU")
+    sizes["num_attention_heads"] = n_heads
+    model, tok = build_tiny(out, seed=0, **sizes)
+    return model, tok, n_heads
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1m", help=f"one of {sorted(SIZES)}")
+    ap.add_argument("--heads", type=int, default=None, help="attention heads (default: see above)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--kv-cache-gib", default="1", help="VLLM_CPU_KVCACHE_SPACE unless already set (default: 1)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", args.kv_cache_gib)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, as VLLMRollout runs it
+
+    from aha.data.format import render_prompt
+    from aha.tasks import get_task
+
+    try:
+        from vllm import LLM
+        from vllm import SamplingParams as VSP
+    except ImportError:
+        raise SystemExit("vllm is not installed: run this under .venv-vllm (make test-vllm creates it)") from None
+
+    with tempfile.TemporaryDirectory(prefix="aha-bench-vllm-") as tmp:
+        model, tok, heads = build_for_vllm(args.size, args.heads, Path(tmp))
+        params = sum(p.numel() for p in model.parameters())
+        rows = get_task("arithmetic", digits=2).rows("train", args.batch, seed=0)
+        prompts = [
+            {"prompt_token_ids": tok(render_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]}
+            for r in rows
+        ]
+        print(f"machine: {load()}")
+        t = time.perf_counter()
+        llm = LLM(
+            model=tmp,
+            dtype="float32",
+            seed=0,
+            max_model_len=max(len(p["prompt_token_ids"]) for p in prompts) + args.new_tokens + 8,
+            distributed_executor_backend="uni",
+        )
+        start = time.perf_counter() - t
+        sp = VSP(temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True, seed=None)
+        llm.generate(prompts, sp, use_tqdm=False)  # warm-up
+        times, tokens = [], 0
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            outs = llm.generate(prompts, sp, use_tqdm=False)
+            times.append(time.perf_counter() - t)
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        if tokens != args.batch * args.new_tokens:
+            raise SystemExit(f"expected {args.batch * args.new_tokens} generated tokens, got {tokens}")
+        median = statistics.median(times)
+        print(
+            f"{args.size} ({params / 1e6:.2f} M params, {heads} heads), batch {args.batch} × {args.new_tokens} new "
+            f"tokens, temperature 1.0: engine start {start:.1f} s; per rep median {median:.3f} s "
+            f"(min {min(times):.3f}, max {max(times):.3f})"
+        )
+        print(f"machine at end: {load()}")
+        print(f"vllm_tokens_per_s={tokens / median:.0f}")
+
+
+if __name__ == "__main__":
+    main()

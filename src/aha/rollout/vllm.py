@@ -1,0 +1,421 @@
+"""vLLM rollouts: an in-process engine ("colocate") or a running ``vllm serve`` ("server"), with weight sync.
+
+``vllm`` is imported lazily: aha imports (and everything but this engine runs) without it. Install it with
+``pip install 'aha[vllm]'`` (vLLM's CPU build) or, on a CUDA machine, ``pip install vllm``.
+
+Colocate
+    A ``vllm.LLM`` in this process (``distributed_executor_backend="uni"`` with
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the worker and its model live in this process, so no subprocess is
+    spawned and weights are pushed as tensors, without serialisation). ``sync_weights`` calls the workers'
+    ``reload_weights(weights_iterator=...)`` (vLLM's in-place reload: checkpoint names, layer-wise processing) and
+    then resets the prefix cache, whose KV blocks were computed with the old weights.
+
+Server
+    An OpenAI-compatible ``vllm serve`` at ``server_base_url``; each row is one ``/v1/completions`` request with
+    the prompt as token ids, ``return_token_ids`` and ``logprobs=0`` (sent concurrently, so the server batches
+    them). vLLM 0.32 has no endpoint that receives tensors over HTTP without a GPU transfer backend (its
+    ``/update_weights`` RL API needs an NCCL/IPC weight-transfer engine), so ``sync_weights`` writes the weights as
+    safetensors to ``weights_dir`` (a directory the server can read: same machine or shared storage) and asks the
+    server to reload them through the dev-mode RPC endpoint, ``POST /collective_rpc`` with ``reload_weights``
+    (``weights_path``), then ``POST /reset_prefix_cache``. Those endpoints exist only when the server was started
+    with ``VLLM_SERVER_DEV_MODE=1``; start it with ``--logprobs-mode processed_logprobs`` too (see below).
+
+Log-probs
+    ``generate`` returns vLLM's *processed* log-probs of the sampled tokens (colocate engines are built with
+    ``logprobs_mode="processed_logprobs"``, as TRL does): log-softmax of the logits after the repetition penalty
+    and temperature scaling (and the top-k/top-p/min-p masks, renormalised), i.e. the distribution the token was
+    drawn from. With top_p=1, top_k=0, min_p=0 and no repetition penalty that is ``log_softmax(logits /
+    temperature)``, exactly what the GRPO trainer computes; greedy rows (temperature 0) get ``log_softmax(logits)``.
+    A server returns what its ``--logprobs-mode`` says (vLLM's default is the raw, unscaled log-probs).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from aha.rollout.sampler import SamplingParams
+
+MODES = ("colocate", "server")
+
+
+class EndpointError(RuntimeError):
+    """An OpenAI-compatible endpoint could not be reached, or answered with an error or with nonsense."""
+
+
+def http_json(
+    url: str, body: dict[str, Any] | None = None, *, timeout: float = 600.0, api_key: str | None = None
+) -> Any:
+    """POST `body` as JSON (GET when None) and return the decoded JSON answer ({} for an empty one).
+    Every failure is one :class:`EndpointError` naming `url`."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace").strip()[:500]
+        raise EndpointError(f"{url}: HTTP {e.code} {e.reason}" + (f": {detail}" if detail else "")) from None
+    except urllib.error.URLError as e:
+        raise EndpointError(f"{url}: cannot connect ({e.reason}); is the server running?") from None
+    except (TimeoutError, OSError) as e:  # a read timeout, a reset connection
+        raise EndpointError(f"{url}: {type(e).__name__}: {e}") from None
+    except ValueError as e:  # urllib's "unknown url type" and the like
+        raise EndpointError(f"{url}: bad URL ({e})") from None
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise EndpointError(f"{url}: the answer is not JSON: {raw[:200]!r}") from None
+
+
+def check_base_url(url: str, what: str = "server_base_url") -> str:
+    """``http(s)://host[:port][/v1]`` without a trailing slash or ``/v1`` (the API root)."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or "://" == url[-3:]:
+        raise ValueError(f"{what} must be an http(s):// URL such as http://127.0.0.1:8000, got {url!r}")
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The model's weights under the base model's (checkpoint) names. A PEFT model gives its base weights with the
+    active adapters' deltas added (``W + scale·B·A``, computed, not merged in place: the trainer's tensors are not
+    touched, so no merge/unmerge round-off creeps into them); LoRA tensors are skipped, ``base_layer`` and
+    ``modules_to_save`` unwrapped."""
+    deltas: dict[str, torch.Tensor] = {}
+    if _is_peft(model):
+        model = model.get_base_model()
+        with torch.no_grad():
+            for mname, module in model.named_modules():
+                if not (hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")):
+                    continue
+                if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
+                    continue  # merged: the base weight already holds the delta; disabled: the base alone
+                adapters = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
+                adapters += [a for a in module.active_adapters if a in getattr(module, "lora_embedding_A", {})]
+                if adapters:
+                    deltas[f"{mname}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in adapters)
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name or ".original_module." in name:
+            continue
+        if name in deltas:
+            tensor = tensor + deltas[name].to(tensor.dtype)
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name.replace(".base_layer.", "."))
+        out[name] = tensor.detach()
+    return list(out.items())
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter") and hasattr(model, "peft_config")
+
+
+def _torch_dtype_name(model: torch.nn.Module) -> str:
+    dtype = next(model.parameters()).dtype
+    return str(dtype).removeprefix("torch.")
+
+
+class VLLMRollout:
+    """Generate with vLLM and keep its weights equal to the trainer's. See the module docstring."""
+
+    def __init__(
+        self,
+        model_dir_or_model: str | Path | torch.nn.Module,
+        tokenizer: Any,
+        *,
+        mode: str = "colocate",
+        server_base_url: str | None = None,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.3,
+        server_timeout: float = 240.0,
+        request_timeout: float = 600.0,
+        weights_dir: str | Path | None = None,
+        api_key: str | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"VLLMRollout mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if tokenizer is None or getattr(tokenizer, "eos_token_id", None) is None:
+            raise ValueError("VLLMRollout needs a tokenizer with an eos_token (completions end at it)")
+        if max_model_len is not None and max_model_len < 1:
+            raise ValueError(f"VLLMRollout max_model_len must be >= 1, got {max_model_len}")
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"VLLMRollout gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        self.mode = mode
+        self.tokenizer = tokenizer
+        self.seed = int(seed)
+        self.eos_token_ids = self._eos_ids(model_dir_or_model, tokenizer)
+        self.server_timeout = server_timeout  # server mode: how long to wait for /health (TRL's vllm_server_timeout)
+        self.request_timeout = request_timeout  # server mode: seconds per HTTP request
+        self.api_key = api_key
+        self.llm: Any = None
+        self._own_dirs: list[str] = []
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
+        if mode == "server":
+            if server_base_url is None:
+                raise ValueError("VLLMRollout mode='server' needs server_base_url (e.g. http://127.0.0.1:8000)")
+            if engine_kwargs:
+                raise ValueError(
+                    f"VLLMRollout mode='server' takes no engine options ({', '.join(sorted(engine_kwargs))}): "
+                    "pass them to `vllm serve`"
+                )
+            self.base_url = check_base_url(server_base_url)
+            self._wait_for_server()
+            self.served_model = self._served_model(model_dir_or_model)
+            return
+        if server_base_url is not None:
+            raise ValueError("VLLMRollout server_base_url is for mode='server'; mode='colocate' runs its own engine")
+        self.base_url = None
+        self._start_engine(model_dir_or_model, max_model_len, gpu_memory_utilization, engine_kwargs)
+
+    # ------------------------------------------------------------------------------------ set-up
+    @staticmethod
+    def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+        """The tokenizer's EOS plus the generation config's (the module's, or the directory's)."""
+        from aha.data.format import eos_ids
+
+        if not isinstance(model, torch.nn.Module) and Path(str(model), "generation_config.json").is_file():
+            from transformers import GenerationConfig
+
+            return eos_ids(tokenizer, SimpleNamespace(generation_config=GenerationConfig.from_pretrained(model)))
+        return eos_ids(tokenizer, model if isinstance(model, torch.nn.Module) else None)
+
+    def _start_engine(self, source: Any, max_model_len: int | None, gpu_mem: float, kwargs: dict[str, Any]) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise ImportError(
+                "VLLMRollout needs vllm: pip install 'aha[vllm]' (vLLM's CPU build) or, on a CUDA machine, "
+                "pip install vllm"
+            ) from None
+        if isinstance(source, torch.nn.Module):
+            kwargs.setdefault("dtype", _torch_dtype_name(source))  # the engine computes as the trainer does
+            path = tempfile.mkdtemp(prefix="aha-vllm-model-")
+            self._own_dirs.append(path)
+            self._save_model(source, path)
+        else:
+            path = str(source)
+            hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+            if not Path(path).is_dir() and not hub_id:
+                raise FileNotFoundError(f"VLLMRollout: no model directory {path!r}")
+        kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        kwargs.setdefault("distributed_executor_backend", "uni")
+        previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: weights by reference
+        try:
+            self.llm = vllm.LLM(
+                model=path,
+                tokenizer=path,
+                seed=self.seed,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_mem,
+                **kwargs,
+            )
+        finally:
+            if previous is None:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+            else:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def _save_model(self, model: torch.nn.Module, path: str) -> None:
+        """A loadable directory for the engine: config, merged weights, tokenizer, generation config."""
+        if _is_peft(model):
+            model = _merged_copy(model)
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def _wait_for_server(self) -> None:
+        """Poll ``/health`` until it answers, for at most ``server_timeout`` seconds (a server may still be
+        loading when training starts)."""
+        deadline = time.monotonic() + self.server_timeout
+        while True:
+            try:
+                http_json(f"{self.base_url}/health", timeout=min(10.0, self.server_timeout), api_key=self.api_key)
+                return
+            except EndpointError as e:
+                if time.monotonic() >= deadline:
+                    raise EndpointError(f"{e} (still failing after {self.server_timeout:g} s)") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _served_model(self, requested: Any) -> str:
+        listing = http_json(f"{self.base_url}/v1/models", timeout=self.request_timeout, api_key=self.api_key)
+        ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+        if isinstance(requested, (str, Path)) and str(requested) in ids:
+            return str(requested)
+        if len(ids) == 1:
+            return ids[0]
+        raise ValueError(f"VLLMRollout: the server at {self.base_url} serves {ids}; pass one of them as the model")
+
+    # ------------------------------------------------------------------------------------ generation
+    def generate(
+        self, prompt_ids: list[list[int]], params: SamplingParams, row_seeds: list[int] | None = None
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Completion token ids per row (EOS kept, nothing after it) and the engine's log-probs of those tokens
+        (vLLM's processed log-probs: after repetition penalty, temperature and top-k/top-p/min-p; see the module
+        docstring). ``row_seeds`` (one per row) make each row's draw independent of its batch-mates."""
+        if not isinstance(prompt_ids, list) or not all(isinstance(p, list) and p for p in prompt_ids):
+            raise ValueError("VLLMRollout.generate: prompt_ids must be a list of non-empty lists of token ids")
+        if row_seeds is not None and len(row_seeds) != len(prompt_ids):
+            raise ValueError(f"VLLMRollout.generate: {len(row_seeds)} row_seeds for {len(prompt_ids)} prompts")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"VLLMRollout.generate: max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        if not prompt_ids:
+            return [], []
+        seeds = list(row_seeds) if row_seeds is not None else [None] * len(prompt_ids)
+        if self.mode == "server":
+            rows = self._generate_server(prompt_ids, params, seeds)
+        else:
+            rows = self._generate_colocate(prompt_ids, params, seeds)
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def _cut(self, ids: list[int], logprobs: list[float]) -> tuple[list[int], list[float]]:
+        eos = set(self.eos_token_ids)
+        end = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        return list(ids[:end]), [float(x) for x in logprobs[:end]]
+
+    def _generate_colocate(self, prompt_ids, params: SamplingParams, seeds) -> list[tuple[list[int], list[float]]]:
+        from vllm import SamplingParams as VSP
+
+        if self.llm is None:
+            raise RuntimeError("VLLMRollout: the engine is closed")
+        common = self._sampling_fields(params)
+        sps = [VSP(**common, seed=None if s is None else int(s), detokenize=False) for s in seeds]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], sps, use_tqdm=False)
+        rows = []
+        for out in outs:
+            o = out.outputs[0]
+            lps = [d[t].logprob for t, d in zip(o.token_ids, o.logprobs or [])]
+            if len(lps) != len(o.token_ids):
+                raise RuntimeError("VLLMRollout: vLLM returned no log-prob for some sampled tokens")
+            rows.append(self._cut(list(o.token_ids), lps))
+        return rows
+
+    def _sampling_fields(self, p: SamplingParams) -> dict[str, Any]:
+        """aha's SamplingParams as vLLM's (same names in its OpenAI API): greedy when temperature == 0."""
+        return {
+            "temperature": float(p.temperature),
+            "top_p": float(p.top_p) if not p.greedy else 1.0,
+            "top_k": int(p.top_k) if not p.greedy else 0,
+            "min_p": float(p.min_p) if not p.greedy else 0.0,
+            "repetition_penalty": float(p.repetition_penalty),
+            "max_tokens": int(p.max_new_tokens),
+            "logprobs": 0,  # the sampled token's log-prob only
+            "stop_token_ids": list(self.eos_token_ids),
+        }
+
+    def _generate_server(self, prompt_ids, params: SamplingParams, seeds) -> list[tuple[list[int], list[float]]]:
+        url = f"{self.base_url}/v1/completions"
+        common = {"model": self.served_model, **self._sampling_fields(params), "return_token_ids": True}
+
+        def one(i: int) -> tuple[list[int], list[float]]:
+            body = {**common, "prompt": prompt_ids[i]}
+            if seeds[i] is not None:
+                body["seed"] = int(seeds[i])
+            answer = http_json(url, body, timeout=self.request_timeout, api_key=self.api_key)
+            try:
+                choice = answer["choices"][0]
+                ids = choice["token_ids"]
+                lps = choice["logprobs"]["token_logprobs"]
+            except (KeyError, IndexError, TypeError):
+                raise EndpointError(
+                    f"{url}: the answer has no choices[0].token_ids / logprobs.token_logprobs (is it vLLM?)"
+                ) from None
+            if ids is None or lps is None or len(ids) != len(lps):
+                raise EndpointError(f"{url}: token_ids and token_logprobs do not line up")
+            return self._cut(ids, lps)
+
+        with ThreadPoolExecutor(max_workers=min(32, len(prompt_ids))) as pool:
+            return list(pool.map(one, range(len(prompt_ids))))
+
+    # ------------------------------------------------------------------------------------ weights
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Push `model`'s current weights into the engine (a PEFT model: base + the active adapters' deltas,
+        see :func:`named_weights`; the model itself is not modified)."""
+        weights = named_weights(model)
+        if self.mode == "colocate":
+            self._sync_colocate(weights)
+        else:
+            self._sync_server(weights)
+
+    def _sync_colocate(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        if self.llm is None:
+            raise RuntimeError("VLLMRollout: the engine is closed")
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            yield from weights
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        self.llm.reset_prefix_cache()  # cached KV blocks hold the old weights' keys and values
+
+    def _sync_server(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        from safetensors.torch import save_file
+
+        if self.weights_dir is None:
+            self.weights_dir = Path(tempfile.mkdtemp(prefix="aha-vllm-weights-"))
+            self._own_dirs.append(str(self.weights_dir))
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.weights_dir / ".model.safetensors.tmp"
+        save_file({n: t.to("cpu").contiguous().clone() for n, t in weights}, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, self.weights_dir / "model.safetensors")
+        body = {"method": "reload_weights", "kwargs": {"weights_path": str(self.weights_dir.resolve())}}
+        try:
+            http_json(f"{self.base_url}/collective_rpc", body, timeout=self.request_timeout, api_key=self.api_key)
+            http_json(f"{self.base_url}/reset_prefix_cache", {}, timeout=self.request_timeout, api_key=self.api_key)
+        except EndpointError as e:
+            if "HTTP 404" in str(e):
+                raise EndpointError(
+                    f"{e}\nVLLMRollout.sync_weights in server mode needs vLLM's dev-mode endpoints "
+                    "(/collective_rpc, /reset_prefix_cache): start the server with VLLM_SERVER_DEV_MODE=1"
+                ) from None
+            raise
+
+    # ------------------------------------------------------------------------------------ end
+    def close(self) -> None:
+        """Free the engine (colocate) and the temporary directories this object made. Idempotent."""
+        if self.llm is not None:
+            engine = getattr(self.llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                try:
+                    core.shutdown()
+                except Exception as e:  # a dead engine: nothing left to free
+                    warnings.warn(f"VLLMRollout.close: engine shutdown failed: {e}", stacklevel=2)
+            self.llm = None
+            gc.collect()
+        for d in self._own_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._own_dirs = []
+
+    def __enter__(self) -> VLLMRollout:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A PEFT model's base with the adapter merged, as a new module (the trainer's model is left as it was)."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
