@@ -176,12 +176,15 @@ def policy_loss(
     max_completion_length: int | None = None,
     num_items: int | float | torch.Tensor | None = None,
     use_bias_correction_kl: bool = True,
+    sampling_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped GRPO objective with optional KL penalty, as a loss to minimise.
 
     logps, old_logps, ref_logps, mask: (B, T) log-probs of the sampled completion tokens under the
     current, behaviour and reference policies; mask is 1 on real completion tokens.
     advantages: (B,). old_logps=None means on-policy (ratio 1, gradient still flows).
+    sampling_weights: (B, T) or (B, 1), detached: π_old / π_sampler when another engine (vLLM) sampled the
+    completions (truncated or masked importance weights); they scale the policy term, not the KL.
     Returns (scalar loss, metrics) with metrics kl, clip_ratio/low_mean, clip_ratio/high_mean,
     clip_ratio/region_mean, ratio_mean.
     """
@@ -204,6 +207,8 @@ def policy_loss(
     clipped = clip_ratio(ratio, eps_low, eps_high)
     unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)  # two-sided clipping
     loss_t = -torch.min(unclipped * adv, clipped * adv)  # (B, T) or (B, 1)
+    if sampling_weights is not None:
+        loss_t = loss_t * sampling_weights  # (B, T)
 
     metrics: dict[str, float] = {}
     if beta != 0.0:

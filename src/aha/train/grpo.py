@@ -40,6 +40,7 @@ from aha.train.distributed import all_true, full_weights, gather_rows, make_acce
 from aha.train.forward import token_logps
 from aha.train.logging import MetricsLogger, progress, rollout_metrics
 from aha.train.rewards import load_reward_models, score
+from aha.train.vllm import sampling_weights, vllm_generate
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 
@@ -104,6 +105,8 @@ class GRPOTrainer:
             )
         self.train_dataset = train_dataset
         self.ref_model = self._make_reference() if a.beta != 0.0 else None
+        self.vllm = None  # use_vllm: the engine, started at the first rollout (aha.rollout.vllm)
+        self._vllm_step = -1  # the global step whose weights the engine holds
         self.eos = eos_ids(self.tokenizer, self.model)
         self.callbacks = list(callbacks)
         self.state = TrainerState()
@@ -166,18 +169,22 @@ class GRPOTrainer:
             min_p=a.min_p or 0.0,
             repetition_penalty=a.repetition_penalty,
         )
-        with full_weights(self.train_model):
-            completion_ids = sample(
-                self.model,
-                prompt_ids,
-                prompt_mask,
-                params,
-                self.eos,
-                tok.pad_token_id,
-                self._gen,
-                a.rollout_backend,
-                row_seeds=row_seeds,
-            )  # (n, T)
+        if a.use_vllm:
+            completion_ids, sampling_logps = vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds)
+        else:
+            with full_weights(self.train_model):
+                completion_ids = sample(
+                    self.model,
+                    prompt_ids,
+                    prompt_mask,
+                    params,
+                    self.eos,
+                    tok.pad_token_id,
+                    self._gen,
+                    a.rollout_backend,
+                    row_seeds=row_seeds,
+                )  # (n, T)
+            sampling_logps = None
         completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (N, T)
         truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (N,)
         if a.mask_truncated_completions:
@@ -211,6 +218,8 @@ class GRPOTrainer:
             "completion_mask": completion_mask,
             "advantages": advantages,
         }
+        if sampling_logps is not None:
+            batch["sampling_logps"] = sampling_logps
         if with_logps:
             self.add_logps(batch)
         lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
@@ -222,8 +231,11 @@ class GRPOTrainer:
     def add_logps(self, batch: dict[str, torch.Tensor]) -> None:
         """π_old log-probs (when the batch is used off-policy) and π_ref's (when beta != 0), (N, T), in place."""
         a = self.args
-        if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps:
+        correct = a.use_vllm and a.vllm_importance_sampling_correction
+        if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps or correct:
             batch["old_logps"] = self._logps_no_grad(batch, reference=False)
+        if correct:  # the engine's policy is not exactly π_old (other kernels, precision): reweight
+            batch["sampling_weights"] = sampling_weights(batch["old_logps"], batch.pop("sampling_logps"), batch, a)
         if a.beta != 0.0:
             batch["ref_logps"] = self._logps_no_grad(batch, reference=True)
 
@@ -271,6 +283,7 @@ class GRPOTrainer:
             max_completion_length=a.max_completion_length,
             num_items=num_items,
             use_bias_correction_kl=a.use_bias_correction_kl,
+            sampling_weights=mb.get("sampling_weights"),
         )
         if a.loss_type != "dapo":
             loss = loss / a.gradient_accumulation_steps

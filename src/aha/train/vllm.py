@@ -1,0 +1,74 @@
+"""GRPO with vLLM as the rollout engine (``use_vllm=True``): start it, keep its weights equal to the
+policy's, and correct for the small difference between the engine's sampling distribution and the
+trainer's (TRL's ``vllm_importance_sampling_*``). The engine itself is ``aha.rollout.vllm.VLLMRollout``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from aha.train.distributed import full_weights
+
+if TYPE_CHECKING:
+    from aha.train.config import GRPOConfig
+    from aha.train.grpo import GRPOTrainer
+
+
+def vllm_generate(
+    trainer: GRPOTrainer, prompt_ids, prompt_mask, params, row_seeds
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample with vLLM (weights synced after every optimiser step). Returns completion ids (n, T) and the
+    engine's log-probs of the sampled tokens (n, T), both right-padded."""
+    from aha.rollout.vllm import VLLMRollout
+
+    a = trainer.args
+    if trainer.vllm is None:
+        url = a.vllm_server_base_url or f"http://{a.vllm_server_host}:{a.vllm_server_port}"
+        trainer.vllm = VLLMRollout(
+            trainer.model,
+            trainer.tokenizer,
+            mode=a.vllm_mode,
+            server_base_url=url if a.vllm_mode == "server" else None,
+            max_model_len=a.vllm_max_model_length or (prompt_ids.size(1) + a.max_completion_length),
+            seed=a.seed,
+            gpu_memory_utilization=a.vllm_gpu_memory_utilization,
+            server_timeout=a.vllm_server_timeout,
+        )
+        trainer._vllm_step = trainer.state.global_step if a.vllm_mode == "colocate" else -1
+    if trainer._vllm_step != trainer.state.global_step:
+        with full_weights(trainer.train_model):
+            trainer.vllm.sync_weights(trainer.model)
+        trainer._vllm_step = trainer.state.global_step
+    prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]  # left padding removed
+    ids, logps = trainer.vllm.generate(prompts, params, row_seeds)
+    width = max(1, max(len(x) for x in ids))
+    completion_ids = torch.full((len(ids), width), trainer.tokenizer.pad_token_id, dtype=torch.long)  # (n, T)
+    sampling_logps = torch.zeros(len(ids), width)  # (n, T)
+    for i, (row, lp) in enumerate(zip(ids, logps)):
+        completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        sampling_logps[i, : len(lp)] = torch.tensor(lp)
+    return completion_ids.to(trainer.device), sampling_logps.to(trainer.device)
+
+
+def sampling_weights(
+    old_logps: torch.Tensor, sampling_logps: torch.Tensor, batch: dict[str, torch.Tensor], args: GRPOConfig
+) -> torch.Tensor:
+    """TRL's vLLM importance-sampling correction: the weights exp(log π_old − log π_vLLM) of the sampled
+    tokens, per token (``token_*``) or per sequence (``sequence_*``; summed log-ratios), truncated into
+    [clip_min, clip_max] (``*_truncate``) or set to 0 outside it (``*_mask``). Returns (B, T)."""
+    mask = batch["completion_mask"].to(old_logps.dtype)  # (B, T)
+    diff = torch.nan_to_num((old_logps - sampling_logps[:, : old_logps.size(1)]) * mask, nan=0.0)  # (B, T)
+    mode = args.vllm_importance_sampling_mode
+    log_w = diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff  # (B, 1) or (B, T)
+    w = torch.exp(log_w)
+    lo, hi = args.vllm_importance_sampling_clip_min, args.vllm_importance_sampling_clip_max
+    if mode.endswith("_truncate"):
+        w = torch.clamp(w, min=lo, max=hi)
+    else:
+        lo_v = -math.inf if lo is None else lo
+        hi_v = math.inf if hi is None else hi
+        w = w.masked_fill((w < lo_v) | (w > hi_v), 0.0)
+    return w.expand_as(mask).contiguous()
