@@ -41,14 +41,16 @@ def _count(model: torch.nn.Module) -> tuple[int, int]:
     return num_parameters(model), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _save(recipe: Recipe, model: Any, tok: Any, run: Path, base_dir: Path | None) -> dict[str, str]:
-    """Save model/ (or the adapter) and, with merge_lora, merged/; returns the directories written."""
+def _save(recipe: Recipe, model: Any, tok: Any, run: Path, base_dir: Path | None, saved: bool) -> dict[str, str]:
+    """Save model/ (or the adapter; `saved`: the trainer already wrote it) and point an adapter at its base;
+    returns the directories written."""
     out = {"model": str(run / "model")}
-    model.save_pretrained(run / "model")
-    tok.save_pretrained(run / "model")
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        gen.save_pretrained(run / "model")
+    if not saved:
+        model.save_pretrained(run / "model")
+        tok.save_pretrained(run / "model")
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            gen.save_pretrained(run / "model")
     adapter_cfg = run / "model" / "adapter_config.json"
     if base_dir is not None and adapter_cfg.is_file():  # point the adapter at the saved tiny base
         cfg = json.loads(adapter_cfg.read_text())
@@ -212,6 +214,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
         )
         trainer.logger = logger
         state = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        trainer.save_model(run / "model")  # every process takes part (FSDP gathers the weights); the first writes
         model = trainer.model
         result: dict[str, Any] = {"steps": state.global_step}
         if state.log_history:
@@ -229,7 +232,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     if not main:
         return {"trainer": recipe.kind, **result}
     total, trainable = _count(model)
-    dirs = _save(recipe, model, tok, run, base_dir)
+    dirs = _save(recipe, model, tok, run, base_dir, saved=recipe.kind == "grpo")
     if recipe.eval is not None:
         metrics = evaluate_recipe(recipe, model, tok, eval_data, "eval")
         logger.log({"phase": "eval", "step": result.get("steps"), **{f"eval/{k}": v for k, v in metrics.items()}})

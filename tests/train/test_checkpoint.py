@@ -86,11 +86,11 @@ def test_resume_in_process_matches_uninterrupted(tmp_path, monkeypatch):
     t = _trainer(out)
     real = checkpoint.save_checkpoint
 
-    def flaky(trainer, opt, sched, loop, step=None):
+    def flaky(trainer, opt, sched, loop, step=None, state_dict=None):
         if trainer.state.global_step == 3:
             trainer.model.save_pretrained(out / ".checkpoint-3.tmp")
             raise OSError("disk full")
-        return real(trainer, opt, sched, loop, step)
+        return real(trainer, opt, sched, loop, step, state_dict)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", flaky)
     with pytest.raises(OSError, match="disk full"):

@@ -3,6 +3,7 @@ parameters as 1 process × batch 2b — same seeds, same completions, gradients 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -66,3 +67,21 @@ def test_two_processes_equal_one_process_with_twice_the_batch(kind, tmp_path):
         lines = (run / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 3
         assert (run / "checkpoint-2").is_dir() and (run / "model" / "model.safetensors").is_file()
+
+
+def test_aha_train_under_torchrun_writes_one_run_directory(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", AHA_NO_PROGRESS="1")
+    recipe = Path(__file__).parents[2] / "recipes" / "demo.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    cmd += ["--master_addr", "127.0.0.1", "-m", "aha.cli", "train", str(recipe), "--out", str(out), "--no-plot"]
+    for s in ("training.max_steps=2", "training.max_completion_length=8", "eval.dataset.n=4", "eval.samples=2"):
+        cmd += ["--set", s]
+    cmd += ["--set", "training.per_device_train_batch_size=8", "--set", "training.logging_steps=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in rows] == [("eval", 0), ("grpo", 1), ("grpo", 2), ("eval", 2)]
+    assert (out / "model" / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    assert done.stderr.count("GRPO on") == 1  # one voice: the other process prints nothing

@@ -151,10 +151,10 @@ def test_aha_train_resume_cli(tmp_path, monkeypatch, capsys):
     assert main([*argv, str(tmp_path / "ref")]) == 0
     real = checkpoint.save_checkpoint
 
-    def crash(trainer, opt, sched, loop, step=None):
+    def crash(trainer, opt, sched, loop, step=None, state_dict=None):
         if trainer.state.global_step == 3:
             raise KeyboardInterrupt  # the process "dies" before checkpoint-3
-        return real(trainer, opt, sched, loop, step)
+        return real(trainer, opt, sched, loop, step, state_dict)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", crash)
     out = tmp_path / "run"

@@ -104,16 +104,22 @@ def rng_states(trainer: GRPOTrainer) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    trainer: GRPOTrainer, opt: torch.optim.Optimizer, sched: Any, loop: dict[str, Any], step: int | None = None
+    trainer: GRPOTrainer,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    loop: dict[str, Any],
+    step: int | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``OUTPUT_DIR/checkpoint-<step>`` atomically (see the module docstring); returns its path."""
+    """Write ``OUTPUT_DIR/checkpoint-<step>`` atomically (see the module docstring); returns its path.
+    `state_dict`: the gathered weights when FSDP shards the model."""
     out = Path(trainer.args.output_dir)
     step = trainer.state.global_step if step is None else step
     final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    trainer.model.save_pretrained(tmp)
+    trainer.model.save_pretrained(tmp, state_dict=state_dict)
     trainer.tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
     torch.save(rng_states(trainer), tmp / "rng_state.pt")

@@ -33,6 +33,16 @@ def _end() -> None:
         torch.distributed.destroy_process_group()
 
 
+def full_state_dict(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights for saving, when FSDP shards them (a collective: every process calls it);
+    None when each process already holds them all (one process, DDP)."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type != DistributedType.FSDP:
+        return None
+    return acc.get_state_dict(model)
+
+
 def world_size() -> int:
     """Processes in the run as the launcher set them (1 when not launched by accelerate / torchrun)."""
     return max(1, int(os.environ.get("WORLD_SIZE", "1")))

@@ -36,7 +36,7 @@ from aha.grpo import completion_mask_after_eos, compute_advantages, policy_loss
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train import checkpoint, dynamic
 from aha.train.config import GRPOConfig
-from aha.train.distributed import all_true, full_weights, gather_rows, make_accelerator, shard
+from aha.train.distributed import all_true, full_state_dict, full_weights, gather_rows, make_accelerator, shard
 from aha.train.forward import token_logps
 from aha.train.logging import MetricsLogger, progress, rollout_metrics
 from aha.train.rewards import load_reward_models, score
@@ -314,6 +314,8 @@ class GRPOTrainer:
         sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
         spec = a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         resume = checkpoint.resolve_checkpoint(out, spec)
+        if resume and acc.distributed_type == "FSDP":
+            raise ValueError("resume_from_checkpoint: not supported under FSDP yet (the optimiser state is sharded)")
         if acc.is_main_process:
             checkpoint.remove_stale(out)
         loop = checkpoint.load_checkpoint(self, opt, sched, resume) if resume else {"inflight": None, "pending": {}}
@@ -340,10 +342,10 @@ class GRPOTrainer:
                     pending.clear()
                 if self.state.global_step % a.save_steps == 0:
                     done = fl["skip"] == 0 and fl["it"] >= a.num_iterations  # the batch is used up
+                    weights = full_state_dict(acc, self.train_model)  # FSDP: gathered on every process
                     if acc.is_main_process:
-                        checkpoint.save_checkpoint(
-                            self, opt, sched, {"inflight": None if done else fl, "pending": dict(pending)}
-                        )
+                        loop_state = {"inflight": None if done else fl, "pending": dict(pending)}
+                        checkpoint.save_checkpoint(self, opt, sched, loop_state, state_dict=weights)
                     acc.wait_for_everyone()
 
             while self.state.global_step < total:
@@ -410,12 +412,13 @@ class GRPOTrainer:
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """Model (or adapter), tokenizer and generation config, with ``save_pretrained`` (on the first process
         only; the others wait for it)."""
+        weights = full_state_dict(self.accelerator, self.train_model)  # FSDP: gathered on every process
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return
         out = Path(output_dir or self.args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        self.model.save_pretrained(out, state_dict=weights)
         self.tokenizer.save_pretrained(out)
         gen = getattr(self.model, "generation_config", None)
         if gen is not None:
