@@ -118,9 +118,9 @@ def test_lora_trains_only_the_adapter_and_merges(tmp_path: Path, monkeypatch) ->
     seen: dict[str, dict[str, torch.Tensor]] = {}
     save = rr._save
 
-    def spy(recipe, model, tok, run, base_dir):
+    def spy(recipe, model, tok, run, base_dir, saved):
         seen["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return save(recipe, model, tok, run, base_dir)
+        return save(recipe, model, tok, run, base_dir, saved)
 
     monkeypatch.setattr(rr, "_save", spy)
     sets = [

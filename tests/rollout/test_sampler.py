@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 
 from aha.data.format import encode_prompts, eos_ids
 from aha.rollout import BACKENDS, SamplingParams, process_logits, sample
+from aha.rollout import sampler as sampler_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "<think>9+9</think>", "What is 47+38?"]
 MAX_NEW = 24
@@ -293,3 +294,72 @@ def test_sample_restores_training_mode_and_rejects_unknown_backend(tiny, prompts
     assert set(BACKENDS) == {"fast", "hf"}
     with pytest.raises(ValueError, match="vllm"):
         sample(model, *prompts, p, [tok.eos_token_id], tok.pad_token_id, backend="vllm")
+
+
+# --------------------------------------------------------------------------------- per-row seeds
+
+
+def test_row_seeds_make_a_row_independent_of_its_batch(tiny):
+    """A row sampled alone (no padding) equals the same row, with the same seed, inside a bigger batch whose
+    longer prompts left-pad it, and whose other rows end at EOS and are dropped from the forward."""
+    model, tok = tiny
+    biased = copy.deepcopy(model)
+    with torch.no_grad():  # EOS logit 0: hot sampling ends rows at many different steps (rows get dropped)
+        biased.lm_head.weight[tok.eos_token_id] = 0.0
+    p = SamplingParams(max_new_tokens=MAX_NEW, temperature=2.0, top_p=0.95, repetition_penalty=1.1)
+    texts = PROMPTS * 3
+    seeds = [1000 + 17 * i for i in range(len(texts))]
+    ids, mask = encode_prompts(tok, texts)
+    full = sample(biased, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=seeds)
+    ends = {row.index(tok.eos_token_id) for row in full.tolist() if tok.eos_token_id in row}
+    assert len(ends) >= 3  # rows really stop at different steps
+    for i in (3, 2, 7):  # the most padded prompt, the longest one, and a middle one
+        one_ids, one_mask = encode_prompts(tok, [texts[i]])
+        assert one_mask.all()  # alone: no padding at all
+        alone = sample(biased, one_ids, one_mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[seeds[i]])
+        n = alone.size(1)
+        assert torch.equal(alone[0], full[i, :n])
+        assert (full[i, n:] == tok.pad_token_id).all()
+    shuffled = list(reversed(range(len(texts))))  # another batch order: the same rows
+    again = sample(
+        biased,
+        ids[shuffled],
+        mask[shuffled],
+        p,
+        [tok.eos_token_id],
+        tok.pad_token_id,
+        row_seeds=[seeds[j] for j in shuffled],
+    )
+    assert torch.equal(again[:, : full.size(1)].flip(0), full[:, : again.size(1)])
+    with pytest.raises(ValueError, match="row_seeds"):
+        sample(biased, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=seeds[:2])
+
+
+# --------------------------------------------------------------------------------- two-sample distribution test
+
+
+@pytest.mark.parametrize("name", [k for k, p in CASES.items() if not p.greedy])
+def test_pick_matches_multinomial_over_transformers_processors(name):
+    """aha's process_logits + inverse-CDF _pick against transformers' processors + torch.multinomial: n draws
+    each from the same logits, compared with a two-sample chi-square test and the total variation distance.
+    Seeds are fixed, so the test is deterministic; the bounds sit far above the statistics' typical values."""
+    p = CASES[name]
+    n, v = 40_000, 200
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(1, v, generator=g) * 2.5
+    seen = torch.rand(1, v, generator=g) < 0.1
+    seen[:, 0] = True
+    ours_logits = process_logits(logits.expand(n, v).clone(), seen.expand(n, v), p)  # (n, V)
+    u = sampler_mod.uniforms(n, 1, "cpu", torch.Generator().manual_seed(1))[:, 0]
+    ours = sampler_mod._pick(ours_logits, p, u)  # (n,)
+    theirs_probs = hf_processors(p)(seen_to_ids(seen), logits.clone()).softmax(-1)  # (1, V)
+    theirs = torch.multinomial(theirs_probs.expand(n, v), 1, generator=torch.Generator().manual_seed(2))[:, 0]
+    a = torch.bincount(ours, minlength=v).double()
+    b = torch.bincount(theirs, minlength=v).double()
+    assert a[theirs_probs[0] == 0].sum() == 0  # nothing outside transformers' kept set
+    used = (a + b) > 0
+    chi2 = float(((a - b)[used] ** 2 / (a + b)[used]).sum())
+    df = int(used.sum()) - 1
+    assert chi2 < df + 6 * (2 * max(df, 1)) ** 0.5, (chi2, df)
+    tv = 0.5 * float((a - b).abs().sum()) / n
+    assert tv < 0.06, tv

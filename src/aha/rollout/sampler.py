@@ -9,10 +9,13 @@ rows are still running, the finished ones are dropped from the forward (cache, m
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 @dataclass
@@ -79,6 +82,66 @@ def uniforms(b: int, n: int, device, generator: torch.Generator | None, row_seed
     return torch.stack([torch.rand(n, generator=g, device=device) for g in gens])
 
 
+class SlabLayer(DynamicLayer):
+    """One layer's KV cache in a preallocated (B, heads, max_len, d) buffer: ``update`` writes the new keys
+    and values in place and returns views of the filled part, instead of ``torch.cat``-ing the whole cache
+    at every step (a copy of everything cached so far, per layer and per token)."""
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.length = 0
+        self.k_buf: torch.Tensor | None = None  # (B, heads, max_len, d)
+        self.v_buf: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        b, h, _, _ = key_states.shape
+        self.k_buf = key_states.new_empty((b, h, self.max_len, key_states.size(-1)))
+        self.v_buf = value_states.new_empty((b, h, self.max_len, value_states.size(-1)))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        s, n = self.length, key_states.size(-2)
+        self.k_buf[:, :, s : s + n].copy_(key_states)
+        self.v_buf[:, :, s : s + n].copy_(value_states)
+        self.length = s + n
+        self.keys, self.values = self.k_buf[:, :, : s + n], self.v_buf[:, :, : s + n]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.max_len
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+            self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+
+
+class SlabCache(DynamicCache):
+    """A DynamicCache whose layers are SlabLayers of ``max_len`` positions (created lazily, one per layer)."""
+
+    def __init__(self, max_len: int) -> None:
+        Cache.__init__(self, layer_class_to_replicate=DynamicLayer)
+        self.max_len = max_len
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(SlabLayer(self.max_len))
+        return self.layers[layer_idx].update(key_states, value_states)
+
+
+@cache
+def _cache_kwarg(cls: type) -> str:
+    """The forward's name for the KV-cache argument (``cache`` in recent transformers, else the old name)."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
 # Drop finished rows from the forward once at most this fraction of the computed rows is still running
 # (and the batch is at least DROP_MIN_ROWS wide): the cache, mask and positions are narrowed in place.
 DROP_LIVE_FRACTION = 0.5
@@ -115,15 +178,16 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # the whole attention mask at once; step t uses its first P+t+1 columns (no per-step torch.cat)
     mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((b, n_new), dtype=torch.long)], dim=1)
     positions = (mask[:, :p_len].cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    cache = DynamicCache()
+    cache = SlabCache(p_len + n_new)
+    cache_kw = _cache_kwarg(type(model))
     logits = (
         model(
             input_ids=prompt_ids,
             attention_mask=mask[:, :p_len],
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_kw: cache},
         )
         .logits[:, -1, :]
         .float()
@@ -164,9 +228,9 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
                 input_ids=tok.unsqueeze(1),
                 attention_mask=mask[:, : p_len + t + 1],
                 position_ids=next_pos,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_kw: cache},
             )
             .logits[:, -1, :]
             .float()
