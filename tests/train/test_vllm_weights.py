@@ -46,3 +46,18 @@ def test_sequence_mask_zeroes_sequences_outside_the_band():
 def test_equal_policies_give_unit_weights(mode):
     w = sampling_weights(OLD, OLD.clone(), {"completion_mask": MASK}, _args(mode, clip_min=0.1))
     torch.testing.assert_close(w, torch.ones_like(OLD))
+
+
+def test_engine_context_fits_the_longest_allowed_prompt_not_the_first_batch():
+    from aha.train.vllm import max_model_len
+
+    def trainer(prompt, completion, engine=None, positions=512):
+        args = SimpleNamespace(max_prompt_length=prompt, max_completion_length=completion, vllm_max_model_length=engine)
+        return SimpleNamespace(
+            args=args, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions))
+        )
+
+    assert max_model_len(trainer(128, 64)) == 192
+    assert max_model_len(trainer(512, 64)) == 512  # capped by the model's positions
+    assert max_model_len(trainer(128, 64, engine=300)) == 300  # the user's choice wins
+    assert max_model_len(trainer(None, 64)) is None  # prompts not truncated: the model's own limit

@@ -32,7 +32,7 @@ def vllm_generate(
             trainer.tokenizer,
             mode=a.vllm_mode,
             server_base_url=url if a.vllm_mode == "server" else None,
-            max_model_len=a.vllm_max_model_length or (prompt_ids.size(1) + a.max_completion_length),
+            max_model_len=max_model_len(trainer),
             seed=a.seed,
             gpu_memory_utilization=a.vllm_gpu_memory_utilization,
             server_timeout=a.vllm_server_timeout,
@@ -51,6 +51,20 @@ def vllm_generate(
         completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         sampling_logps[i, : len(lp)] = torch.tensor(lp)
     return completion_ids.to(trainer.device), sampling_logps.to(trainer.device)
+
+
+def max_model_len(trainer: GRPOTrainer) -> int | None:
+    """The colocate engine's context length: ``vllm_max_model_length``, else ``max_prompt_length`` (prompts are
+    left-truncated to it) + ``max_completion_length``, at most the model's ``max_position_embeddings``; None (the
+    model's own limit) when prompts are not truncated. Never the first batch's width: later prompts may be longer."""
+    a = trainer.args
+    if a.vllm_max_model_length is not None:
+        return a.vllm_max_model_length
+    if a.max_prompt_length is None:
+        return None
+    n = a.max_prompt_length + a.max_completion_length
+    limit = getattr(getattr(trainer.model, "config", None), "max_position_embeddings", None)
+    return min(n, limit) if isinstance(limit, int) else n
 
 
 def sampling_weights(
