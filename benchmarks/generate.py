@@ -8,6 +8,7 @@ the table shows the median (and min/max) over reps. vLLM is reported only when `
     .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128
     .venv/bin/python benchmarks/generate.py --quick         # 1m only, fewer reps
     .venv/bin/python benchmarks/generate.py --baseline-file /tmp/old_sampler.py   # A/B a sampler version
+    AHA_DECODE_ATTN=0 .venv/bin/python benchmarks/generate.py   # fast sampler with SDPA's flash kernel in decode
 """
 
 from __future__ import annotations

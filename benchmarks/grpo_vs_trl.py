@@ -15,6 +15,10 @@ Warm-up steps are run first and not counted.
     .venv/bin/python benchmarks/grpo_vs_trl.py              # both sizes, both workloads (~10 min)
     .venv/bin/python benchmarks/grpo_vs_trl.py --quick      # 1m, both workloads, few steps (< 2 min)
     .venv/bin/python benchmarks/grpo_vs_trl.py --sizes 1m --workloads demo --steps 2+8
+    .venv/bin/python benchmarks/grpo_vs_trl.py --gradient-checkpointing on   # both trainers recompute
+
+Gradient checkpointing is set explicitly in both configs (``--gradient-checkpointing``, default off): TRL's
+GRPOConfig defaults it to True and aha's to False, so leaving it unset compares different settings.
 
 The last two lines are ``ratio_vs_trl=`` (TRL s/step ÷ aha s/step) and ``floor_ratio=`` (aha s/step ÷ the
 FLOP floor) for the reasoning workload at the largest size run.
@@ -130,7 +134,14 @@ def worker(args) -> None:
     total = args.warmup + args.steps
     pacer = Pacer(args.warmup, args.chunk, total)
     out_dir = tempfile.mkdtemp(prefix=f"bench_{args.tool}_")
-    hp = dict(HPARAMS, output_dir=out_dir, max_steps=total, max_completion_length=wl["max_completion_length"])
+    hp = dict(
+        HPARAMS,
+        output_dir=out_dir,
+        max_steps=total,
+        max_completion_length=wl["max_completion_length"],
+        # set explicitly for both: TRL's GRPOConfig defaults to True, aha's to False
+        gradient_checkpointing=args.gradient_checkpointing == "on",
+    )
     send({"ready": True})
     sys.stdin.readline()
     if args.tool == "aha":
@@ -180,9 +191,10 @@ def worker(args) -> None:
 
 # ------------------------------------------------------------------------------------------- parent
 class Worker:
-    def __init__(self, tool: str, size: str, workload: str, warmup: int, steps: int, chunk: int, threads: int):
+    def __init__(self, tool: str, size: str, workload: str, warmup: int, steps: int, chunk: int, threads: int, gc: str):
         cmd = [sys.executable, __file__, "--worker", tool, "--sizes", size, "--workloads", workload]
         cmd += ["--warmup", str(warmup), "--steps", str(steps), "--chunk", str(chunk), "--threads", str(threads)]
+        cmd += ["--gradient-checkpointing", gc]
         env = dict(os.environ, AHA_NO_PROGRESS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         self.tool = tool
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -203,7 +215,7 @@ class Worker:
         return self.read()
 
 
-def run_case(size: str, workload: str, warmup: int, steps: int, chunk: int, threads: int) -> dict:
+def run_case(size: str, workload: str, warmup: int, steps: int, chunk: int, threads: int, gc: str) -> dict:
     import statistics
 
     from _common import build, model_dims, step_flops, summary
@@ -211,7 +223,7 @@ def run_case(size: str, workload: str, warmup: int, steps: int, chunk: int, thre
     tools = ("aha", "trl")
     workers = {}
     for t in tools:  # start one at a time: imports and set-up never overlap a timed chunk
-        workers[t] = Worker(t, size, workload, warmup, steps, chunk, threads)
+        workers[t] = Worker(t, size, workload, warmup, steps, chunk, threads, gc)
         workers[t].read()  # ready
     times = {t: [] for t in tools}
     lengths = {t: [] for t in tools}
@@ -298,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="torch threads per worker (0: torch's default); 1 is stable on a shared machine",
     )
+    ap.add_argument(
+        "--gradient-checkpointing",
+        choices=["off", "on"],
+        default="off",
+        help="set identically in both trainers' configs (TRL's GRPOConfig defaults to on, aha's to off)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1m only, 1+2 steps (< 2 min)")
     ap.add_argument("--worker", choices=["aha", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
@@ -321,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine at start: {load()}")
     peak = gemm_peak()
     print(f"fp32 GEMM peak (torch.mm 1024², {torch.get_num_threads()} thread(s)): {peak / 1e9:.1f} GFLOP/s")
+    print(f"gradient_checkpointing={args.gradient_checkpointing} (both trainers)")
     last = None
     for size in args.sizes.split(","):
         for workload in args.workloads.split(","):
@@ -329,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
             if warmup < 1 or steps < 1:
                 raise SystemExit("--steps: need at least 1 warm-up and 1 timed step, e.g. 1+3")
             chunk = args.chunk or (2 if size == "1m" else 1)
-            res = run_case(size, workload, warmup, steps, min(chunk, steps), args.threads)
+            res = run_case(size, workload, warmup, steps, min(chunk, steps), args.threads, args.gradient_checkpointing)
             print(f"machine now: {load()}")
             ratios = print_case(res, peak)
             if workload == "reasoning" or last is None:
