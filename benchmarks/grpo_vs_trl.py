@@ -107,21 +107,14 @@ class Pacer:
         self.last = time.perf_counter()
 
 
-def worker(args) -> None:
-    import torch
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+def workload_dataset(wl: dict):
+    """The workload's prompts: 2000 arithmetic problems worded as `wl["content"]`, with their answers."""
     from datasets import Dataset
 
-    from _common import build
-    from aha.rewards import get as get_reward
     from aha.tasks import get_task
 
-    wl = WORKLOADS[args.workload]
-    model, tok = build(args.size)
     rows = get_task("arithmetic", digits=wl["digits"]).rows("train", 2000, seed=0)
-    data = Dataset.from_list(
+    return Dataset.from_list(
         [
             {
                 "prompt": [{"role": "user", "content": wl["content"].format(q=r["prompt"][-1]["content"])}],
@@ -130,6 +123,19 @@ def worker(args) -> None:
             for r in rows
         ]
     )
+
+
+def worker(args) -> None:
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from _common import build
+    from aha.rewards import get as get_reward
+
+    wl = WORKLOADS[args.workload]
+    model, tok = build(args.size)
+    data = workload_dataset(wl)
     rewards = [get_reward("correctness"), get_reward("format")]
     total = args.warmup + args.steps
     pacer = Pacer(args.warmup, args.chunk, total)

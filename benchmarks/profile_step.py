@@ -52,28 +52,17 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from datasets import Dataset
 
     from _common import build, load
     from aha.rewards import get as get_reward
-    from aha.tasks import get_task
     from aha.train.config import GRPOConfig
     from aha.train.grpo import GRPOTrainer
-    from grpo_vs_trl import HPARAMS, WORKLOADS
+    from grpo_vs_trl import HPARAMS, WORKLOADS, workload_dataset
 
     os.environ["AHA_NO_PROGRESS"] = "1"
     wl = WORKLOADS[args.workload]
     model, tok = build(args.size)
-    rows = get_task("arithmetic", digits=wl["digits"]).rows("train", 2000, seed=0)
-    data = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": wl["content"].format(q=r["prompt"][-1]["content"])}],
-                "answer": r["answer"],
-            }
-            for r in rows
-        ]
-    )
+    data = workload_dataset(wl)
     hp = dict(
         HPARAMS, output_dir=tempfile.mkdtemp(prefix="profile_"), max_completion_length=wl["max_completion_length"]
     )
