@@ -8,7 +8,8 @@ the table shows the median (and min/max) over reps. vLLM is reported only when `
     .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128
     .venv/bin/python benchmarks/generate.py --quick         # 1m only, fewer reps
     .venv/bin/python benchmarks/generate.py --baseline-file /tmp/old_sampler.py   # A/B a sampler version
-    AHA_DECODE_ATTN=0 .venv/bin/python benchmarks/generate.py   # fast sampler with SDPA's flash kernel in decode
+    AHA_FAST_DECODE=0 .venv/bin/python benchmarks/generate.py   # fast sampler's decode steps through the HF forward
+    AHA_FAST_DECODE=0 AHA_DECODE_ATTN=0 .venv/bin/python benchmarks/generate.py   # ... with SDPA's flash kernel
 """
 
 from __future__ import annotations

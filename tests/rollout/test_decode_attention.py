@@ -23,7 +23,8 @@ def _random_model(**kw):
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_decode_attention_matches_sdpa(kv_heads):
+def test_decode_attention_matches_sdpa(kv_heads, monkeypatch):
+    monkeypatch.setenv("AHA_FAST_DECODE", "0")  # the HF forward with the swapped attention, not _FastDecoder
     model, tok = _random_model(num_key_value_heads=kv_heads)
     ids, mask = encode_prompts(tok, PROMPTS)  # left-padded: the mask matters
     params = SamplingParams(max_new_tokens=20, temperature=0.0)

@@ -7,6 +7,11 @@ that have produced EOS are carried with a pad token and stop counting; once at m
 rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 Decode steps of ``sdpa`` models run a two-matmul attention (``_decode_attention``) instead of the CPU flash
 kernel, which is slow for one query token; ``AHA_DECODE_ATTN=0`` turns this off.
+For plain Llama-family models (``_FastDecoder``: llama, qwen2, mistral in fp32 with default RoPE, no adapters
+or hooks) the decode steps skip the HF module machinery altogether: a hand-written step over the same
+weights (fused qkv and gate/up, RoPE from a precomputed table, two-matmul attention on the preallocated
+cache, SwiGLU, RMSNorm). The prefill stays the HF forward that fills the cache. ``AHA_FAST_DECODE=0``
+turns this off; anything it cannot honour falls back to the HF forward.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -47,7 +53,8 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingP
         logits = torch.where(seen, penalised, logits)
     if p.greedy:
         return logits
-    logits = logits / p.temperature
+    if p.temperature != 1.0:
+        logits = logits / p.temperature
     neg = float("-inf")  # as transformers' filter_value
     if p.top_k and p.top_k < logits.size(-1):
         kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -197,6 +204,161 @@ def _decode_attention_swap(model):
         config._attn_implementation = impl
 
 
+# ------------------------------------------------------------------------------------- hand-written decode step
+FAST_DECODE_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def _plain_linear(m) -> bool:
+    return type(m) is torch.nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+
+
+def _fast_decode_reason(model, total_len: int) -> str | None:
+    """Why ``_FastDecoder`` cannot reproduce this model's decode step (None: it can)."""
+    if os.environ.get("AHA_FAST_DECODE", "1") == "0":
+        return "AHA_FAST_DECODE=0"
+    config = getattr(model, "config", None)
+    mtype = getattr(config, "model_type", None)
+    if mtype not in FAST_DECODE_TYPES or type(model).__name__ != FAST_DECODE_TYPES[mtype]:
+        return f"not a plain llama/qwen2/mistral causal LM ({type(model).__name__})"
+    if getattr(config, "sub_configs", None) or getattr(model, "peft_config", None) is not None:
+        return "sub-configs or PEFT adapters"
+    if model.training and getattr(config, "attention_dropout", 0.0):
+        return "attention dropout in training mode"
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", DECODE_ATTN):
+        return f"attention {config._attn_implementation!r}"
+    # transformers 5 keeps rope_theta and the scaling in rope_parameters (rope_scaling is an alias of it)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
+        return "rope scaling"
+    if getattr(config, "hidden_act", None) != "silu" or (getattr(config, "pretraining_tp", 1) or 1) != 1:
+        return "activation or tensor-parallel quirk"
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+        return "sliding-window layers"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and (mtype != "qwen2" or getattr(config, "use_sliding_window", False)) and window < total_len:
+        return "sliding window shorter than the sequence"
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
+        return "logit softcapping"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not _plain_linear(getattr(model, "lm_head", None)):
+        return "unexpected module layout"
+    if getattr(getattr(inner, "rotary_emb", None), "rope_type", None) != "default":
+        return "rope scaling"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "not fp32"
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return "forward hooks"
+    for layer in inner.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        if not type(layer).__name__.endswith("DecoderLayer"):
+            return "unexpected decoder layer"
+        if set(dict(layer.named_children())) != {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}:
+            return "unexpected decoder layer children"
+        if set(dict(a.named_children())) != {"q_proj", "k_proj", "v_proj", "o_proj"}:
+            return "unexpected attention children (q/k norm, adapters?)"
+        if set(dict(mlp.named_children())) - {"act_fn"} != {"gate_proj", "up_proj", "down_proj"}:
+            return "unexpected mlp children"
+        projections = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        if not all(_plain_linear(m) for m in projections):
+            return "projections are not plain nn.Linear (LoRA?)"
+        if getattr(a, "sliding_window", None) is not None:
+            return "sliding-window layer"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if not type(norm).__name__.endswith("RMSNorm") or not hasattr(norm, "variance_epsilon"):
+                return "unexpected norm"
+    if not type(inner.norm).__name__.endswith("RMSNorm") or type(inner.embed_tokens) is not torch.nn.Embedding:
+        return "unexpected norm or embedding"
+    return None
+
+
+def _bias_cat(mods) -> torch.Tensor | None:
+    if all(m.bias is None for m in mods):
+        return None
+    return torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+
+
+class _FastDecoder:
+    """One decode step (one new token per row) of a plain Llama-family model, written out with torch ops on
+    the model's own weights instead of its modules: per layer RMSNorm, one fused qkv matmul, RoPE from a
+    table precomputed for every position, the new key/value written into the ``SlabCache`` buffers in place,
+    two-matmul attention (grouped-query heads folded into the query rows), o_proj, RMSNorm, fused gate/up
+    matmul, SwiGLU, down_proj. Same operations as the HF modules, so the same numbers up to fp32 rounding
+    of the fused matmuls."""
+
+    def __init__(self, model, max_len: int) -> None:
+        config, inner = model.config, model.model
+        self.embed = inner.embed_tokens.weight
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.groups = self.heads // self.kv_heads
+        attn0 = inner.layers[0].self_attn
+        self.head_dim = attn0.head_dim
+        self.scale = attn0.scaling
+        self.layers = []
+        for layer in inner.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight,
+                    layer.input_layernorm.variance_epsilon,
+                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                    _bias_cat([a.q_proj, a.k_proj, a.v_proj]),
+                    a.o_proj.weight,
+                    a.o_proj.bias,
+                    layer.post_attention_layernorm.weight,
+                    layer.post_attention_layernorm.variance_epsilon,
+                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                    _bias_cat([mlp.gate_proj, mlp.up_proj]),
+                    mlp.down_proj.weight,
+                    mlp.down_proj.bias,
+                )
+            )
+        self.inter = inner.layers[0].mlp.gate_proj.out_features
+        self.norm_w, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.head_w, self.head_b = model.lm_head.weight, model.lm_head.bias
+        rot = inner.rotary_emb  # as its forward, for positions 0..max_len-1 at once
+        freqs = torch.arange(max_len, device=self.embed.device)[:, None].float() * rot.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * rot.attention_scaling).unsqueeze(1)  # (max_len, 1, d)
+        sin = emb.sin() * rot.attention_scaling
+        sin[:, : sin.size(-1) // 2].neg_()  # rotate_half(x)·sin == roll(x, d/2)·[-sin₁, sin₂]
+        self.sin = sin.unsqueeze(1)
+
+    @staticmethod
+    def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, cache: SlabCache) -> torch.Tensor:
+        """tok, pos: (b,) new tokens and their positions; bias: (b, 1, 1, >=L+1) additive mask (0 / -inf) over
+        the cache columns. Appends to ``cache`` and returns (b, V) fp32 logits."""
+        b, h, kv, g, d = tok.size(0), self.heads, self.kv_heads, self.groups, self.head_dim
+        nqk, half = (h + kv) * d, d // 2
+        cos, sin = self.cos[pos], self.sin[pos]  # (b, 1, d)
+        length = cache.layers[0].length
+        bias = bias[..., : length + 1]
+        x = F.embedding(tok, self.embed)  # (b, hidden)
+        for i, (w1, e1, wqkv, bqkv, wo, bo, w2, e2, wgu, bgu, wd, bd) in enumerate(self.layers):
+            qkv = F.linear(self._rms(x, w1, e1), wqkv, bqkv)  # (b, (h + 2 kv) d)
+            qk = qkv[:, :nqk].view(b, h + kv, d)
+            # RoPE on q and k: q·cos + rotate_half(q)·sin, the negation of rotate_half folded into the table
+            qk = (qk * cos).add_(qk.roll(half, -1).mul_(sin))
+            layer = cache.layers[i]
+            layer.k_buf[:, :, length].copy_(qk[:, h:])
+            layer.v_buf[:, :, length].copy_(qkv[:, nqk:].view(b, kv, d))
+            layer.length = length + 1
+            keys, values = layer.k_buf[:, :, : length + 1], layer.v_buf[:, :, : length + 1]
+            layer.keys, layer.values = keys, values
+            q = (qk[:, :h] * self.scale).view(b, kv, g, d)
+            scores = torch.matmul(q, keys.transpose(-1, -2)).add_(bias)  # (b, kv, g, L)
+            att = torch.matmul(scores.softmax(-1), values)  # (b, kv, g, d)
+            x = x + F.linear(att.reshape(b, h * d), wo, bo)
+            gu = F.linear(self._rms(x, w2, e2), wgu, bgu)
+            act = F.silu(gu[:, : self.inter], inplace=True).mul_(gu[:, self.inter :])
+            x = x + F.linear(act, wd, bd)
+        return F.linear(self._rms(x, self.norm_w, self.norm_eps), self.head_w, self.head_b).float()
+
+
 @cache
 def _cache_kwarg(cls: type) -> str:
     """The forward's name for the KV-cache argument (``cache`` in recent transformers, else the old name)."""
@@ -207,6 +369,7 @@ def _cache_kwarg(cls: type) -> str:
 # (and the batch is at least DROP_MIN_ROWS wide): the cache, mask and positions are narrowed in place.
 DROP_LIVE_FRACTION = 0.5
 DROP_MIN_ROWS = 8
+CHECK_EVERY = 4  # count the running rows (a sync) every this many steps
 
 
 def sample_fast(
@@ -254,6 +417,12 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
         .logits[:, -1, :]
         .float()
     )  # (B, V)
+    decoder = None
+    if n_new > 1 and _fast_decode_reason(model, p_len + n_new) is None:
+        decoder = _FastDecoder(model, int(positions.max()) + n_new + 1)
+        # additive mask over the cache columns: 0 where attended, -inf on left padding
+        bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
+        bias = bias[:, None, None, :]  # (B, 1, 1, P+T)
     vocab = logits.size(-1)
     is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)  # lookup table instead of isin per step
     for e in eos_token_ids:
@@ -264,40 +433,64 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     if params.repetition_penalty != 1.0:
         seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
         seen.scatter_(1, prompt_ids, prompt_mask.bool())
-    rows = torch.arange(b, device=device)  # original row of each computed row
+    rows = None  # original row of each computed row; None while no row has been dropped
     done = torch.zeros(b, dtype=torch.bool, device=device)  # (computed rows,)
     pad = torch.full((b,), pad_token_id, dtype=torch.long, device=device)
-    steps = 0
+    ut = None if u is None else u.t().contiguous()  # (T, B): step t's uniforms are a contiguous row
+    can_stop = bool(is_eos.any())  # else no row ever finishes: no need to count
+    steps = n_new
     for t in range(n_new):
-        tok = _pick(process_logits(logits, seen, params), params, None if u is None else u[rows, t])  # (b',)
-        tok = torch.where(done, pad[: tok.size(0)], tok)
-        out[rows, t] = tok
-        steps = t + 1
-        done = done | is_eos[tok]
-        live = int((~done).sum())
-        if live == 0 or t + 1 == n_new:
+        if ut is None:
+            ut_t = None
+        else:
+            ut_t = ut[t] if rows is None else ut[t, rows]
+        tok = _pick(process_logits(logits, seen, params), params, ut_t)  # (b',)
+        if can_stop:
+            tok = torch.where(done, pad[: tok.size(0)], tok)
+        if rows is None:
+            out[:, t] = tok
+        else:
+            out[rows, t] = tok
+        if t + 1 == n_new:
             break
+        if can_stop:
+            done |= is_eos[tok]
+            if t % CHECK_EVERY == 0:  # a sync: only every few steps
+                live = int((~done).sum())
+                if live == 0:
+                    steps = t + 1  # (exact end found below)
+                    break
+                if tok.size(0) >= DROP_MIN_ROWS and live <= DROP_LIVE_FRACTION * tok.size(0):
+                    keep = (~done).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    rows = keep if rows is None else rows[keep]
+                    tok, mask, next_pos, done = tok[keep], mask[keep], next_pos[keep], done[keep]
+                    if decoder is not None:
+                        bias = bias[keep]
+                    if seen is not None:
+                        seen = seen[keep]
         if seen is not None:
             seen[torch.arange(tok.size(0), device=device), tok] = True
-        if tok.size(0) >= DROP_MIN_ROWS and live <= DROP_LIVE_FRACTION * tok.size(0):
-            keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, tok, mask, next_pos, done = rows[keep], tok[keep], mask[keep], next_pos[keep], done[keep]
-            if seen is not None:
-                seen = seen[keep]
-        logits = (
-            model(
-                input_ids=tok.unsqueeze(1),
-                attention_mask=mask[:, : p_len + t + 1],
-                position_ids=next_pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_kw: cache},
+        if decoder is not None:
+            logits = decoder.step(tok, next_pos.squeeze(1), bias, cache)
+        else:
+            logits = (
+                model(
+                    input_ids=tok.unsqueeze(1),
+                    attention_mask=mask[:, : p_len + t + 1],
+                    position_ids=next_pos,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_kw: cache},
+                )
+                .logits[:, -1, :]
+                .float()
             )
-            .logits[:, -1, :]
-            .float()
-        )
         next_pos = next_pos + 1
+    if can_stop:  # the running rows are counted only every few steps: find the exact end
+        hit = is_eos[out[:, :steps]]
+        if bool(hit.any(1).all()):  # every row stopped: the result ends at the last row's first EOS
+            steps = int(hit.int().argmax(1).max()) + 1
     return out, steps
 
 
