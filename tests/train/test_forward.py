@@ -128,12 +128,58 @@ def test_other_models_take_the_plain_path(model):
     torch.testing.assert_close(new[0][m], ref[0][m])
 
 
-def test_gradient_checkpointing_model_does_not_share_prompts(model):
-    model.gradient_checkpointing_enable()
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_model_shares_prompts(model, use_reentrant, monkeypatch):
+    """Checkpointed layers drop transformers' cache: the prompt runs once per group without checkpointing and
+    the completion pass checkpoints each layer itself (non-reentrant whatever the model was set to), with the
+    same numbers as the plain path and the model's checkpointing settings left as they were."""
+    replays = []
+    real = forward._CHECKPOINT
+
+    def spy(fn, *args, **kw):
+        replays.append(1)
+        return real(fn, *args, **kw)
+
+    monkeypatch.setattr(forward, "_CHECKPOINT", spy)
+    monkeypatch.setitem(forward.TOKENS_PER_CHUNK, "cpu", 64)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    layers = list(model.model.layers)
+    funcs = [layer._gradient_checkpointing_func for layer in layers]
     try:
-        assert not forward._can_share_prompt(model.model)
+        assert forward._can_share_prompt(model.model)
         parts = batch(True, seed=3)
-        assert_same(run(forward._token_logps_plain, model, parts), run(forward.token_logps, model, parts), parts[3])
+        ref = run(forward._token_logps_plain, model, parts)
+        new = run(forward.token_logps, model, parts)
+        assert replays  # the completion layers ran under aha's checkpoint
+        assert_same(ref, new, parts[3])
+        assert all(layer.gradient_checkpointing for layer in layers)
+        assert [layer._gradient_checkpointing_func for layer in layers] == funcs
+        assert not any("_can_checkpoint_with_cache" in vars(layer) for layer in layers)
     finally:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     assert forward._can_share_prompt(model.model)
+
+
+def saved_bytes(model, parts) -> int:
+    """Bytes of the tensors the loss forward saves for the backward (outside any checkpoint)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logps, _ = forward.token_logps(model, *parts, 0.7)
+    return total
+
+
+def test_gradient_checkpointing_still_saves_less(model):
+    parts = batch(True, seed=4)
+    plain = saved_bytes(model, parts)
+    model.activation_checkpointing_enable()
+    try:
+        ckpt = saved_bytes(model, parts)
+    finally:
+        model.activation_checkpointing_disable()
+    assert ckpt < 0.6 * plain, (ckpt, plain)

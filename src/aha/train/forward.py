@@ -11,7 +11,10 @@ For the decoder-only families whose logits are just ``lm_head(hidden)`` (Llama, 
   after short completions (about a third of a GRPO batch when lengths vary);
 * **one prompt per group**: the G completions of a group share their prompt. The prompt is run once per
   distinct prompt with ``use_cache``, its (gradient-carrying) keys and values are gathered for the rows that
-  use it, and the completions run on top of them; the backward sums the G rows' gradients into the prompt;
+  use it, and the completions run on top of them; the backward sums the G rows' gradients into the prompt.
+  With gradient checkpointing on, both passes checkpoint each layer themselves with caches that a replay
+  does not change (the prompt pass's stores its keys/values rather than appending, the completion pass's
+  only reads the prompt's), so the backward's recompute sees the same prompt;
 * **chunked lm_head**: the vocabulary projection, log-softmax and entropy are computed ``LOGITS_BUDGET``
   elements at a time in a custom autograd function that keeps only the hidden states and one log-sum-exp
   per token; the backward recomputes each chunk's logits. Full-vocabulary logits never exist for more
@@ -24,11 +27,15 @@ plain path: one ``model(...)`` call and chunked log-softmax.
 from __future__ import annotations
 
 import inspect
-from functools import cache
+from contextlib import contextmanager
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from aha.grpo.core import entropy_from_logits, selective_log_softmax
 
@@ -39,6 +46,7 @@ PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "
 TOKENS_PER_CHUNK = {"cpu": 1024, "default": 16384}
 LOGITS_BUDGET = 1 << 22  # elements of one chunk of full-vocabulary logits (16 MB in fp32)
 MIN_SHARE = 2  # share a prompt's forward only when at least this many rows use it on average
+_CHECKPOINT = partial(checkpoint, use_reentrant=False)
 
 
 def token_logps(
@@ -99,13 +107,69 @@ def _cache_kwarg(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
+def _checkpointed_layers(decoder: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The decoder layers with gradient checkpointing on ([] when it is off), or None when some other module
+    checkpoints (then a cache could not be threaded through it)."""
+    layers = []
+    for m in decoder.modules():
+        if getattr(m, "gradient_checkpointing", False) and m is not decoder:
+            if not isinstance(m, GradientCheckpointingLayer):
+                return None
+            layers.append(m)
+    return layers
+
+
 def _can_share_prompt(decoder: torch.nn.Module) -> bool:
     c = decoder.config
-    if any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
-        return False  # checkpointed layers run without a cache
+    if _checkpointed_layers(decoder) is None:
+        return False  # a checkpointed module that would run without the cache
     if decoder.training and getattr(c, "attention_dropout", 0.0):
         return False  # the G rows would share one dropout mask over the prompt
     return all(t == "full_attention" for t in (getattr(c, "layer_types", None) or ["full_attention"]))
+
+
+@contextmanager
+def _set_attrs(modules: list[torch.nn.Module], **attrs):
+    """Set instance attributes of `modules` for the duration of the block, then put back what was there."""
+    old = [{k: vars(m)[k] for k in attrs if k in vars(m)} for m in modules]
+    try:
+        for m in modules:
+            for k, v in attrs.items():
+                setattr(m, k, v)
+        yield
+    finally:
+        for m, o in zip(modules, old):
+            for k in attrs:
+                if k in o:
+                    setattr(m, k, o[k])
+                elif k in vars(m):
+                    delattr(m, k)
+
+
+class _WriteOnceLayer(DynamicLayer):
+    """A cache layer for the prompt pass: ``update`` stores the keys/values instead of appending them, so a layer
+    replayed by gradient checkpointing (in the backward, its own keys/values are recomputed) leaves it as it was."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys, self.values, self.is_initialized = key_states, value_states, True
+        return key_states, value_states
+
+
+class _PromptLayer(DynamicLayer):
+    """One layer's prompt keys/values (U, heads, P, d) for the rows `src` (n,). ``update`` returns them gathered
+    and followed by the new keys/values, and stores nothing: a layer replayed by gradient checkpointing sees the
+    same prompt, and the gathered (n-row) copies are not kept beyond the layer (only the U-row ones are)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, src: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.src = keys, values, src
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return (
+            torch.cat([self.keys[self.src], key_states], dim=-2),
+            torch.cat([self.values[self.src], value_states], dim=-2),
+        )
 
 
 def _buckets(lengths: list[int], budget: int) -> list[list[int]]:
@@ -138,12 +202,19 @@ def _token_logps_chunked(
         torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], 1), dim=0, return_inverse=True
     )
     share = p_len > 0 and uniq.size(0) * MIN_SHARE <= b and _can_share_prompt(decoder)
+    ckpt = _checkpointed_layers(decoder) if share else []
+    # with gradient checkpointing on, the decoder forces use_cache=False; the cache is passed explicitly anyway
+    use_cache = not ckpt
     prompt_h = prompt_kv = None
     if share and buckets:
         u_ids, u_mask = uniq[:, :p_len], uniq[:, p_len:].to(prompt_mask.dtype)  # (U, P)
         u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()  # filled in place by the forward
-        out = decoder(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, **{cache_kw: cache})
+        # filled in place by the forward
+        cache = Cache(layers=[_WriteOnceLayer() for _ in decoder.layers]) if ckpt else DynamicCache()
+        with _set_attrs(ckpt, _can_checkpoint_with_cache=True, _gradient_checkpointing_func=_CHECKPOINT):
+            out = decoder(
+                input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=use_cache, **{cache_kw: cache}
+            )
         prompt_h = out.last_hidden_state[:, -1, :]  # (U, H): predicts completion token 0
         prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # (U, heads, P, d) each
 
@@ -155,16 +226,17 @@ def _token_logps_chunked(
             src = inverse[idx]
             h = prompt_h[src].unsqueeze(1)  # (n, 1, H)
             if w > 1:
-                kv = DynamicCache()
-                for li, (k, v) in enumerate(prompt_kv):
-                    kv.update(k[src], v[src], li)
-                hc = decoder(
-                    input_ids=completion_ids[idx, : w - 1],
-                    attention_mask=mask[idx, : p_len + w - 1],
-                    position_ids=positions[idx, p_len : p_len + w - 1],
-                    use_cache=True,
-                    **{cache_kw: kv},
-                ).last_hidden_state  # (n, w-1, H)
+                kv = Cache(layers=[_PromptLayer(k, v, src) for k, v in prompt_kv])
+                # the layers' own checkpointing, with the cache kept and a non-reentrant checkpoint, which also
+                # carries the gradients of tensors reached outside its inputs (the prompt keys/values)
+                with _set_attrs(ckpt, _can_checkpoint_with_cache=True, _gradient_checkpointing_func=_CHECKPOINT):
+                    hc = decoder(
+                        input_ids=completion_ids[idx, : w - 1],
+                        attention_mask=mask[idx, : p_len + w - 1],
+                        position_ids=positions[idx, p_len : p_len + w - 1],
+                        use_cache=use_cache,
+                        **{cache_kw: kv},
+                    ).last_hidden_state  # (n, w-1, H)
                 h = torch.cat([h, hc], dim=1)  # (n, w, H)
         else:
             h = decoder(
