@@ -7,6 +7,7 @@ import torch
 from aha.data.format import encode_prompts
 from aha.models.tiny import build_tiny
 from aha.rollout import SamplingParams
+from aha.rollout import decode as decode_mod
 from aha.rollout import sampler as sampler_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a"]
@@ -42,11 +43,11 @@ def test_decode_attention_matches_sdpa(kv_heads, monkeypatch):
         fmask = torch.cat([mask, torch.ones_like(fast[:, :5])], 1)
         pos = (fmask.cumsum(-1) - 1).clamp(min=0)
         ref = model(input_ids=full, attention_mask=fmask, position_ids=pos).logits[:, -1]
-        cache = sampler_mod.SlabCache(full.size(1))
+        cache = decode_mod.SlabCache(full.size(1))
         n = full.size(1) - 1
         model(input_ids=full[:, :n], attention_mask=fmask[:, :n], position_ids=pos[:, :n], use_cache=True, cache=cache)
-        with sampler_mod._decode_attention_swap(model):
-            assert model.config._attn_implementation == sampler_mod.DECODE_ATTN
+        with decode_mod._decode_attention_swap(model):
+            assert model.config._attn_implementation == decode_mod.DECODE_ATTN
             got = model(
                 input_ids=full[:, n:], attention_mask=fmask, position_ids=pos[:, n:], use_cache=True, cache=cache
             ).logits[:, -1]

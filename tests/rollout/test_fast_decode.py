@@ -9,6 +9,7 @@ import torch
 from aha.data.format import encode_prompts
 from aha.models.tiny import build_tiny
 from aha.rollout import SamplingParams
+from aha.rollout import decode as decode_mod
 from aha.rollout import sampler as sampler_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "What is 47+38?"]
@@ -41,11 +42,11 @@ def case(request):
 
 def _both(model, ids, mask, params, eos, pad, **kw):
     """(fast decode, HF forward) samples of the same call."""
-    assert sampler_mod._fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
+    assert decode_mod._fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
     fast = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AHA_FAST_DECODE", "0")
-        assert sampler_mod._fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
+        assert decode_mod._fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
         plain = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     return fast, plain
 
@@ -53,8 +54,8 @@ def _both(model, ids, mask, params, eos, pad, **kw):
 def test_fast_decode_is_used(case, monkeypatch):
     model, tok, ids, mask = case
     calls = []
-    step = sampler_mod._FastDecoder.step
-    monkeypatch.setattr(sampler_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
+    step = decode_mod._FastDecoder.step
+    monkeypatch.setattr(decode_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
     sampler_mod.sample_fast(model, ids, mask, SamplingParams(max_new_tokens=6, temperature=0.0), [10**6], 0)
     assert len(calls) == 5  # every decode step (the prefill is the HF forward)
 
@@ -101,9 +102,9 @@ def test_step_logits_match_hf_forward(case):
     bias = torch.zeros(fmask.shape).masked_fill_(fmask == 0, float("-inf"))[:, None, None, :]
     p_len = ids.size(1)
     with torch.inference_mode():
-        cache = sampler_mod.SlabCache(full.size(1))
+        cache = decode_mod.SlabCache(full.size(1))
         model(input_ids=ids, attention_mask=mask, position_ids=pos[:, :p_len], use_cache=True, cache=cache)
-        decoder = sampler_mod._FastDecoder(model, full.size(1))
+        decoder = decode_mod._FastDecoder(model, full.size(1))
         for t in range(n_new):
             n = p_len + t
             got = decoder.step(full[:, n], pos[:, n], bias, cache)
@@ -156,7 +157,7 @@ def test_fallback_for_unsupported_configs(quirk):
         setattr(config, k, v)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    assert sampler_mod._fast_decode_reason(model, 64) is not None
+    assert decode_mod._fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)
@@ -168,8 +169,8 @@ def test_fallback_for_unsupported_configs(quirk):
 def test_fallback_for_modified_models(make):
     base, tok = _random_model(**CONFIGS["2layer-mha"])
     model = make(base)
-    assert sampler_mod._fast_decode_reason(base, 64) is None
-    assert sampler_mod._fast_decode_reason(model, 64) is not None
+    assert decode_mod._fast_decode_reason(base, 64) is None
+    assert decode_mod._fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)

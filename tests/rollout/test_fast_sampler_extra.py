@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from aha.data.format import encode_prompts
 from aha.rollout import SamplingParams, sample
@@ -39,13 +40,13 @@ def test_row_dropping_greedy_equals_hf(tiny, prompts, stop_ids, monkeypatch):
     model, tok = tiny
     p = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
     calls = []
-    real = sampler_mod.DynamicCache.batch_select_indices
+    real = DynamicCache.batch_select_indices
 
     def spy(self, indices):
         calls.append(len(indices))
         return real(self, indices)
 
-    monkeypatch.setattr(sampler_mod.DynamicCache, "batch_select_indices", spy)
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
     fast = sample(model, *prompts, p, stop_ids, tok.pad_token_id, backend="fast")
     hf = sample(model, *prompts, p, stop_ids, tok.pad_token_id, backend="hf")
     assert calls, "no row was dropped: the test does not exercise the path"
