@@ -40,14 +40,6 @@ def _expected(limit: int, lo: float = 0.0, hi: float = 1.0) -> tuple[list[float]
     return rates, kept
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path, small_tiny) -> str:
-    model, tok = small_tiny
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    return str(tmp_path / "m")
-
-
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -102,14 +102,6 @@ def _question(text: str) -> str:
 
 
 @pytest.fixture
-def model_dir(tmp_path: Path, small_tiny) -> str:
-    model, tok = small_tiny
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    return str(tmp_path / "m")
-
-
-@pytest.fixture
 def server(small_tiny) -> Iterator[FakeServer]:
     with FakeServer(small_tiny[1]) as s:
         yield s

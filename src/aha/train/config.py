@@ -272,7 +272,9 @@ class GRPOConfig:
     @property
     def world_size(self) -> int:
         """Processes in the run (``accelerate launch`` / ``torchrun`` set WORLD_SIZE); 1 otherwise."""
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        from aha.train.distributed import world_size
+
+        return world_size()
 
     @property
     def prompts_per_generation(self) -> int:
