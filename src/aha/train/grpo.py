@@ -158,9 +158,13 @@ class GRPOTrainer:
         base_seed = int(torch.randint(2**62, (1,), generator=self._gen, device=self._gen.device))
         local = shard(len(rows) * g, acc.process_index, acc.num_processes)
         row_seeds = [base_seed + i for i in range(local.start, local.stop)]
-        prompts = [r["prompt"] for r in rows for _ in range(g)][local]  # (n,) each prompt G times, contiguous
+
+        def mine(key: str) -> list[Any]:  # this process's rows of a column, each row's value G times in a row
+            return [r[key] for r in rows for _ in range(g)][local]
+
+        prompts = mine("prompt")  # (n,)
         texts = [render_prompt(tok, p) for p in prompts]
-        prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (N, P)
+        prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (n, P)
         params = SamplingParams(
             max_new_tokens=a.max_completion_length,
             temperature=a.temperature,
@@ -185,8 +189,8 @@ class GRPOTrainer:
                     row_seeds=row_seeds,
                 )  # (n, T)
             sampling_logps = None
-        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (N, T)
-        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (N,)
+        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
+        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
         if a.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
         ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
@@ -194,9 +198,7 @@ class GRPOTrainer:
         completions: list[Any] = (
             [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
         )
-        columns = {
-            k: [r[k] for r in rows for _ in range(g)][local] for k in rows[0] if k not in ("prompt", "completion")
-        }
+        columns = {k: mine(k) for k in rows[0] if k not in ("prompt", "completion")}
         counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
         rewards = score(
             self.reward_funcs,
