@@ -8,7 +8,7 @@ import torch
 
 from aha.data.format import encode_prompts
 from aha.models.tiny import build_tiny
-from aha.rollout import SamplingParams
+from aha.rollout import SamplingParams, kernels
 from aha.rollout import decode as decode_mod
 from aha.rollout import sampler as sampler_mod
 
@@ -68,6 +68,20 @@ def test_greedy_equals_hf_forward(case):
     assert torch.equal(fast, plain)
 
 
+def test_native_kernel_and_torch_matmuls_agree(case, monkeypatch):
+    model, tok, ids, mask = case
+    p = SamplingParams(max_new_tokens=24, temperature=0.9)
+    native = sampler_mod.sample_fast(
+        model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[1, 2, 3, 4, 5]
+    )
+    monkeypatch.setenv("AHA_NATIVE_ATTN", "0")
+    monkeypatch.setenv("AHA_PACKED_LINEAR", "0")
+    plain = sampler_mod.sample_fast(
+        model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[1, 2, 3, 4, 5]
+    )
+    assert torch.equal(native, plain)
+
+
 def test_greedy_with_penalty_and_stops_equals_hf_forward(case):
     model, tok, ids, mask = case
     full, _ = _both(model, ids, mask, SamplingParams(max_new_tokens=24, temperature=0.0), [10**6], tok.pad_token_id)
@@ -91,7 +105,10 @@ def test_sampling_with_row_seeds_equals_hf_forward(case):
         assert torch.equal(sub[j, :n], fast[i, :n])
 
 
-def test_step_logits_match_hf_forward(case):
+@pytest.mark.parametrize("position_major", [False, True])
+def test_step_logits_match_hf_forward(case, position_major):
+    if position_major and kernels.load() is None:
+        pytest.skip("no C compiler for the native attention kernel")
     model, tok, ids, mask = case
     n_new = 6
     p = SamplingParams(max_new_tokens=n_new, temperature=0.0)
@@ -102,8 +119,9 @@ def test_step_logits_match_hf_forward(case):
     bias = torch.zeros(fmask.shape).masked_fill_(fmask == 0, float("-inf"))[:, None, None, :]
     p_len = ids.size(1)
     with torch.inference_mode():
-        cache = decode_mod.SlabCache(full.size(1))
+        cache = decode_mod.SlabCache(full.size(1), position_major=position_major)
         model(input_ids=ids, attention_mask=mask, position_ids=pos[:, :p_len], use_cache=True, cache=cache)
+        assert cache.layers[0].position_major == position_major
         decoder = decode_mod._FastDecoder(model, full.size(1))
         for t in range(n_new):
             n = p_len + t

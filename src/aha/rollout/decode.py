@@ -15,34 +15,50 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from aha.rollout.kernels import PackedLinear, decode_attention
+
 
 class SlabLayer(DynamicLayer):
-    """One layer's KV cache in a preallocated (B, heads, max_len, d) buffer: ``update`` writes the new keys
-    and values in place and returns views of the filled part, instead of ``torch.cat``-ing the whole cache
-    at every step (a copy of everything cached so far, per layer and per token)."""
+    """One layer's KV cache in a preallocated buffer: ``update`` writes the new keys and values in place and
+    returns views of the filled part, instead of ``torch.cat``-ing the whole cache at every step (a copy of
+    everything cached so far, per layer and per token). The buffers are (B, heads, max_len, d), or with
+    ``position_major`` the layout of ``aha.rollout.kernels.decode_attention``: keys (max_len, d, B, heads),
+    values (max_len, B, heads, d). The views handed to the HF forward are (B, heads, L, d) either way."""
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, position_major: bool = False) -> None:
         super().__init__()
         self.max_len = max_len
+        self.position_major = position_major
         self.length = 0
-        self.k_buf: torch.Tensor | None = None  # (B, heads, max_len, d)
-        self.v_buf: torch.Tensor | None = None
+        self.k_buf: torch.Tensor | None = None  # (B, heads, max_len, d) or (max_len, d, B, heads)
+        self.v_buf: torch.Tensor | None = None  # (B, heads, max_len, d) or (max_len, B, heads, d)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        b, h, _, _ = key_states.shape
-        self.k_buf = key_states.new_empty((b, h, self.max_len, key_states.size(-1)))
-        self.v_buf = value_states.new_empty((b, h, self.max_len, value_states.size(-1)))
+        b, h, _, dk = key_states.shape
+        dv = value_states.size(-1)
+        if self.position_major:
+            self.k_buf = key_states.new_empty((self.max_len, dk, b, h))
+            self.v_buf = value_states.new_empty((self.max_len, b, h, dv))
+        else:
+            self.k_buf = key_states.new_empty((b, h, self.max_len, dk))
+            self.v_buf = value_states.new_empty((b, h, self.max_len, dv))
         self.is_initialized = True
+
+    def _view(self, buf: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Positions [start, stop) of ``k_buf`` or ``v_buf`` as a (B, heads, n, d) view."""
+        if not self.position_major:
+            return buf[:, :, start:stop]
+        return buf[start:stop].permute(2, 3, 0, 1) if buf is self.k_buf else buf[start:stop].permute(1, 2, 0, 3)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         s, n = self.length, key_states.size(-2)
-        self.k_buf[:, :, s : s + n].copy_(key_states)
-        self.v_buf[:, :, s : s + n].copy_(value_states)
+        self._view(self.k_buf, s, s + n).copy_(key_states)
+        self._view(self.v_buf, s, s + n).copy_(value_states)
         self.length = s + n
-        self.keys, self.values = self.k_buf[:, :, : s + n], self.v_buf[:, :, : s + n]
+        self.keys, self.values = self._view(self.k_buf, 0, s + n), self._view(self.v_buf, 0, s + n)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -53,20 +69,22 @@ class SlabLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
-            self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
-            self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+            kdim, vdim = (2, 1) if self.position_major else (0, 0)
+            self.k_buf, self.v_buf = self.k_buf.index_select(kdim, indices), self.v_buf.index_select(vdim, indices)
+            self.keys, self.values = self._view(self.k_buf, 0, self.length), self._view(self.v_buf, 0, self.length)
 
 
 class SlabCache(DynamicCache):
     """A DynamicCache whose layers are SlabLayers of ``max_len`` positions (created lazily, one per layer)."""
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, position_major: bool = False) -> None:
         Cache.__init__(self, layer_class_to_replicate=DynamicLayer)
         self.max_len = max_len
+        self.position_major = position_major
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         while len(self.layers) <= layer_idx:
-            self.layers.append(SlabLayer(self.max_len))
+            self.layers.append(SlabLayer(self.max_len, self.position_major))
         return self.layers[layer_idx].update(key_states, value_states)
 
 
@@ -225,21 +243,19 @@ class _FastDecoder:
                 (
                     layer.input_layernorm.weight,
                     layer.input_layernorm.variance_epsilon,
-                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                    _bias_cat([a.q_proj, a.k_proj, a.v_proj]),
-                    a.o_proj.weight,
-                    a.o_proj.bias,
+                    PackedLinear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                                 _bias_cat([a.q_proj, a.k_proj, a.v_proj])),
+                    PackedLinear(a.o_proj.weight, a.o_proj.bias),
                     layer.post_attention_layernorm.weight,
                     layer.post_attention_layernorm.variance_epsilon,
-                    torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                    _bias_cat([mlp.gate_proj, mlp.up_proj]),
-                    mlp.down_proj.weight,
-                    mlp.down_proj.bias,
+                    PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                                 _bias_cat([mlp.gate_proj, mlp.up_proj])),
+                    PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
                 )
-            )
+            )  # fmt: skip
         self.inter = inner.layers[0].mlp.gate_proj.out_features
         self.norm_w, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
-        self.head_w, self.head_b = model.lm_head.weight, model.lm_head.bias
+        self.head = PackedLinear(model.lm_head.weight, model.lm_head.bias)
         rot = inner.rotary_emb  # as its forward, for positions 0..max_len-1 at once
         freqs = torch.arange(max_len, device=self.embed.device)[:, None].float() * rot.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -261,25 +277,30 @@ class _FastDecoder:
         length = cache.layers[0].length
         bias = bias[..., : length + 1]
         x = F.embedding(tok, self.embed)  # (b, hidden)
-        for i, (w1, e1, wqkv, bqkv, wo, bo, w2, e2, wgu, bgu, wd, bd) in enumerate(self.layers):
-            qkv = F.linear(self._rms(x, w1, e1), wqkv, bqkv)  # (b, (h + 2 kv) d)
+        for i, (w1, e1, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
+            qkv = qkv_proj(self._rms(x, w1, e1))  # (b, (h + 2 kv) d)
             qk = qkv[:, :nqk].view(b, h + kv, d)
             # RoPE on q and k: q·cos + rotate_half(q)·sin, the negation of rotate_half folded into the table
             qk = (qk * cos).add_(qk.roll(half, -1).mul_(sin))
             layer = cache.layers[i]
-            layer.k_buf[:, :, length].copy_(qk[:, h:])
-            layer.v_buf[:, :, length].copy_(qkv[:, nqk:].view(b, kv, d))
+            q = qk[:, :h] * self.scale  # (b, h, d)
+            if layer.position_major:  # keys (max_len, d, b, kv), values (max_len, b, kv, d): aha's native kernel
+                layer.k_buf[length].copy_(qk[:, h:].permute(2, 0, 1))
+                layer.v_buf[length].copy_(qkv[:, nqk:].view(b, kv, d))
+                att = decode_attention(q, layer.k_buf, layer.v_buf, length + 1, bias[:, 0, 0])  # (b, h, d)
+            else:  # (b, kv, max_len, d) buffers: two batched matmuls
+                layer.k_buf[:, :, length].copy_(qk[:, h:])
+                layer.v_buf[:, :, length].copy_(qkv[:, nqk:].view(b, kv, d))
+                keys, values = layer.k_buf[:, :, : length + 1], layer.v_buf[:, :, : length + 1]
+                scores = torch.matmul(q.view(b, kv, g, d), keys.transpose(-1, -2)).add_(bias)  # (b, kv, g, L)
+                att = torch.matmul(scores.softmax(-1), values)  # (b, kv, g, d)
             layer.length = length + 1
-            keys, values = layer.k_buf[:, :, : length + 1], layer.v_buf[:, :, : length + 1]
-            layer.keys, layer.values = keys, values
-            q = (qk[:, :h] * self.scale).view(b, kv, g, d)
-            scores = torch.matmul(q, keys.transpose(-1, -2)).add_(bias)  # (b, kv, g, L)
-            att = torch.matmul(scores.softmax(-1), values)  # (b, kv, g, d)
-            x = x + F.linear(att.reshape(b, h * d), wo, bo)
-            gu = F.linear(self._rms(x, w2, e2), wgu, bgu)
+            layer.keys, layer.values = layer._view(layer.k_buf, 0, length + 1), layer._view(layer.v_buf, 0, length + 1)
+            x = x + o_proj(att.reshape(b, h * d))
+            gu = gate_up(self._rms(x, w2, e2))
             act = F.silu(gu[:, : self.inter], inplace=True).mul_(gu[:, self.inter :])
-            x = x + F.linear(act, wd, bd)
-        return F.linear(self._rms(x, self.norm_w, self.norm_eps), self.head_w, self.head_b).float()
+            x = x + down(act)
+        return self.head(self._rms(x, self.norm_w, self.norm_eps)).float()
 
 
 @cache

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aha.rollout import kernels
 from aha.rollout.decode import SlabCache, _cache_kwarg, _decode_attention_swap, _fast_decode_reason, _FastDecoder
 
 
@@ -126,7 +127,9 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # the whole attention mask at once; step t uses its first P+t+1 columns (no per-step torch.cat)
     mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((b, n_new), dtype=torch.long)], dim=1)
     positions = (mask[:, :p_len].cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    cache = SlabCache(p_len + n_new)
+    fast = n_new > 1 and _fast_decode_reason(model, p_len + n_new) is None
+    # position-major cache buffers when the native decode-attention kernel runs the decode steps
+    cache = SlabCache(p_len + n_new, position_major=fast and device.type == "cpu" and kernels.load() is not None)
     cache_kw = _cache_kwarg(type(model))
     logits = (
         model(
@@ -141,7 +144,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
         .float()
     )  # (B, V)
     decoder = None
-    if n_new > 1 and _fast_decode_reason(model, p_len + n_new) is None:
+    if fast:
         decoder = _FastDecoder(model, int(positions.max()) + n_new + 1)
         # additive mask over the cache columns: 0 where attended, -inf on left padding
         bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
