@@ -153,3 +153,32 @@ def test_position_major_slab_layer_holds_the_same_cache():
     assert torch.equal(major.keys, plain.keys) and torch.equal(major.values, plain.values)
     assert torch.equal(major.values, torch.cat([v1, v2], 2)[keep])
     assert major.k_buf.is_contiguous() and major.v_buf.is_contiguous()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim", [5, 64, 384])
+def test_rms_norm_matches_torch(dim):
+    g = torch.Generator().manual_seed(dim)
+    x, w = torch.randn(7, dim, generator=g) * 3, torch.randn(dim, generator=g)
+    want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(kernels.rms_norm(kernels.load(), x, w, 1e-5), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,d", [(4, 4, 32), (6, 2, 16), (3, 1, 8)])
+def test_rope_qkv_matches_torch(heads, kv_heads, d):
+    b, half, max_len = 5, d // 2, 40
+    g = torch.Generator().manual_seed(d)
+    qkv = torch.randn(b, (heads + 2 * kv_heads) * d, generator=g)
+    cos, sin = torch.randn(max_len, d, generator=g), torch.randn(max_len, d, generator=g)
+    pos = torch.tensor([0, 3, 39, 7, 7])
+    k_slot, v_slot = torch.full((d, b, kv_heads), float("nan")), torch.full((b, kv_heads, d), float("nan"))
+    qt = kernels.rope_qkv(kernels.load(), qkv, cos, sin, pos, k_slot, v_slot, heads, kv_heads, 0.25)
+    # torch: x·cos + roll(x, d/2)·sin per head (sin's first half carries rotate_half's minus sign)
+    qk = qkv[:, : (heads + kv_heads) * d].view(b, heads + kv_heads, d)
+    rot = qk * cos[pos][:, None] + qk.roll(half, -1) * sin[pos][:, None]
+    q = rot[:, :heads] * 0.25  # (b, heads, d)
+    want_qt = q.view(b, kv_heads, heads // kv_heads, d).permute(3, 2, 0, 1).reshape(d, heads // kv_heads, -1)
+    torch.testing.assert_close(qt, want_qt, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k_slot, rot[:, heads:].permute(2, 0, 1), rtol=1e-6, atol=1e-6)
+    assert torch.equal(v_slot, qkv[:, (heads + kv_heads) * d :].view(b, kv_heads, d))

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from aha.rollout.kernels import PackedLinear, decode_attention
+from aha.rollout import kernels
+from aha.rollout.kernels import PackedLinear
 
 
 class SlabLayer(DynamicLayer):
@@ -263,6 +264,7 @@ class _FastDecoder:
         sin = emb.sin() * rot.attention_scaling
         sin[:, : sin.size(-1) // 2].neg_()  # rotate_half(x)·sin == roll(x, d/2)·[-sin₁, sin₂]
         self.sin = sin.unsqueeze(1)
+        self.cos2, self.sin2 = self.cos[:, 0], self.sin[:, 0]  # (max_len, d) for the native kernels
 
     @staticmethod
     def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -277,6 +279,8 @@ class _FastDecoder:
         length = cache.layers[0].length
         bias = bias[..., : length + 1]
         x = F.embedding(tok, self.embed)  # (b, hidden)
+        if cache.layers[0].position_major:
+            return self._native_step(x, pos, bias[:, 0, 0], cache, length)
         for i, (w1, e1, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
             qkv = qkv_proj(self._rms(x, w1, e1))  # (b, (h + 2 kv) d)
             qk = qkv[:, :nqk].view(b, h + kv, d)
@@ -284,23 +288,38 @@ class _FastDecoder:
             qk = (qk * cos).add_(qk.roll(half, -1).mul_(sin))
             layer = cache.layers[i]
             q = qk[:, :h] * self.scale  # (b, h, d)
-            if layer.position_major:  # keys (max_len, d, b, kv), values (max_len, b, kv, d): aha's native kernel
-                layer.k_buf[length].copy_(qk[:, h:].permute(2, 0, 1))
-                layer.v_buf[length].copy_(qkv[:, nqk:].view(b, kv, d))
-                att = decode_attention(q, layer.k_buf, layer.v_buf, length + 1, bias[:, 0, 0])  # (b, h, d)
-            else:  # (b, kv, max_len, d) buffers: two batched matmuls
-                layer.k_buf[:, :, length].copy_(qk[:, h:])
-                layer.v_buf[:, :, length].copy_(qkv[:, nqk:].view(b, kv, d))
-                keys, values = layer.k_buf[:, :, : length + 1], layer.v_buf[:, :, : length + 1]
-                scores = torch.matmul(q.view(b, kv, g, d), keys.transpose(-1, -2)).add_(bias)  # (b, kv, g, L)
-                att = torch.matmul(scores.softmax(-1), values)  # (b, kv, g, d)
+            layer.k_buf[:, :, length].copy_(qk[:, h:])  # (b, kv, max_len, d) buffers: two batched matmuls
+            layer.v_buf[:, :, length].copy_(qkv[:, nqk:].view(b, kv, d))
+            keys, values = layer.k_buf[:, :, : length + 1], layer.v_buf[:, :, : length + 1]
+            scores = torch.matmul(q.view(b, kv, g, d), keys.transpose(-1, -2)).add_(bias)  # (b, kv, g, L)
+            att = torch.matmul(scores.softmax(-1), values)  # (b, kv, g, d)
             layer.length = length + 1
-            layer.keys, layer.values = layer._view(layer.k_buf, 0, length + 1), layer._view(layer.v_buf, 0, length + 1)
+            layer.keys, layer.values = keys, values
             x = x + o_proj(att.reshape(b, h * d))
             gu = gate_up(self._rms(x, w2, e2))
             act = F.silu(gu[:, : self.inter], inplace=True).mul_(gu[:, self.inter :])
             x = x + down(act)
         return self.head(self._rms(x, self.norm_w, self.norm_eps)).float()
+
+    def _native_step(self, x, pos, bias, cache, length):
+        """``step`` on a position-major cache with aha's C kernels (``aha.rollout.kernels``): RMSNorm, RoPE with
+        the key/value writes, and attention fused; the matmuls and SwiGLU as in ``step``. bias: (b, >=L+1)."""
+        lib, h, kv = kernels.load(), self.heads, self.kv_heads
+        pos = pos.contiguous()
+        for i, (w1, e1, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
+            layer = cache.layers[i]
+            qkv = qkv_proj(kernels.rms_norm(lib, x, w1, e1))  # (b, (h + 2 kv) d)
+            qt = kernels.rope_qkv(
+                lib, qkv, self.cos2, self.sin2, pos, layer.k_buf[length], layer.v_buf[length], h, kv, self.scale
+            )  # (d, g, b·kv); this token's keys and values written into the cache
+            att = kernels.attend(lib, qt, layer.k_buf, layer.v_buf, length + 1, bias, h)  # (b, h, d)
+            layer.length = length + 1
+            layer.keys, layer.values = layer._view(layer.k_buf, 0, length + 1), layer._view(layer.v_buf, 0, length + 1)
+            x = x + o_proj(att.view(x.size(0), -1))
+            gu = gate_up(kernels.rms_norm(lib, x, w2, e2))
+            act = F.silu(gu[:, : self.inter], inplace=True).mul_(gu[:, self.inter :])
+            x = x + down(act)
+        return self.head(kernels.rms_norm(lib, x, self.norm_w, self.norm_eps)).float()
 
 
 @cache

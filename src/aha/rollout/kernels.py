@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCE = r"""
+#include <math.h>
 #include <stdlib.h>
 
 /* Scores of one query per row against positions j < L. R = b * kv columns: column r is row r / kv, kv head
@@ -120,6 +121,52 @@ void aha_attn_mix(const float *p, const float *v, float *out, long b, long kv, l
         }
     }
 }
+/* out[i, :] = w * (x[i, :] / sqrt(mean(x[i, :]^2) + eps)), the RMSNorm of Llama-family models. x: (n, dim). */
+void aha_rms_norm(const float *x, const float *w, float *out, long n, long dim, float eps) {
+    for (long i = 0; i < n; i++) {
+        const float *X = x + i * dim;
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (long c = 0; c < dim; c++) ss += X[c] * X[c];
+        const float r = 1.f / sqrtf(ss / (float)dim + eps);
+        float *O = out + i * dim;
+#pragma omp simd
+        for (long c = 0; c < dim; c++) O[c] = w[c] * (X[c] * r);
+    }
+}
+
+/* The fused qkv projection of one new token per row -> RoPE on q and k, q scaled, into the kernel layouts.
+   qkv: (b, (h + 2 kv) d); cos, sn: (max_len, d) tables, sn with its first half negated (rotate_half folded in);
+   pos: (b,) positions. Writes qt (d, g, b*kv) (query head c*g + gi of row i at [x, gi, i*kv + c]), the new keys
+   into kslot (d, b*kv) and the new values into vslot (b*kv, d). */
+void aha_rope_qkv(const float *qkv, const float *cos, const float *sn, const long *pos, float *qt, float *kslot,
+                  float *vslot, long b, long h, long kv, long d, float scale) {
+    const long g = h / kv, R = b * kv, half = d / 2, width = (h + 2 * kv) * d;
+    float *tmp = (float *)malloc(sizeof(float) * d);
+    for (long i = 0; i < b; i++) {
+        const float *row = qkv + i * width, *C = cos + pos[i] * d, *S = sn + pos[i] * d;
+        for (long hh = 0; hh < h + kv; hh++) {
+            const float *src = row + hh * d;
+#pragma omp simd
+            for (long x = 0; x < half; x++) tmp[x] = src[x] * C[x] + src[x + half] * S[x];
+#pragma omp simd
+            for (long x = half; x < d; x++) tmp[x] = src[x] * C[x] + src[x - half] * S[x];
+            if (hh < h) {
+                float *dst = qt + (hh % g) * R + i * kv + hh / g;
+                for (long x = 0; x < d; x++) dst[x * g * R] = tmp[x] * scale;
+            } else {
+                float *dst = kslot + i * kv + (hh - h);
+                for (long x = 0; x < d; x++) dst[x * R] = tmp[x];
+            }
+        }
+        for (long c = 0; c < kv; c++) {
+            const float *src = row + (h + kv + c) * d;
+            float *dst = vslot + (i * kv + c) * d;
+            for (long x = 0; x < d; x++) dst[x] = src[x];
+        }
+    }
+    free(tmp);
+}
 """
 
 FLAGS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]]  # first that compiles wins
@@ -185,7 +232,10 @@ def _load() -> ctypes.CDLL | None:
     long_, ptr = ctypes.c_long, ctypes.c_void_p
     lib.aha_attn_scores.argtypes = [ptr] * 4 + [long_] * 7 + [ctypes.c_int]
     lib.aha_attn_mix.argtypes = [ptr] * 3 + [long_] * 5 + [ctypes.c_int]
-    lib.aha_attn_scores.restype = lib.aha_attn_mix.restype = None
+    lib.aha_rms_norm.argtypes = [ptr] * 3 + [long_] * 2 + [ctypes.c_float]
+    lib.aha_rope_qkv.argtypes = [ptr] * 7 + [long_] * 4 + [ctypes.c_float]
+    for fn in (lib.aha_attn_scores, lib.aha_attn_mix, lib.aha_rms_norm, lib.aha_rope_qkv):
+        fn.restype = None
     return lib
 
 
@@ -210,18 +260,45 @@ def decode_attention(
         raise ValueError(f"decode_attention: bias {tuple(bias.shape)} is not (B, >= {length})")
     if not (kt.is_contiguous() and v.is_contiguous()):
         raise ValueError("decode_attention: the caches must be contiguous")
-    g = h // kv
+    qt = q.view(b, kv, h // kv, d).permute(3, 2, 0, 1).contiguous().view(d, h // kv, b * kv)  # (d, g, B·kv)
+    return attend(lib, qt, kt, v, length, bias, h)
+
+
+def attend(lib, qt: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, length: int, bias: torch.Tensor, heads: int):
+    """``decode_attention`` on queries already in the kernel's layout, qt: (d, g, B·kv) contiguous, without the
+    checks (the decode step's inner loop). Returns (B, heads, d)."""
+    d, g, r = qt.shape
+    b, kv = v.size(1), v.size(2)
     threads = torch.get_num_threads()
-    qt = q.view(b, kv, g, d).permute(3, 2, 0, 1).contiguous()  # (d, g, B, kv)
-    s = torch.empty((length, g, b * kv), dtype=q.dtype)  # (L, g, R)
+    s = torch.empty((length, g, r), dtype=qt.dtype)  # (L, g, R)
     lib.aha_attn_scores(
         qt.data_ptr(), kt.data_ptr(), bias.data_ptr(), s.data_ptr(), b, kv, g, d, length, bias.stride(0),
         bias.stride(1), threads,
     )  # fmt: skip
     p = s.softmax(0)  # over positions
-    out = torch.empty((b, kv, g, d), dtype=q.dtype)  # (R, g, d)
+    out = torch.empty((b, kv, g, d), dtype=qt.dtype)  # (R, g, d)
     lib.aha_attn_mix(p.data_ptr(), v.data_ptr(), out.data_ptr(), b, kv, g, d, length, threads)
-    return out.view(b, h, d)  # query head c·g + gi is kv head c's gi-th
+    return out.view(b, heads, d)  # query head c·g + gi is kv head c's gi-th
+
+
+def rms_norm(lib, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x²) + eps)`` over the last dim of a contiguous fp32 (n, dim) ``x``."""
+    out = torch.empty_like(x)
+    lib.aha_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps)
+    return out
+
+
+def rope_qkv(lib, qkv, cos, sin, pos, k_slot, v_slot, heads: int, kv_heads: int, scale: float) -> torch.Tensor:
+    """Split the fused projection ``qkv`` (B, (heads + 2 kv) d) of one token per row: RoPE at ``pos`` (B,) int64
+    from the (max_len, d) tables (``sin``'s first half negated), the queries scaled and returned as (d, g, B·kv)
+    for ``attend``, the keys written into ``k_slot`` (d, B, kv) and the values into ``v_slot`` (B, kv, d)."""
+    b, d = qkv.size(0), cos.size(-1)
+    qt = torch.empty((d, heads // kv_heads, b * kv_heads), dtype=qkv.dtype)
+    lib.aha_rope_qkv(
+        qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), qt.data_ptr(), k_slot.data_ptr(),
+        v_slot.data_ptr(), b, heads, kv_heads, d, scale,
+    )  # fmt: skip
+    return qt
 
 
 def _packing_works() -> bool:
