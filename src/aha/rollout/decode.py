@@ -228,7 +228,7 @@ class _FastDecoder:
     matmul, SwiGLU, down_proj. Same operations as the HF modules, so the same numbers up to fp32 rounding
     of the fused matmuls."""
 
-    def __init__(self, model, max_len: int) -> None:
+    def __init__(self, model, max_len: int, rows: int | None = None) -> None:
         config, inner = model.config, model.model
         self.embed = inner.embed_tokens.weight
         self.heads = config.num_attention_heads
@@ -245,18 +245,18 @@ class _FastDecoder:
                     layer.input_layernorm.weight,
                     layer.input_layernorm.variance_epsilon,
                     PackedLinear(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                                 _bias_cat([a.q_proj, a.k_proj, a.v_proj])),
-                    PackedLinear(a.o_proj.weight, a.o_proj.bias),
+                                 _bias_cat([a.q_proj, a.k_proj, a.v_proj]), rows),
+                    PackedLinear(a.o_proj.weight, a.o_proj.bias, rows),
                     layer.post_attention_layernorm.weight,
                     layer.post_attention_layernorm.variance_epsilon,
                     PackedLinear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                                 _bias_cat([mlp.gate_proj, mlp.up_proj])),
-                    PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias),
+                                 _bias_cat([mlp.gate_proj, mlp.up_proj]), rows),
+                    PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias, rows),
                 )
             )  # fmt: skip
         self.inter = inner.layers[0].mlp.gate_proj.out_features
         self.norm_w, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
-        self.head = PackedLinear(model.lm_head.weight, model.lm_head.bias)
+        self.head = PackedLinear(model.lm_head.weight, model.lm_head.bias, rows)
         rot = inner.rotary_emb  # as its forward, for positions 0..max_len-1 at once
         freqs = torch.arange(max_len, device=self.embed.device)[:, None].float() * rot.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)

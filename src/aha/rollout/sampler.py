@@ -148,7 +148,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     )  # (B, V)
     decoder = None
     if fast:
-        decoder = _FastDecoder(model, int(positions.max()) + n_new + 1)
+        decoder = _FastDecoder(model, int(positions.max()) + n_new + 1, rows=b)
         # additive mask over the cache columns: 0 where attended, -inf on left padding
         bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
         bias = bias[:, None, None, :]  # (B, 1, 1, P+T)
