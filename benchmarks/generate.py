@@ -38,11 +38,12 @@ def load_sampler_file(path: str):
     return mod.sample_fast
 
 
-def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict) -> dict:
+def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict, group: int = 1) -> dict:
     model, tok = build(size)
     model.eval()
-    rows = get_task("arithmetic", digits=2).rows("train", batch, seed=0)
-    prompt_ids, prompt_mask = encode_prompts(tok, [render_prompt(tok, r["prompt"]) for r in rows])
+    rows = get_task("arithmetic", digits=2).rows("train", batch // group, seed=0)
+    texts = [render_prompt(tok, r["prompt"]) for r in rows for _ in range(group)]  # each prompt `group` times
+    prompt_ids, prompt_mask = encode_prompts(tok, texts)
     params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
     no_eos = [len(tok) + 7]  # outside the vocabulary: never sampled, so no row stops early
     times: dict[str, list[float]] = {name: [] for name in backends}
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument(
+        "--group",
+        type=int,
+        default=1,
+        help="rows per distinct prompt (GRPO's G; default 1: every prompt distinct); must divide --batch",
+    )
     ap.add_argument("--quick", action="store_true", help="1m only, 3 reps, 64 new tokens")
     ap.add_argument("--baseline-file", help="a sampler.py whose sample_fast is timed too, as 'baseline'")
     ap.add_argument(
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         help="python of a venv with vllm (default: .venv-vllm from `make test-vllm`; 'none' to skip)",
     )
     args = ap.parse_args(argv)
+    if args.group < 1 or args.batch % args.group:
+        ap.error(f"--group {args.group} must be >= 1 and divide --batch {args.batch}")
     if args.quick:
         args.sizes, args.reps, args.new_tokens = "1m", 3, 64
 
@@ -104,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {load()}")
     print(f"fp32 GEMM peak (torch.mm 1024²): {gemm_peak() / 1e9:.1f} GFLOP/s")
     print(
-        f"batch {args.batch}, {args.new_tokens} new tokens per row (EOS impossible), temperature 1.0, {args.reps} reps"
+        f"batch {args.batch} ({args.batch // args.group} distinct prompts × {args.group}), {args.new_tokens} new tokens"
+        f" per row (EOS impossible), temperature 1.0, {args.reps} reps"
     )
     results = []
     for size in args.sizes.split(","):
-        res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends)
+        res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends, args.group)
         results.append(res)
         print(f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']})")
         print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     elif not vllm_python.is_file():
         print(f"\nvLLM-CPU: skipped ({vllm_python} not found; `make test-vllm` builds it)")
+    elif args.group != 1:
+        print("\nvLLM-CPU: skipped (generate_vllm.py runs distinct prompts only)")
     else:  # the same model and workload in vLLM's own venv (benchmarks/generate_vllm.py)
         for res in results:
             tps = vllm_tokens_per_s(vllm_python, res["size"], args.batch, args.new_tokens, args.reps)

@@ -102,3 +102,43 @@ def test_output_is_a_normal_tensor_usable_in_backward(tiny, prompts):
     emb = torch.nn.Embedding(len(tok), 3)
     emb(out).sum().backward()  # an inference tensor here would raise
     assert emb.weight.grad is not None
+
+
+def test_distinct_rows():
+    ids = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6], [1, 2, 3], [0, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1]])
+    first, inverse = sampler_mod._distinct_rows(ids, mask)
+    assert sorted(first.tolist()) == [0, 1]
+    assert torch.equal(ids[first][inverse], ids) and torch.equal(mask[first][inverse], mask)
+    # same ids under a different mask are different prompts; all-distinct batches skip the sharing
+    other = mask.clone()
+    other[2, 0] = 1
+    assert len(sampler_mod._distinct_rows(ids, other)[0]) == 3
+    assert sampler_mod._distinct_rows(ids[:2], mask[:2]) == (None, None)
+    assert sampler_mod._distinct_rows(ids[:1], mask[:1]) == (None, None)
+
+
+def test_repeated_prompts_share_one_prefill(tiny, monkeypatch):
+    model, tok = tiny
+    texts = ["12+34", "Hello there, how are you?", "a"]
+    ids, mask = encode_prompts(tok, [t for t in texts for _ in range(4)])  # G=4 completions per prompt
+    widths = []
+    forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return forward(self, *args, **kwargs)
+
+    p = SamplingParams(max_new_tokens=12, temperature=1.0)
+    seeds = list(range(100, 112))
+    with monkeypatch.context() as mp:
+        mp.setattr(type(model), "forward", spy)
+        out = sampler_mod.sample_fast(model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=seeds)
+    assert widths[0] == 3  # the prefill ran the 3 distinct prompts, not 12 rows
+    assert len({tuple(r) for r in out.tolist()}) > 3  # the G rows of a prompt still sample differently
+    for i in range(12):  # and each row is what it samples alone, with its seed
+        alone = sampler_mod.sample_fast(
+            model, ids[i : i + 1], mask[i : i + 1], p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[seeds[i]]
+        )
+        assert torch.equal(out[i, : alone.size(1)], alone[0])
+        assert (out[i, alone.size(1) :] == tok.pad_token_id).all()

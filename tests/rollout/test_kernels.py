@@ -182,3 +182,27 @@ def test_rope_qkv_matches_torch(heads, kv_heads, d):
     torch.testing.assert_close(qt, want_qt, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(k_slot, rot[:, heads:].permute(2, 0, 1), rtol=1e-6, atol=1e-6)
     assert torch.equal(v_slot, qkv[:, (heads + kv_heads) * d :].view(b, kv_heads, d))
+
+
+@needs_kernel
+def test_swiglu_softmax_and_add_rms_norm_match_torch():
+    lib = kernels.load()
+    g = torch.Generator().manual_seed(5)
+    gu = torch.randn(9, 2 * 37, generator=g) * 30  # large |gate|: exp over- and underflow paths
+    want = F.silu(gu[:, :37]) * gu[:, 37:]
+    torch.testing.assert_close(kernels.swiglu(lib, gu), want, rtol=2e-6, atol=1e-6)
+
+    s = torch.randn(13, 21, generator=g) * 20
+    s[:5, 3] = float("-inf")  # masked positions of one column: exactly 0 after the softmax
+    want = s.softmax(0)
+    lib.aha_softmax_cols(s.data_ptr(), 13, 21)
+    torch.testing.assert_close(s, want, rtol=2e-6, atol=1e-7)
+    assert (s[:5, 3] == 0).all()
+
+    x, y, w = (torch.randn(6, 40, generator=g) for _ in range(3))
+    w = w[0].contiguous()
+    want_x = x + y
+    want = w * (want_x * torch.rsqrt(want_x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    got = kernels.add_rms_norm(lib, x, y, w, 1e-6)
+    torch.testing.assert_close(x, want_x)  # the residual stream, updated in place
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -302,24 +302,25 @@ class _FastDecoder:
         return self.head(self._rms(x, self.norm_w, self.norm_eps)).float()
 
     def _native_step(self, x, pos, bias, cache, length):
-        """``step`` on a position-major cache with aha's C kernels (``aha.rollout.kernels``): RMSNorm, RoPE with
-        the key/value writes, and attention fused; the matmuls and SwiGLU as in ``step``. bias: (b, >=L+1)."""
+        """``step`` on a position-major cache with aha's C kernels (``aha.rollout.kernels``): residual add +
+        RMSNorm, RoPE with the key/value writes, attention, SwiGLU; the matmuls pre-packed. bias: (b, >=L+1)."""
         lib, h, kv = kernels.load(), self.heads, self.kv_heads
         pos = pos.contiguous()
-        for i, (w1, e1, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
+        hidden = kernels.rms_norm(lib, x, self.layers[0][0], self.layers[0][1])  # x: the residual stream, ours
+        for i, (_, _, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
             layer = cache.layers[i]
-            qkv = qkv_proj(kernels.rms_norm(lib, x, w1, e1))  # (b, (h + 2 kv) d)
+            qkv = qkv_proj(hidden)  # (b, (h + 2 kv) d)
             qt = kernels.rope_qkv(
                 lib, qkv, self.cos2, self.sin2, pos, layer.k_buf[length], layer.v_buf[length], h, kv, self.scale
             )  # (d, g, b·kv); this token's keys and values written into the cache
             att = kernels.attend(lib, qt, layer.k_buf, layer.v_buf, length + 1, bias, h)  # (b, h, d)
             layer.length = length + 1
             layer.keys, layer.values = layer._view(layer.k_buf, 0, length + 1), layer._view(layer.v_buf, 0, length + 1)
-            x = x + o_proj(att.view(x.size(0), -1))
-            gu = gate_up(kernels.rms_norm(lib, x, w2, e2))
-            act = F.silu(gu[:, : self.inter], inplace=True).mul_(gu[:, self.inter :])
-            x = x + down(act)
-        return self.head(kernels.rms_norm(lib, x, self.norm_w, self.norm_eps)).float()
+            hidden = kernels.add_rms_norm(lib, x, o_proj(att.view(x.size(0), -1)), w2, e2)  # x += attention
+            act = kernels.swiglu(lib, gate_up(hidden))  # (b, inter)
+            w, e = self.layers[i + 1][:2] if i + 1 < len(self.layers) else (self.norm_w, self.norm_eps)
+            hidden = kernels.add_rms_norm(lib, x, down(act), w, e)  # x += mlp; the next layer's (or final) norm
+        return self.head(hidden).float()
 
 
 @cache

@@ -8,7 +8,7 @@ one contiguous slab, and two small C loops read the keys (scores) and then the v
 order, at close to the memory bandwidth (2.5x the batched matmuls at the 19m model's shapes, cache cold):
 
     s[j, b, h] = q[b, h] · k[j, b, h // g] + bias[b, j]        (aha_attn_scores; g = heads per kv head)
-    p = softmax_j(s)                                            (torch)
+    p = softmax_j(s)                                            (aha_softmax_cols)
     o[b, h]    = Σ_j p[j, b, h] · v[j, b, h // g]               (aha_attn_mix)
 
 Keys are stored with d before B so the scores loop runs over rows and heads in SIMD lanes, with no
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 SOURCE = r"""
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 /* Scores of one query per row against positions j < L. R = b * kv columns: column r is row r / kv, kv head
@@ -167,9 +168,87 @@ void aha_rope_qkv(const float *qkv, const float *cos, const float *sn, const lon
     }
     free(tmp);
 }
+/* exp(x) in fp32 (Cephes' expf: x = n ln2 + r, exp(r) by a polynomial, 2^n through the exponent bits), within
+   about 2 ulp, written so that loops over it vectorise; exp(x < -87.3) = 0, so exp(-inf) = 0. */
+static inline float aha_exp(float x) {
+    const float y = x > 88.3f ? 88.3f : x;
+    const float n = __builtin_floorf(y * 1.44269504088896341f + 0.5f);
+    float r = y - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const union { int32_t i; float f; } scale = {((int32_t)n + 127) << 23};
+    return x < -87.3f ? 0.f : p * scale.f;
+}
+
+/* Softmax over the rows of s (L, C) in place, for every column (the positions of each query head). */
+void aha_softmax_cols(float *restrict s, long L, long C) {
+    float *restrict m = (float *)malloc(sizeof(float) * 2 * C), *restrict z = m + C;
+    for (long c = 0; c < C; c++) {
+        m[c] = -INFINITY;
+        z[c] = 0.f;
+    }
+    for (long j = 0; j < L; j++) {
+        const float *restrict S = s + j * C;
+#pragma omp simd
+        for (long c = 0; c < C; c++) m[c] = S[c] > m[c] ? S[c] : m[c];
+    }
+    for (long j = 0; j < L; j++) {
+        float *restrict S = s + j * C;
+#pragma omp simd
+        for (long c = 0; c < C; c++) {
+            S[c] = aha_exp(S[c] - m[c]);
+            z[c] += S[c];
+        }
+    }
+    for (long c = 0; c < C; c++) z[c] = 1.f / z[c];
+    for (long j = 0; j < L; j++) {
+        float *restrict S = s + j * C;
+#pragma omp simd
+        for (long c = 0; c < C; c++) S[c] *= z[c];
+    }
+    free(m);
+}
+
+/* SwiGLU of the fused gate/up projection: out[i, c] = silu(gu[i, c]) * gu[i, inter + c]. gu: (n, 2 inter). */
+void aha_swiglu(const float *restrict gu, float *restrict out, long n, long inter) {
+    for (long i = 0; i < n; i++) {
+        const float *restrict G = gu + i * 2 * inter, *restrict U = G + inter;
+        float *restrict O = out + i * inter;
+#pragma omp simd
+        for (long c = 0; c < inter; c++) O[c] = G[c] / (1.f + aha_exp(-G[c])) * U[c];
+    }
+}
+
+/* The residual add and the next RMSNorm: x += y in place, then out = RMSNorm(x) with weight w. x, y: (n, dim). */
+void aha_add_rms_norm(float *restrict x, const float *restrict y, const float *restrict w, float *restrict out, long n,
+                      long dim, float eps) {
+    for (long i = 0; i < n; i++) {
+        float *restrict X = x + i * dim;
+        const float *restrict Y = y + i * dim;
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (long c = 0; c < dim; c++) {
+            X[c] += Y[c];
+            ss += X[c] * X[c];
+        }
+        const float r = 1.f / sqrtf(ss / (float)dim + eps);
+        float *restrict O = out + i * dim;
+#pragma omp simd
+        for (long c = 0; c < dim; c++) O[c] = w[c] * (X[c] * r);
+    }
+}
 """
 
-FLAGS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]]  # first that compiles wins
+# first that compiles wins; -fno-math-errno -fno-trapping-math let the loops around aha_exp vectorise (3x faster) and
+# change no result (no errno is read, no float trap is enabled)
+FAST = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+FLAGS = [[*FAST, "-march=native", "-fopenmp"], [*FAST, "-march=native"], ["-O3"]]
 
 
 def _kernel_dir() -> Path:
@@ -189,7 +268,7 @@ def _machine_key(compiler: str) -> str:
                 flags += line
     except OSError:
         pass
-    return hashlib.sha256("\0".join([SOURCE, version, flags, platform.machine()]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\0".join([SOURCE, str(FLAGS), version, flags, platform.machine()]).encode()).hexdigest()[:16]
 
 
 def _compile(compiler: str, out: Path) -> bool:
@@ -234,7 +313,11 @@ def _load() -> ctypes.CDLL | None:
     lib.aha_attn_mix.argtypes = [ptr] * 3 + [long_] * 5 + [ctypes.c_int]
     lib.aha_rms_norm.argtypes = [ptr] * 3 + [long_] * 2 + [ctypes.c_float]
     lib.aha_rope_qkv.argtypes = [ptr] * 7 + [long_] * 4 + [ctypes.c_float]
-    for fn in (lib.aha_attn_scores, lib.aha_attn_mix, lib.aha_rms_norm, lib.aha_rope_qkv):
+    lib.aha_softmax_cols.argtypes = [ptr, long_, long_]
+    lib.aha_swiglu.argtypes = [ptr, ptr, long_, long_]
+    lib.aha_add_rms_norm.argtypes = [ptr] * 4 + [long_] * 2 + [ctypes.c_float]
+    fns = (lib.aha_attn_scores, lib.aha_attn_mix, lib.aha_rms_norm, lib.aha_rope_qkv, lib.aha_softmax_cols)
+    for fn in (*fns, lib.aha_swiglu, lib.aha_add_rms_norm):
         fn.restype = None
     return lib
 
@@ -275,9 +358,9 @@ def attend(lib, qt: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, length: int
         qt.data_ptr(), kt.data_ptr(), bias.data_ptr(), s.data_ptr(), b, kv, g, d, length, bias.stride(0),
         bias.stride(1), threads,
     )  # fmt: skip
-    p = s.softmax(0)  # over positions
+    lib.aha_softmax_cols(s.data_ptr(), length, g * r)  # over positions, in place
     out = torch.empty((b, kv, g, d), dtype=qt.dtype)  # (R, g, d)
-    lib.aha_attn_mix(p.data_ptr(), v.data_ptr(), out.data_ptr(), b, kv, g, d, length, threads)
+    lib.aha_attn_mix(s.data_ptr(), v.data_ptr(), out.data_ptr(), b, kv, g, d, length, threads)
     return out.view(b, heads, d)  # query head c·g + gi is kv head c's gi-th
 
 
@@ -285,6 +368,21 @@ def rms_norm(lib, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     """``weight * x / sqrt(mean(x²) + eps)`` over the last dim of a contiguous fp32 (n, dim) ``x``."""
     out = torch.empty_like(x)
     lib.aha_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps)
+    return out
+
+
+def add_rms_norm(lib, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x += y`` in place (the residual stream), then ``rms_norm(x)``. x, y: contiguous fp32 (n, dim)."""
+    out = torch.empty_like(x)
+    lib.aha_add_rms_norm(x.data_ptr(), y.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps)
+    return out
+
+
+def swiglu(lib, gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of a contiguous fp32 (n, 2·inter) fused projection: (n, inter)."""
+    n, inter = gate_up.size(0), gate_up.size(1) // 2
+    out = torch.empty((n, inter), dtype=gate_up.dtype)
+    lib.aha_swiglu(gate_up.data_ptr(), out.data_ptr(), n, inter)
     return out
 
 

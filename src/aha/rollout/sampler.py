@@ -2,7 +2,8 @@
 ``generate`` (``backend="hf"``), behind one function.
 
 Prompts are left-padded so that every row's next token sits in the last column. The fast loop runs
-one forward over the prompts, then one single-token forward per new token, reusing the cache; rows
+one forward over the distinct prompts (rows with the same prompt, as GRPO's G completions of one prompt, share
+its prefill), then one single-token forward per new token, reusing the cache; rows
 that have produced EOS are carried with a pad token and stop counting; once at most half of the computed
 rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 Decode steps of ``sdpa`` models run a two-matmul attention (``_decode_attention``) instead of the CPU flash
@@ -121,6 +122,20 @@ def sample_fast(
     return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
 
 
+def _distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """(first, inverse) such that ``prompt_ids[first][inverse] == prompt_ids`` (masks too), ``first`` holding
+    one row per distinct prompt; (None, None) when every row is distinct."""
+    if prompt_ids.size(0) < 2:
+        return None, None
+    rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)  # (B, 2P)
+    uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if uniq.size(0) == rows.size(0):
+        return None, None
+    first = torch.full((uniq.size(0),), rows.size(0), dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, inverse, torch.arange(rows.size(0), device=rows.device), reduce="amin")
+    return first, inverse
+
+
 def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u):
     b, p_len, device = prompt_ids.size(0), prompt_ids.size(1), prompt_ids.device
     n_new = params.max_new_tokens
@@ -134,18 +149,24 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # position-major cache buffers when the native decode-attention kernel runs the decode steps
     cache = SlabCache(p_len + n_new, position_major=fast and device.type == "cpu" and kernels.load() is not None)
     cache_kw = _cache_kwarg(type(model))
+    # each distinct prompt runs through the prefill once (GRPO asks G completions of every prompt); its cached
+    # keys/values and last logits are then copied to every row that holds it
+    first, inverse = _distinct_rows(prompt_ids, prompt_mask)
     logits = (
         model(
-            input_ids=prompt_ids,
-            attention_mask=mask[:, :p_len],
-            position_ids=positions,
+            input_ids=prompt_ids if first is None else prompt_ids[first],
+            attention_mask=mask[:, :p_len] if first is None else mask[first, :p_len],
+            position_ids=positions if first is None else positions[first],
             use_cache=True,
             logits_to_keep=1,
             **{cache_kw: cache},
         )
         .logits[:, -1, :]
         .float()
-    )  # (B, V)
+    )  # (B or distinct prompts, V)
+    if first is not None:
+        cache.batch_select_indices(inverse)
+        logits = logits[inverse]  # (B, V)
     decoder = None
     if fast:
         decoder = _FastDecoder(model, int(positions.max()) + n_new + 1, rows=b)
