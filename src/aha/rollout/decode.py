@@ -46,20 +46,21 @@ class SlabLayer(DynamicLayer):
             self.v_buf = value_states.new_empty((b, h, self.max_len, dv))
         self.is_initialized = True
 
-    def _view(self, buf: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Positions [start, stop) of ``k_buf`` or ``v_buf`` as a (B, heads, n, d) view."""
-        if not self.position_major:
-            return buf[:, :, start:stop]
-        return buf[start:stop].permute(2, 3, 0, 1) if buf is self.k_buf else buf[start:stop].permute(1, 2, 0, 3)
+    def span(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [start, stop) of the key and value buffers, as (B, heads, n, d) views."""
+        if self.position_major:
+            return self.k_buf[start:stop].permute(2, 3, 0, 1), self.v_buf[start:stop].permute(1, 2, 0, 3)
+        return self.k_buf[:, :, start:stop], self.v_buf[:, :, start:stop]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         s, n = self.length, key_states.size(-2)
-        self._view(self.k_buf, s, s + n).copy_(key_states)
-        self._view(self.v_buf, s, s + n).copy_(value_states)
+        keys, values = self.span(s, s + n)
+        keys.copy_(key_states)
+        values.copy_(value_states)
         self.length = s + n
-        self.keys, self.values = self._view(self.k_buf, 0, s + n), self._view(self.v_buf, 0, s + n)
+        self.keys, self.values = self.span(0, s + n)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -72,7 +73,7 @@ class SlabLayer(DynamicLayer):
         if self.is_initialized:
             kdim, vdim = (2, 1) if self.position_major else (0, 0)
             self.k_buf, self.v_buf = self.k_buf.index_select(kdim, indices), self.v_buf.index_select(vdim, indices)
-            self.keys, self.values = self._view(self.k_buf, 0, self.length), self._view(self.v_buf, 0, self.length)
+            self.keys, self.values = self.span(0, self.length)
 
 
 class SlabCache(DynamicCache):
@@ -265,6 +266,7 @@ class _FastDecoder:
         sin[:, : sin.size(-1) // 2].neg_()  # rotate_half(x)·sin == roll(x, d/2)·[-sin₁, sin₂]
         self.sin = sin.unsqueeze(1)
         self.cos2, self.sin2 = self.cos[:, 0], self.sin[:, 0]  # (max_len, d) for the native kernels
+        self.lib = kernels.load()  # used when the cache is position-major (the sampler makes it so only if loaded)
 
     @staticmethod
     def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -273,14 +275,14 @@ class _FastDecoder:
     def step(self, tok: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, cache: SlabCache) -> torch.Tensor:
         """tok, pos: (b,) new tokens and their positions; bias: (b, 1, 1, >=L+1) additive mask (0 / -inf) over
         the cache columns. Appends to ``cache`` and returns (b, V) fp32 logits."""
-        b, h, kv, g, d = tok.size(0), self.heads, self.kv_heads, self.groups, self.head_dim
-        nqk, half = (h + kv) * d, d // 2
-        cos, sin = self.cos[pos], self.sin[pos]  # (b, 1, d)
         length = cache.layers[0].length
-        bias = bias[..., : length + 1]
         x = F.embedding(tok, self.embed)  # (b, hidden)
         if cache.layers[0].position_major:
             return self._native_step(x, pos, bias[:, 0, 0], cache, length)
+        b, h, kv, g, d = tok.size(0), self.heads, self.kv_heads, self.groups, self.head_dim
+        nqk, half = (h + kv) * d, d // 2
+        cos, sin = self.cos[pos], self.sin[pos]  # (b, 1, d)
+        bias = bias[..., : length + 1]
         for i, (w1, e1, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
             qkv = qkv_proj(self._rms(x, w1, e1))  # (b, (h + 2 kv) d)
             qk = qkv[:, :nqk].view(b, h + kv, d)
@@ -304,7 +306,7 @@ class _FastDecoder:
     def _native_step(self, x, pos, bias, cache, length):
         """``step`` on a position-major cache with aha's C kernels (``aha.rollout.kernels``): residual add +
         RMSNorm, RoPE with the key/value writes, attention, SwiGLU; the matmuls pre-packed. bias: (b, >=L+1)."""
-        lib, h, kv = kernels.load(), self.heads, self.kv_heads
+        lib, h, kv = self.lib, self.heads, self.kv_heads
         pos = pos.contiguous()
         hidden = kernels.rms_norm(lib, x, self.layers[0][0], self.layers[0][1])  # x: the residual stream, ours
         for i, (_, _, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
@@ -315,7 +317,7 @@ class _FastDecoder:
             )  # (d, g, b·kv); this token's keys and values written into the cache
             att = kernels.attend(lib, qt, layer.k_buf, layer.v_buf, length + 1, bias, h)  # (b, h, d)
             layer.length = length + 1
-            layer.keys, layer.values = layer._view(layer.k_buf, 0, length + 1), layer._view(layer.v_buf, 0, length + 1)
+            layer.keys, layer.values = layer.span(0, length + 1)
             hidden = kernels.add_rms_norm(lib, x, o_proj(att.view(x.size(0), -1)), w2, e2)  # x += attention
             act = kernels.swiglu(lib, gate_up(hidden))  # (b, inter)
             w, e = self.layers[i + 1][:2] if i + 1 < len(self.layers) else (self.norm_w, self.norm_eps)
