@@ -11,8 +11,9 @@ kernel, which is slow for one query token; ``AHA_DECODE_ATTN=0`` turns this off.
 For plain Llama-family models (``aha.rollout.decode._FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
 or hooks) the decode steps skip the HF module machinery altogether: a hand-written step over the same
 weights (fused qkv and gate/up, RoPE from a precomputed table, attention on the preallocated cache,
-SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and RMSNorm, RoPE and the
-attention run as aha's native kernels, the matmuls on weights pre-packed for oneDNN (``aha.rollout.kernels``;
+SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
+RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
+for oneDNN (``aha.rollout.kernels``;
 off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``). The prefill stays the HF forward that fills the
 cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
 forward.
