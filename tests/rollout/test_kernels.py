@@ -1,5 +1,7 @@
 """aha's native decode-attention kernel and pre-packed linear layers against plain torch, and their fallbacks."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,21 @@ from aha.rollout import kernels
 from aha.rollout.decode import SlabLayer
 
 needs_kernel = pytest.mark.skipif(kernels.load() is None, reason="no C compiler for aha's native kernel")
+
+
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# (rows, threads): the kernels split rows over threads only above a work threshold (PAR_MIN floats in kernels.c);
+# the large cases take that parallel path
+ROWS_THREADS = [(7, 1), (7, 2), (300, 2)]
 
 
 def _reference(q, kt, v, length, bias):
@@ -47,12 +64,8 @@ def test_decode_attention_with_threads_and_a_strided_mask():
     wide = torch.zeros(6, 3, 40)  # bias as a strided view, as the sampler passes bias[:, 0, 0]
     wide[:, 1, :30] = bias
     strided = wide[:, 1]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with _threads(2):
         got = kernels.decode_attention(q, kt, v, 29, strided)
-    finally:
-        torch.set_num_threads(threads)
     torch.testing.assert_close(got, _reference(q, kt, v, 29, bias), rtol=1e-5, atol=1e-5)
 
 
@@ -157,23 +170,28 @@ def test_position_major_slab_layer_holds_the_same_cache():
 
 @needs_kernel
 @pytest.mark.parametrize("dim", [5, 64, 384])
-def test_rms_norm_matches_torch(dim):
+@pytest.mark.parametrize("rows,threads", ROWS_THREADS)
+def test_rms_norm_matches_torch(dim, rows, threads):
     g = torch.Generator().manual_seed(dim)
-    x, w = torch.randn(7, dim, generator=g) * 3, torch.randn(dim, generator=g)
+    x, w = torch.randn(rows, dim, generator=g) * 3, torch.randn(dim, generator=g)
     want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
-    torch.testing.assert_close(kernels.rms_norm(kernels.load(), x, w, 1e-5), want, rtol=1e-5, atol=1e-5)
+    with _threads(threads):
+        got = kernels.rms_norm(kernels.load(), x, w, 1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel
 @pytest.mark.parametrize("heads,kv_heads,d", [(4, 4, 32), (6, 2, 16), (3, 1, 8)])
-def test_rope_qkv_matches_torch(heads, kv_heads, d):
-    b, half, max_len = 5, d // 2, 40
+@pytest.mark.parametrize("b,threads", [(5, 1), (5, 2), (200, 2)])
+def test_rope_qkv_matches_torch(heads, kv_heads, d, b, threads):
+    half, max_len = d // 2, 40
     g = torch.Generator().manual_seed(d)
     qkv = torch.randn(b, (heads + 2 * kv_heads) * d, generator=g)
     cos, sin = torch.randn(max_len, d, generator=g), torch.randn(max_len, d, generator=g)
-    pos = torch.tensor([0, 3, 39, 7, 7])
+    pos = torch.tensor([0, 3, 39, 7, 7] * (b // 5))
     k_slot, v_slot = torch.full((d, b, kv_heads), float("nan")), torch.full((b, kv_heads, d), float("nan"))
-    qt = kernels.rope_qkv(kernels.load(), qkv, cos, sin, pos, k_slot, v_slot, heads, kv_heads, 0.25)
+    with _threads(threads):
+        qt = kernels.rope_qkv(kernels.load(), qkv, cos, sin, pos, k_slot, v_slot, heads, kv_heads, 0.25)
     # torch: x·cos + roll(x, d/2)·sin per head (sin's first half carries rotate_half's minus sign)
     qk = qkv[:, : (heads + kv_heads) * d].view(b, heads + kv_heads, d)
     rot = qk * cos[pos][:, None] + qk.roll(half, -1) * sin[pos][:, None]
@@ -185,24 +203,29 @@ def test_rope_qkv_matches_torch(heads, kv_heads, d):
 
 
 @needs_kernel
-def test_swiglu_softmax_and_add_rms_norm_match_torch():
+@pytest.mark.parametrize("rows,threads", ROWS_THREADS)
+def test_swiglu_softmax_and_add_rms_norm_match_torch(rows, threads):
     lib = kernels.load()
     g = torch.Generator().manual_seed(5)
-    gu = torch.randn(9, 2 * 37, generator=g) * 30  # large |gate|: exp over- and underflow paths
-    want = F.silu(gu[:, :37]) * gu[:, 37:]
-    torch.testing.assert_close(kernels.swiglu(lib, gu), want, rtol=2e-6, atol=1e-6)
+    gu = torch.randn(rows, 2 * 75, generator=g) * 30  # large |gate|: exp over- and underflow paths
+    want = F.silu(gu[:, :75]) * gu[:, 75:]
+    with _threads(threads):
+        got = kernels.swiglu(lib, gu)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
 
-    s = torch.randn(13, 21, generator=g) * 20
+    s = torch.randn(rows + 6, 21 * rows, generator=g) * 20  # (positions, columns): threads split the columns
     s[:5, 3] = float("-inf")  # masked positions of one column: exactly 0 after the softmax
+    s[:5, -1] = float("-inf")
     want = s.softmax(0)
-    lib.aha_softmax_cols(s.data_ptr(), 13, 21)
+    lib.aha_softmax_cols(s.data_ptr(), s.size(0), s.size(1), threads)
     torch.testing.assert_close(s, want, rtol=2e-6, atol=1e-7)
-    assert (s[:5, 3] == 0).all()
+    assert (s[:5, 3] == 0).all() and (s[:5, -1] == 0).all()
 
-    x, y, w = (torch.randn(6, 40, generator=g) for _ in range(3))
+    x, y, w = (torch.randn(rows, 80, generator=g) for _ in range(3))
     w = w[0].contiguous()
     want_x = x + y
     want = w * (want_x * torch.rsqrt(want_x.pow(2).mean(-1, keepdim=True) + 1e-6))
-    got = kernels.add_rms_norm(lib, x, y, w, 1e-6)
+    with _threads(threads):
+        got = kernels.add_rms_norm(lib, x, y, w, 1e-6)
     torch.testing.assert_close(x, want_x)  # the residual stream, updated in place
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

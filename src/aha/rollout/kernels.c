@@ -4,6 +4,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* Row-parallel loops split only work this large (floats touched): below it a fork/join costs more than it saves. */
+#define PAR_MIN 16384
+
 /* Scores of one query per row against positions j < L. R = b * kv columns: column r is row r / kv, kv head
    r % kv. kt: keys (>= L, d, R); qt: queries (d, g, R), g query heads per kv head; s: (L, g, R).
      s[j, gi, r] = bias[(r / kv) * bs_b + j * bs_j] + sum_x qt[x, gi, r] * kt[j, x, r]
@@ -82,7 +85,8 @@ void aha_attn_mix(const float *p, const float *v, float *out, long b, long kv, l
     }
 }
 /* out[i, :] = w * (x[i, :] / sqrt(mean(x[i, :]^2) + eps)), the RMSNorm of Llama-family models. x: (n, dim). */
-void aha_rms_norm(const float *x, const float *w, float *out, long n, long dim, float eps) {
+void aha_rms_norm(const float *x, const float *w, float *out, long n, long dim, float eps, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && n * dim >= PAR_MIN) schedule(static)
     for (long i = 0; i < n; i++) {
         const float *X = x + i * dim;
         float ss = 0.f;
@@ -100,10 +104,11 @@ void aha_rms_norm(const float *x, const float *w, float *out, long n, long dim, 
    pos: (b,) positions. Writes qt (d, g, b*kv) (query head c*g + gi of row i at [x, gi, i*kv + c]), the new keys
    into kslot (d, b*kv) and the new values into vslot (b*kv, d). */
 void aha_rope_qkv(const float *qkv, const float *cos, const float *sn, const long *pos, float *qt, float *kslot,
-                  float *vslot, long b, long h, long kv, long d, float scale) {
+                  float *vslot, long b, long h, long kv, long d, float scale, int nthreads) {
     const long g = h / kv, R = b * kv, half = d / 2, width = (h + 2 * kv) * d;
-    float *tmp = (float *)malloc(sizeof(float) * d);
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && b * width >= PAR_MIN) schedule(static)
     for (long i = 0; i < b; i++) {
+        float tmp[d];
         const float *row = qkv + i * width, *C = cos + pos[i] * d, *S = sn + pos[i] * d;
         for (long hh = 0; hh < h + kv; hh++) {
             const float *src = row + hh * d;
@@ -125,7 +130,6 @@ void aha_rope_qkv(const float *qkv, const float *cos, const float *sn, const lon
             for (long x = 0; x < d; x++) dst[x] = src[x];
         }
     }
-    free(tmp);
 }
 /* exp(x) in fp32 (Cephes' expf: x = n ln2 + r, exp(r) by a polynomial, 2^n through the exponent bits), within
    about 2 ulp, written so that loops over it vectorise; exp(x < -87.3) = 0, so exp(-inf) = 0. */
@@ -145,37 +149,49 @@ static inline float aha_exp(float x) {
     return x < -87.3f ? 0.f : p * scale.f;
 }
 
-/* Softmax over the rows of s (L, C) in place, for every column (the positions of each query head). */
-void aha_softmax_cols(float *restrict s, long L, long C) {
-    float *restrict m = (float *)malloc(sizeof(float) * 2 * C), *restrict z = m + C;
-    for (long c = 0; c < C; c++) {
+/* Softmax over the rows of s (L, C) in place, for every column (the positions of each query head); the columns
+   split across threads in contiguous chunks. */
+static void softmax_cols_chunk(float *restrict s, long L, long C, long c0, long c1) {
+    const long n = c1 - c0;
+    float *restrict m = (float *)malloc(sizeof(float) * 2 * n), *restrict z = m + n;
+    for (long c = 0; c < n; c++) {
         m[c] = -INFINITY;
         z[c] = 0.f;
     }
     for (long j = 0; j < L; j++) {
-        const float *restrict S = s + j * C;
+        const float *restrict S = s + j * C + c0;
 #pragma omp simd
-        for (long c = 0; c < C; c++) m[c] = S[c] > m[c] ? S[c] : m[c];
+        for (long c = 0; c < n; c++) m[c] = S[c] > m[c] ? S[c] : m[c];
     }
     for (long j = 0; j < L; j++) {
-        float *restrict S = s + j * C;
+        float *restrict S = s + j * C + c0;
 #pragma omp simd
-        for (long c = 0; c < C; c++) {
+        for (long c = 0; c < n; c++) {
             S[c] = aha_exp(S[c] - m[c]);
             z[c] += S[c];
         }
     }
-    for (long c = 0; c < C; c++) z[c] = 1.f / z[c];
+    for (long c = 0; c < n; c++) z[c] = 1.f / z[c];
     for (long j = 0; j < L; j++) {
-        float *restrict S = s + j * C;
+        float *restrict S = s + j * C + c0;
 #pragma omp simd
-        for (long c = 0; c < C; c++) S[c] *= z[c];
+        for (long c = 0; c < n; c++) S[c] *= z[c];
     }
     free(m);
 }
 
+void aha_softmax_cols(float *restrict s, long L, long C, int nthreads) {
+    const int nt = nthreads > 1 && L * C >= PAR_MIN && C >= 32 * nthreads ? nthreads : 1;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        const long c0 = (C * t / nt) & ~15L, c1 = t + 1 == nt ? C : (C * (t + 1) / nt) & ~15L;
+        softmax_cols_chunk(s, L, C, c0, c1);
+    }
+}
+
 /* SwiGLU of the fused gate/up projection: out[i, c] = silu(gu[i, c]) * gu[i, inter + c]. gu: (n, 2 inter). */
-void aha_swiglu(const float *restrict gu, float *restrict out, long n, long inter) {
+void aha_swiglu(const float *restrict gu, float *restrict out, long n, long inter, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && n * inter >= PAR_MIN) schedule(static)
     for (long i = 0; i < n; i++) {
         const float *restrict G = gu + i * 2 * inter, *restrict U = G + inter;
         float *restrict O = out + i * inter;
@@ -186,7 +202,8 @@ void aha_swiglu(const float *restrict gu, float *restrict out, long n, long inte
 
 /* The residual add and the next RMSNorm: x += y in place, then out = RMSNorm(x) with weight w. x, y: (n, dim). */
 void aha_add_rms_norm(float *restrict x, const float *restrict y, const float *restrict w, float *restrict out, long n,
-                      long dim, float eps) {
+                      long dim, float eps, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && n * dim >= PAR_MIN) schedule(static)
     for (long i = 0; i < n; i++) {
         float *restrict X = x + i * dim;
         const float *restrict Y = y + i * dim;

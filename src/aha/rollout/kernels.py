@@ -109,11 +109,12 @@ def _load() -> ctypes.CDLL | None:
     long_, ptr = ctypes.c_long, ctypes.c_void_p
     lib.aha_attn_scores.argtypes = [ptr] * 4 + [long_] * 7 + [ctypes.c_int]
     lib.aha_attn_mix.argtypes = [ptr] * 3 + [long_] * 5 + [ctypes.c_int]
-    lib.aha_rms_norm.argtypes = [ptr] * 3 + [long_] * 2 + [ctypes.c_float]
-    lib.aha_rope_qkv.argtypes = [ptr] * 7 + [long_] * 4 + [ctypes.c_float]
-    lib.aha_softmax_cols.argtypes = [ptr, long_, long_]
-    lib.aha_swiglu.argtypes = [ptr, ptr, long_, long_]
-    lib.aha_add_rms_norm.argtypes = [ptr] * 4 + [long_] * 2 + [ctypes.c_float]
+    int_, float_ = ctypes.c_int, ctypes.c_float  # the last int of each: threads (work split over rows)
+    lib.aha_rms_norm.argtypes = [ptr] * 3 + [long_] * 2 + [float_, int_]
+    lib.aha_rope_qkv.argtypes = [ptr] * 7 + [long_] * 4 + [float_, int_]
+    lib.aha_softmax_cols.argtypes = [ptr, long_, long_, int_]
+    lib.aha_swiglu.argtypes = [ptr, ptr, long_, long_, int_]
+    lib.aha_add_rms_norm.argtypes = [ptr] * 4 + [long_] * 2 + [float_, int_]
     fns = (lib.aha_attn_scores, lib.aha_attn_mix, lib.aha_rms_norm, lib.aha_rope_qkv, lib.aha_softmax_cols)
     for fn in (*fns, lib.aha_swiglu, lib.aha_add_rms_norm):
         fn.restype = None
@@ -156,7 +157,7 @@ def attend(lib, qt: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, length: int
         qt.data_ptr(), kt.data_ptr(), bias.data_ptr(), s.data_ptr(), b, kv, g, d, length, bias.stride(0),
         bias.stride(1), threads,
     )  # fmt: skip
-    lib.aha_softmax_cols(s.data_ptr(), length, g * r)  # over positions, in place
+    lib.aha_softmax_cols(s.data_ptr(), length, g * r, threads)  # over positions, in place
     out = torch.empty((b, kv, g, d), dtype=qt.dtype)  # (R, g, d)
     lib.aha_attn_mix(s.data_ptr(), v.data_ptr(), out.data_ptr(), b, kv, g, d, length, threads)
     return out.view(b, heads, d)  # query head c·g + gi is kv head c's gi-th
@@ -165,14 +166,25 @@ def attend(lib, qt: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, length: int
 def rms_norm(lib, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * x / sqrt(mean(x²) + eps)`` over the last dim of a contiguous fp32 (n, dim) ``x``."""
     out = torch.empty_like(x)
-    lib.aha_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps)
+    lib.aha_rms_norm(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps, torch.get_num_threads()
+    )
     return out
 
 
 def add_rms_norm(lib, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``x += y`` in place (the residual stream), then ``rms_norm(x)``. x, y: contiguous fp32 (n, dim)."""
     out = torch.empty_like(x)
-    lib.aha_add_rms_norm(x.data_ptr(), y.data_ptr(), weight.data_ptr(), out.data_ptr(), x.size(0), x.size(1), eps)
+    lib.aha_add_rms_norm(
+        x.data_ptr(),
+        y.data_ptr(),
+        weight.data_ptr(),
+        out.data_ptr(),
+        x.size(0),
+        x.size(1),
+        eps,
+        torch.get_num_threads(),
+    )
     return out
 
 
@@ -180,7 +192,7 @@ def swiglu(lib, gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` of a contiguous fp32 (n, 2·inter) fused projection: (n, inter)."""
     n, inter = gate_up.size(0), gate_up.size(1) // 2
     out = torch.empty((n, inter), dtype=gate_up.dtype)
-    lib.aha_swiglu(gate_up.data_ptr(), out.data_ptr(), n, inter)
+    lib.aha_swiglu(gate_up.data_ptr(), out.data_ptr(), n, inter, torch.get_num_threads())
     return out
 
 
@@ -192,7 +204,7 @@ def rope_qkv(lib, qkv, cos, sin, pos, k_slot, v_slot, heads: int, kv_heads: int,
     qt = torch.empty((d, heads // kv_heads, b * kv_heads), dtype=qkv.dtype)
     lib.aha_rope_qkv(
         qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), qt.data_ptr(), k_slot.data_ptr(),
-        v_slot.data_ptr(), b, heads, kv_heads, d, scale,
+        v_slot.data_ptr(), b, heads, kv_heads, d, scale, torch.get_num_threads(),
     )  # fmt: skip
     return qt
 
