@@ -57,7 +57,7 @@ def test_fast_decode_is_used(case, monkeypatch):
     step = decode_mod._FastDecoder.step
     monkeypatch.setattr(decode_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
     sampler_mod.sample_fast(model, ids, mask, SamplingParams(max_new_tokens=6, temperature=0.0), [10**6], 0)
-    assert len(calls) == 5  # every decode step (the prefill is the HF forward)
+    assert len(calls) == 5  # every decode step (the prefill is not a step)
 
 
 def test_greedy_equals_hf_forward(case):
@@ -129,6 +129,26 @@ def test_step_logits_match_hf_forward(case, position_major):
             ref = model(input_ids=full[:, : n + 1], attention_mask=fmask[:, : n + 1], position_ids=pos[:, : n + 1])
             torch.testing.assert_close(got, ref.logits[:, -1], rtol=1e-4, atol=1e-4)
         assert cache.get_seq_length() == full.size(1)
+
+
+def test_native_prefill_matches_hf_forward(case):
+    if kernels.load() is None:
+        pytest.skip("no C compiler for the native kernels")
+    model, tok, ids, mask = case
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        ref_cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        ref = model(**kw, cache=ref_cache).logits[:, -1]
+        cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
+        got = decode_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert cache.get_seq_length() == ids.size(1) and len(cache.layers) == len(ref_cache.layers)
+    real = mask.bool()  # padding positions hold finite keys/values that no real query reads
+    for mine, theirs in zip(cache.layers, ref_cache.layers):
+        for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)):  # (B, kv, P, d)
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a.transpose(1, 2)[real], b.transpose(1, 2)[real], rtol=1e-4, atol=1e-4)
 
 
 def _lora_like(model):

@@ -303,6 +303,36 @@ class _FastDecoder:
             x = x + down(act)
         return self.head(self._rms(x, self.norm_w, self.norm_eps)).float()
 
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: SlabCache) -> torch.Tensor:
+        """The prompt forward, as the HF model's with ``logits_to_keep=1``, on the native kernels and pre-packed
+        matmuls: fills the empty position-major ``cache`` and returns the last column's (B, V) fp32 logits.
+        ids, mask, positions: (B, P), left-padded. Causal attention over each row's real tokens (SDPA); a padding
+        position attends to itself only (finite keys/values that every real query masks out). The last layer
+        runs attention and MLP for the last column alone: no other position's output is ever read."""
+        lib, h, kv, d = self.lib, self.heads, self.kv_heads, self.head_dim
+        b, p = ids.shape
+        x = F.embedding(ids, self.embed).view(b * p, -1)  # (B·P, hidden): the residual stream
+        cos, sin = self.cos2[positions].unsqueeze(2), self.sin2[positions].unsqueeze(2)  # (B, P, 1, d)
+        eye = torch.eye(p, dtype=torch.bool, device=ids.device)
+        keep = (torch.ones_like(eye).tril() & mask.bool()[:, None, :]) | eye  # (B, P queries, P keys)
+        hidden = kernels.rms_norm(lib, x, self.layers[0][0], self.layers[0][1])
+        for i, (_, _, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
+            qkv = qkv_proj(hidden).view(b, p, h + 2 * kv, d)
+            qk = qkv[:, :, : h + kv]
+            qk = (qk * cos).add_(qk.roll(d // 2, -1).mul_(sin))  # RoPE, rotate_half's minus sign in the table
+            q, k, v = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2), qkv[:, :, h + kv :].transpose(1, 2)
+            cache.update(k, v, i)  # (B, kv, P, d) into the slabs
+            last = i + 1 == len(self.layers)
+            if last:  # only the last column's output reaches the logits
+                q, keep, x = q[:, :, -1:], keep[:, -1:], x.view(b, p, -1)[:, -1].contiguous()
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None], scale=self.scale, enable_gqa=h != kv)
+            att = att.transpose(1, 2).reshape(x.size(0), h * d)  # (rows, h·d)
+            hidden = kernels.add_rms_norm(lib, x, o_proj(att), w2, e2)  # x += attention
+            act = kernels.swiglu(lib, gate_up(hidden))
+            w, e = (self.norm_w, self.norm_eps) if last else self.layers[i + 1][:2]
+            hidden = kernels.add_rms_norm(lib, x, down(act), w, e)  # x += mlp; the next layer's (or final) norm
+        return self.head(hidden).float()
+
     def _native_step(self, x, pos, bias, cache, length):
         """``step`` on a position-major cache with aha's C kernels (``aha.rollout.kernels``): residual add +
         RMSNorm, RoPE with the key/value writes, attention, SwiGLU; the matmuls pre-packed. bias: (b, >=L+1)."""

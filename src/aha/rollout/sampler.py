@@ -14,8 +14,9 @@ weights (fused qkv and gate/up, RoPE from a precomputed table, attention on the 
 SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
 RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
 for oneDNN (``aha.rollout.kernels``;
-off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``). The prefill stays the HF forward that fills the
-cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
+off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``); the prompt forward then runs on them too
+(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only), else it is the HF
+forward that fills the cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
 forward.
 """
 
@@ -153,24 +154,26 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # each distinct prompt runs through the prefill once (GRPO asks G completions of every prompt); its cached
     # keys/values and last logits are then copied to every row that holds it
     first, inverse = _distinct_rows(prompt_ids, prompt_mask)
-    logits = (
-        model(
-            input_ids=prompt_ids if first is None else prompt_ids[first],
-            attention_mask=mask[:, :p_len] if first is None else mask[first, :p_len],
-            position_ids=positions if first is None else positions[first],
+    ids, pmask, ppos = (prompt_ids, mask[:, :p_len], positions)
+    if first is not None:
+        ids, pmask, ppos = ids[first], pmask[first], ppos[first]
+    decoder = _FastDecoder(model, int(positions.max()) + n_new + 1, rows=b) if fast else None
+    if decoder is not None and cache.position_major:  # the prompt forward on the native kernels too
+        logits = decoder.prefill(ids, pmask, ppos, cache)  # (B or distinct prompts, V)
+    else:
+        out_ = model(
+            input_ids=ids,
+            attention_mask=pmask,
+            position_ids=ppos,
             use_cache=True,
             logits_to_keep=1,
             **{cache_kw: cache},
         )
-        .logits[:, -1, :]
-        .float()
-    )  # (B or distinct prompts, V)
+        logits = out_.logits[:, -1, :].float()  # (B or distinct prompts, V)
     if first is not None:
         cache.batch_select_indices(inverse)
         logits = logits[inverse]  # (B, V)
-    decoder = None
-    if fast:
-        decoder = _FastDecoder(model, int(positions.max()) + n_new + 1, rows=b)
+    if decoder is not None:
         # additive mask over the cache columns: 0 where attended, -inf on left padding
         bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device).masked_fill_(mask == 0, float("-inf"))
         bias = bias[:, None, None, :]  # (B, 1, 1, P+T)
