@@ -160,11 +160,18 @@ def test_position_major_slab_layer_holds_the_same_cache():
     assert major.k_buf.shape == (8, 4, 3, 2) and major.v_buf.shape == (8, 3, 2, 4)
     assert torch.equal(major.keys, plain.keys) and torch.equal(major.values, plain.values)
     assert torch.equal(major.keys, torch.cat([k1, k2], 2))
-    keep = torch.tensor([2, 0])
+    keep = torch.tensor([2, 0, 0, 1])  # drops and repeats rows (the sampler's shared prefill repeats them)
     for layer in (plain, major):
         layer.batch_select_indices(keep)
     assert torch.equal(major.keys, plain.keys) and torch.equal(major.values, plain.values)
     assert torch.equal(major.values, torch.cat([v1, v2], 2)[keep])
+    assert torch.equal(plain.keys, torch.cat([k1, k2], 2)[keep])
+    assert major.k_buf.shape == (8, 4, 4, 2) and plain.k_buf.shape == (4, 2, 8, 4)  # room left for more positions
+    k3, v3 = torch.randn(4, 2, 2, 4, generator=g), torch.randn(4, 2, 2, 4, generator=g)
+    for layer in (plain, major):
+        layer.update(k3, v3)
+        assert torch.equal(layer.keys, torch.cat([torch.cat([k1, k2], 2)[keep], k3], 2))
+        assert torch.equal(layer.values, torch.cat([torch.cat([v1, v2], 2)[keep], v3], 2))
     assert major.k_buf.is_contiguous() and major.v_buf.is_contiguous()
 
 

@@ -70,10 +70,21 @@ class SlabLayer(DynamicLayer):
         return self.max_len
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep (or repeat) the rows ``indices``: new buffers of the same max_len, only the filled positions copied."""
         if self.is_initialized:
-            kdim, vdim = (2, 1) if self.position_major else (0, 0)
-            self.k_buf, self.v_buf = self.k_buf.index_select(kdim, indices), self.v_buf.index_select(vdim, indices)
-            self.keys, self.values = self.span(0, self.length)
+            n = self.length
+            if self.position_major:
+                k_buf = self.k_buf.new_empty((self.max_len, self.k_buf.size(1), len(indices), self.k_buf.size(3)))
+                v_buf = self.v_buf.new_empty((self.max_len, len(indices), *self.v_buf.shape[2:]))
+                torch.index_select(self.k_buf[:n], 2, indices, out=k_buf[:n])
+                torch.index_select(self.v_buf[:n], 1, indices, out=v_buf[:n])
+            else:
+                k_buf = self.k_buf.new_empty((len(indices), *self.k_buf.shape[1:]))
+                v_buf = self.v_buf.new_empty((len(indices), *self.v_buf.shape[1:]))
+                k_buf[:, :, :n] = self.k_buf[indices, :, :n]
+                v_buf[:, :, :n] = self.v_buf[indices, :, :n]
+            self.k_buf, self.v_buf = k_buf, v_buf
+            self.keys, self.values = self.span(0, n)
 
 
 class SlabCache(DynamicCache):
