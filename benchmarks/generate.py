@@ -3,9 +3,10 @@
 Batch of B arithmetic chat prompts (~24 tokens, left-padded), T new tokens per row, temperature 1.0.
 EOS is made impossible (the stop id is outside the vocabulary), so every row of both backends produces
 exactly T tokens and tokens/s = B·T / wall time. Backends run interleaved (A B B A ...), each rep timed;
-the table shows the median (and min/max) over reps. vLLM is reported only when ``import vllm`` works.
+the table shows the median (and min/max) over reps. Each ``--threads`` count (default: 1, then torch's
+default, all cores) runs every size in turn. vLLM is reported only when ``import vllm`` works.
 
-    .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128
+    .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128, 1 torch thread then all cores
     .venv/bin/python benchmarks/generate.py --quick         # 1m only, fewer reps
     .venv/bin/python benchmarks/generate.py --baseline-file /tmp/old_sampler.py   # A/B a sampler version
     AHA_FAST_DECODE=0 .venv/bin/python benchmarks/generate.py   # fast sampler's decode steps through the HF forward
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="1m only, 3 reps, 64 new tokens")
     ap.add_argument("--baseline-file", help="a sampler.py whose sample_fast is timed too, as 'baseline'")
     ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is stable on a shared machine"
+        "--threads",
+        default="1,0",
+        help="comma-separated torch thread counts, each run in turn (0: torch's default, all cores); 1 is the"
+        " most stable on a shared machine",
     )
     ap.add_argument("--no-hf", action="store_true", help="skip the hf backend")
     ap.add_argument(
@@ -102,36 +106,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.sizes, args.reps, args.new_tokens = "1m", 3, 64
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads {args.threads!r}: comma-separated integers")
     backends = {"fast": sample_fast}
     if args.baseline_file:
         backends["baseline"] = load_sampler_file(args.baseline_file)
     if not args.no_hf:
         backends["hf"] = sample_hf
 
+    default_threads = torch.get_num_threads()
     print(f"machine: {load()}")
-    print(f"fp32 GEMM peak (torch.mm 1024²): {gemm_peak() / 1e9:.1f} GFLOP/s")
     print(
         f"batch {args.batch} ({args.batch // args.group} distinct prompts × {args.group}), {args.new_tokens} new tokens"
         f" per row (EOS impossible), temperature 1.0, {args.reps} reps"
     )
-    results = []
-    for size in args.sizes.split(","):
-        res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends, args.group)
-        results.append(res)
-        print(f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']})")
-        print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
-        for name, st in res["stats"].items():
-            print(
-                f"{name:<10} {res['tokens'] / st['median']:>10.0f} {st['median']:>11.3f} {st['min']:>8.3f} {st['max']:>8.3f}"
-            )
-        if "hf" in res["stats"]:
-            print(f"speed-up fast vs hf: {res['stats']['hf']['median'] / res['stats']['fast']['median']:.2f}x")
-        if "baseline" in res["stats"]:
-            print(
-                f"speed-up fast vs baseline: {res['stats']['baseline']['median'] / res['stats']['fast']['median']:.2f}x"
-            )
+    first = None  # the first thread count's results: compared with vLLM below
+    for threads in thread_counts:
+        torch.set_num_threads(threads if threads > 0 else default_threads)
+        print(f"\n#### torch threads {torch.get_num_threads()}")
+        print(f"fp32 GEMM peak (torch.mm 1024²): {gemm_peak() / 1e9:.1f} GFLOP/s")
+        results = []
+        for size in args.sizes.split(","):
+            res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends, args.group)
+            results.append(res)
+            print_case(res, torch.get_num_threads())
+        first = first or results
     vllm_python = Path(args.vllm_python)
     if args.vllm_python == "none":
         pass
@@ -140,12 +141,29 @@ def main(argv: list[str] | None = None) -> None:
     elif args.group != 1:
         print("\nvLLM-CPU: skipped (generate_vllm.py runs distinct prompts only)")
     else:  # the same model and workload in vLLM's own venv (benchmarks/generate_vllm.py)
-        for res in results:
+        for res in first:
             tps = vllm_tokens_per_s(vllm_python, res["size"], args.batch, args.new_tokens, args.reps)
             fast = res["tokens"] / res["stats"]["fast"]["median"]
             where = f"fast is {fast / tps:.2f}x vLLM-CPU" if tps else "vLLM run failed (see above)"
-            print(f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where}")
+            print(
+                f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where} (aha at {thread_counts[0] or 'default'} torch threads)"
+            )
     print(f"machine at end: {load()}")
+
+
+def print_case(res: dict, threads: int) -> None:
+    print(
+        f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {threads} threads"
+    )
+    print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
+    for name, st in res["stats"].items():
+        print(
+            f"{name:<10} {res['tokens'] / st['median']:>10.0f} {st['median']:>11.3f} {st['min']:>8.3f} {st['max']:>8.3f}"
+        )
+    for other in ("hf", "baseline"):
+        if other in res["stats"]:
+            speedup = res["stats"][other]["median"] / res["stats"]["fast"]["median"]
+            print(f"speed-up fast vs {other}: {speedup:.2f}x ({threads} threads)")
 
 
 def vllm_tokens_per_s(python: Path, size: str, batch: int, new_tokens: int, reps: int) -> float | None:
