@@ -3,7 +3,9 @@ steps on a tiny model; the first process saves the final parameters to OUT (a to
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -41,6 +43,10 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
         trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok)
         trainer.train()
         trainer.save_model(run_dir + "/model")
+        if is_main_process():  # under DDP the loss ran on the plain model (fast path), gradients averaged by hand
+            Path(out).with_suffix(".json").write_text(
+                json.dumps({"by_hand": trainer.loss_model is not trainer.train_model})
+            )
     else:
         train_sft(model, tok, rows, SFTConfig(learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=3))
     if is_main_process():

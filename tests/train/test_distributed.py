@@ -63,6 +63,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(kind, tmp_path):
     two = _run(kind, tmp_path, 2, batch)
     _assert_same(one, two, _start())
     if kind == "grpo":  # only the first process wrote: one metrics file, checkpoints, the model
+        # the loss forward took token_logps' fast path under DDP (gradients averaged by average_gradients)
+        assert json.loads((tmp_path / "grpo-2.json").read_text()) == {"by_hand": True}
+        assert json.loads((tmp_path / "grpo-1.json").read_text()) == {"by_hand": False}
         run = tmp_path / "grpo-2"
         lines = (run / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 3
@@ -85,3 +88,21 @@ def test_aha_train_under_torchrun_writes_one_run_directory(tmp_path):
     assert [(r["phase"], r["step"]) for r in rows] == [("eval", 0), ("grpo", 1), ("grpo", 2), ("eval", 2)]
     assert (out / "model" / "model.safetensors").is_file() and (out / "summary.json").is_file()
     assert done.stderr.count("GRPO on") == 1  # one voice: the other process prints nothing
+
+
+def test_average_gradients_covers_every_parameter_in_buckets(monkeypatch):
+    from aha.train import distributed
+
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "GRAD_BUCKET", 10)  # buckets: [3, 4], [20], [1, 2] elements
+        params = [torch.nn.Parameter(torch.ones(n)) for n in (3, 4, 20, 1, 2)]
+        for i, p in enumerate(params):
+            if i != 3:  # parameter 3 got no gradient on this process
+                p.grad = torch.full_like(p, float(i + 1))
+        distributed.average_gradients(params, world=2)  # one process standing in for two: every gradient halved
+        for i, p in enumerate(params):
+            assert torch.equal(p.grad, torch.full_like(p, 0.0 if i == 3 else (i + 1) / 2))
+    finally:
+        torch.distributed.destroy_process_group()

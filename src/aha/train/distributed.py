@@ -82,6 +82,33 @@ def all_true(acc: Accelerator, flag: bool) -> bool:
     return sum_all(acc, 0.0 if flag else 1.0) == 0.0
 
 
+GRAD_BUCKET = 1 << 24  # elements per all-reduce in average_gradients (64 MB of fp32), as DDP's buckets
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """What DDP's backward does, by hand, for a loss whose forward bypassed the DDP wrapper: every gradient
+    becomes its mean over the ``world`` processes (a missing one counts as zeros), all-reduced in flat buckets
+    of at most ``GRAD_BUCKET`` elements. Every process must call it with the same parameters."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    i = 0
+    while i < len(grads):
+        j, n = i + 1, grads[i].numel()
+        while j < len(grads) and n + grads[j].numel() <= GRAD_BUCKET:
+            n += grads[j].numel()
+            j += 1
+        bucket = grads[i:j]
+        flat = torch._utils._flatten_dense_tensors(bucket)
+        torch.distributed.all_reduce(flat)
+        flat.div_(world)
+        for g, f in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
+            g.copy_(f)
+        i = j
+
+
 @contextlib.contextmanager
 def full_weights(model: torch.nn.Module) -> Iterator[None]:
     """Generation under FSDP (version 2): all-gather every sharded module's parameters once, so that the

@@ -20,8 +20,9 @@ For the decoder-only families whose logits are just ``lm_head(hidden)`` (Llama, 
   per token; the backward recomputes each chunk's logits. Full-vocabulary logits never exist for more
   than one chunk of rows (with a 150k vocabulary they were the memory peak of training).
 
-Other models (and DDP-wrapped ones, whose ``forward`` must be called for the gradient all-reduce) take the
-plain path: one ``model(...)`` call and chunked log-softmax.
+Other models (and wrapped ones: DDP, FSDP) take the plain path: one ``model(...)`` call and chunked
+log-softmax. (Under DDP the GRPO trainer passes the unwrapped model when ``has_fast_path`` holds and averages
+the gradients itself: ``aha.train.distributed.average_gradients``.)
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def _token_logps_plain(model, prompt_ids, prompt_mask, completion_ids, completio
     logps = selective_log_softmax(logits, completion_ids, chunk=chunk)
     ent = entropy_from_logits(logits.detach(), chunk=chunk) if with_entropy else None
     return logps, ent
+
+
+def has_fast_path(model) -> bool:
+    """Whether ``token_logps`` takes the fast path for this model (buckets, shared prompts, chunked head)."""
+    return _plain_parts(model) is not None
 
 
 def _plain_parts(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:

@@ -36,8 +36,16 @@ from aha.grpo import completion_mask_after_eos, compute_advantages, policy_loss
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train import checkpoint, dynamic
 from aha.train.config import GRPOConfig
-from aha.train.distributed import all_true, full_state_dict, full_weights, gather_rows, make_accelerator, shard
-from aha.train.forward import token_logps
+from aha.train.distributed import (
+    all_true,
+    average_gradients,
+    full_state_dict,
+    full_weights,
+    gather_rows,
+    make_accelerator,
+    shard,
+)
+from aha.train.forward import has_fast_path, token_logps
 from aha.train.logging import MetricsLogger, progress, rollout_metrics
 from aha.train.rewards import load_reward_models, score
 from aha.train.vllm import sampling_weights, vllm_generate
@@ -90,6 +98,7 @@ class GRPOTrainer:
             model = get_peft_model(model, peft_config)
         self.model = model.to(self.device)  # the plain model: sampling, saving; `train_model` is the one wrapped
         self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
+        self.loss_model = self.model  # what compute_loss calls: train_model, or under DDP the plain model
         if a.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
@@ -257,7 +266,7 @@ class GRPOTrainer:
     def compute_loss(self, mb: dict[str, torch.Tensor], num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
         a = self.args
         logps, entropy = token_logps(
-            self.train_model,
+            self.loss_model,
             mb["prompt_ids"],
             mb["prompt_mask"],
             mb["completion_ids"],
@@ -311,6 +320,10 @@ class GRPOTrainer:
         if acc.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
             self.train_model, opt = acc.prepare(self.model, opt)
             params = [p for p in self.train_model.parameters() if p.requires_grad]
+        # DDP averages gradients only through its own forward, which would rule out token_logps' fast path; so
+        # the loss runs on the plain model and the window's gradients are averaged by hand before the step
+        ddp = isinstance(self.train_model, torch.nn.parallel.DistributedDataParallel)
+        self.loss_model = self.model if ddp and has_fast_path(self.model) else self.train_model
         total = self.total_steps()
         warmup = a.warmup_steps or int(a.warmup_ratio * total)
         sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
@@ -383,6 +396,8 @@ class GRPOTrainer:
                         i += 1
                         if i % gas == 0 or i == n_micro:
                             break
+                    if self.loss_model is not self.train_model:
+                        average_gradients(params, acc.num_processes)
                     grad_norm = float(acc.clip_grad_norm_(params, a.max_grad_norm))
                     if not all(map(math.isfinite, losses + [grad_norm])):  # save the last good state, then stop
                         checkpoint.fail_nonfinite(self, opt, sched, fl, pending, marks, losses)
