@@ -213,7 +213,7 @@ class EndpointTeacher:
     Without one, the messages go to ``/chat/completions`` and the server applies its own template. One request per
     prompt (``n`` completions, ``seed`` = :func:`request_seed`; greedy: one completion, used ``n`` times),
     `concurrency` at a time. Every failure (bad URL,
-    server down, HTTP error, malformed answer) is one :class:`aha.rollout.vllm.EndpointError` naming the URL.
+    server down, HTTP error, malformed answer) is one :class:`aha.rollout.http.EndpointError` naming the URL.
     """
 
     url: str
@@ -237,7 +237,7 @@ class EndpointTeacher:
 
     def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]:
         from aha.data.format import render_prompt
-        from aha.rollout.vllm import EndpointError, http_json
+        from aha.rollout.http import EndpointError, http_json
 
         chat = self.tokenizer is None
         url = f"{self.url}/{'chat/completions' if chat else 'completions'}"

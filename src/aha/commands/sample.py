@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tokenizer and --api-key are for --endpoint")
     if args.backend != "vllm" and args.vllm_dtype != "auto":
         raise ValueError("--vllm-dtype is for --backend vllm")
-    from aha.rollout.vllm import EndpointError
+    from aha.rollout.http import EndpointError
 
     model = tok = teacher = None
     try:

@@ -5,8 +5,8 @@ prompts × G. For each generation batch:
 
 1. sample G completions per prompt from the current policy (which is π_old for this batch);
 2. score them with the reward functions (or reward models), group-relative advantages
-   (``aha.grpo.compute_advantages``); with ``dynamic_sampling`` drop the groups whose rewards all
-   tie and refill the batch with new prompts (``aha.train.dynamic``);
+   (``aha.grpo.compute_advantages``), both in ``aha.train.generation``; with ``dynamic_sampling``
+   drop the groups whose rewards all tie and refill the batch with new prompts (``aha.train.dynamic``);
 3. μ = ``num_iterations`` passes over the batch in micro-batches of ``per_device_train_batch_size``
    completions, one optimiser step every ``gradient_accumulation_steps`` micro-batches, loss from
    ``aha.grpo.policy_loss``.
@@ -31,24 +31,15 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-from aha.data.format import encode_prompts, eos_ids, is_conversational, render_prompt
-from aha.grpo import completion_mask_after_eos, compute_advantages, policy_loss
-from aha.rollout.sampler import SamplingParams, sample
-from aha.train import checkpoint, dynamic
+from aha.data.format import eos_ids
+from aha.grpo import policy_loss
+from aha.train import checkpoint, dynamic, generation
 from aha.train.config import GRPOConfig
-from aha.train.distributed import (
-    all_true,
-    average_gradients,
-    full_state_dict,
-    full_weights,
-    gather_rows,
-    make_accelerator,
-    shard,
-)
+from aha.train.distributed import all_true, average_gradients, full_state_dict, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
-from aha.train.logging import MetricsLogger, progress, rollout_metrics
-from aha.train.rewards import load_reward_models, score
-from aha.train.vllm import sampling_weights, vllm_generate
+from aha.train.logging import MetricsLogger, progress
+from aha.train.rewards import load_reward_models
+from aha.train.vllm import sampling_weights
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 
@@ -157,86 +148,10 @@ class GRPOTrainer:
         """The next generation batch, ready for the update (dynamic sampling: informative groups only)."""
         return dynamic.sample_batch(self)
 
-    @torch.no_grad()
     def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> dict[str, Any]:
         """Sample G completions for each row, score them. Returns {"batch": tensors (N = len(rows) × G rows),
         "info": metrics, "rows": rows, "rewards": (N, K)}; old/ref log-probs only `with_logps`."""
-        a, tok, g, acc = self.args, self.tokenizer, self.args.num_generations, self.accelerator
-        # this process's rows of the global batch; each row samples from its own seed, so the completions
-        # do not depend on how the batch is split over processes
-        base_seed = int(torch.randint(2**62, (1,), generator=self._gen, device=self._gen.device))
-        local = shard(len(rows) * g, acc.process_index, acc.num_processes)
-        row_seeds = [base_seed + i for i in range(local.start, local.stop)]
-
-        def mine(key: str) -> list[Any]:  # this process's rows of a column, each row's value G times in a row
-            return [r[key] for r in rows for _ in range(g)][local]
-
-        prompts = mine("prompt")  # (n,)
-        texts = [render_prompt(tok, p) for p in prompts]
-        prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (n, P)
-        params = SamplingParams(
-            max_new_tokens=a.max_completion_length,
-            temperature=a.temperature,
-            top_p=a.top_p,
-            top_k=a.top_k,
-            min_p=a.min_p or 0.0,
-            repetition_penalty=a.repetition_penalty,
-        )
-        if a.use_vllm:
-            completion_ids, sampling_logps = vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds)
-        else:
-            with full_weights(self.train_model):
-                completion_ids = sample(
-                    self.model,
-                    prompt_ids,
-                    prompt_mask,
-                    params,
-                    self.eos,
-                    tok.pad_token_id,
-                    self._gen,
-                    a.rollout_backend,
-                    row_seeds=row_seeds,
-                )  # (n, T)
-            sampling_logps = None
-        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
-        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
-        if a.mask_truncated_completions:
-            completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
-        ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
-        decoded = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
-        completions: list[Any] = (
-            [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
-        )
-        columns = {k: mine(k) for k in rows[0] if k not in ("prompt", "completion")}
-        counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
-        rewards = score(
-            self.reward_funcs,
-            prompts,
-            completions,
-            ids_list,
-            columns,
-            self.reward_processing_classes,
-            a.reward_errors,
-            counts,
-        )  # (n, K)
-        rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
-        advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
-        advantages = advantages[local]  # (n,)
-        batch = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids,
-            "completion_mask": completion_mask,
-            "advantages": advantages,
-        }
-        if sampling_logps is not None:
-            batch["sampling_logps"] = sampling_logps
-        if with_logps:
-            self.add_logps(batch)
-        lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
-        truncated = gather_rows(acc, truncated)  # (N,)
-        info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
-        return {"batch": batch, "info": info, "rows": rows, "rewards": rewards}
+        return generation.generate_and_score(self, rows, with_logps)
 
     @torch.no_grad()
     def add_logps(self, batch: dict[str, torch.Tensor]) -> None:
