@@ -131,10 +131,22 @@ def test_step_logits_match_hf_forward(case, position_major):
         assert cache.get_seq_length() == full.size(1)
 
 
-def test_native_prefill_matches_hf_forward(case):
+# same length, same opening: the prefill runs the first 8 columns ("What is ") once
+SHARED_OPENING = ["What is 12+34?", "What is 5+678?", "What is 90+12?"]
+
+
+@pytest.mark.parametrize("prompts", ["mixed", "shared opening"])
+def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
     if kernels.load() is None:
         pytest.skip("no C compiler for the native kernels")
     model, tok, ids, mask = case
+    if prompts == "shared opening":
+        ids, mask = encode_prompts(tok, SHARED_OPENING)
+    calls = []
+    inner = decode_mod._FastDecoder._prefill
+    monkeypatch.setattr(
+        decode_mod._FastDecoder, "_prefill", lambda self, *a: calls.append(a[0].shape) or inner(self, *a)
+    )
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         ref_cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
@@ -142,6 +154,8 @@ def test_native_prefill_matches_hf_forward(case):
         ref = model(**kw, cache=ref_cache).logits[:, -1]
         cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
         got = decode_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
+    b, p = ids.shape
+    assert calls == ([(1, 8), (b, p - 8)] if prompts == "shared opening" else [(b, p)])
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert cache.get_seq_length() == ids.size(1) and len(cache.layers) == len(ref_cache.layers)
     real = mask.bool()  # padding positions hold finite keys/values that no real query reads
@@ -149,6 +163,14 @@ def test_native_prefill_matches_hf_forward(case):
         for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)):  # (B, kv, P, d)
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a.transpose(1, 2)[real], b.transpose(1, 2)[real], rtol=1e-4, atol=1e-4)
+
+
+def test_shared_opening_samples_equal_hf_forward(case):
+    model, tok, _, _ = case
+    ids, mask = encode_prompts(tok, SHARED_OPENING)
+    p = SamplingParams(max_new_tokens=16, temperature=0.9)
+    fast, plain = _both(model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[1, 2, 3])
+    assert torch.equal(fast, plain)
 
 
 def _lora_like(model):

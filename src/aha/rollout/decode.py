@@ -226,6 +226,10 @@ def _fast_decode_reason(model, total_len: int) -> str | None:
     return None
 
 
+# the prompt forward runs leading columns that all rows share once, from this many on (fewer: not worth a pass)
+MIN_SHARED_COLUMNS = 4
+
+
 def _bias_cat(mods) -> torch.Tensor | None:
     if all(m.bias is None for m in mods):
         return None
@@ -317,26 +321,48 @@ class _FastDecoder:
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: SlabCache) -> torch.Tensor:
         """The prompt forward, as the HF model's with ``logits_to_keep=1``, on the native kernels and pre-packed
         matmuls: fills the empty position-major ``cache`` and returns the last column's (B, V) fp32 logits.
-        ids, mask, positions: (B, P), left-padded. Causal attention over each row's real tokens (SDPA); a padding
-        position attends to itself only (finite keys/values that every real query masks out). The last layer
-        runs attention and MLP for the last column alone: no other position's output is ever read."""
-        lib, h, kv, d = self.lib, self.heads, self.kv_heads, self.head_dim
+        ids, mask, positions: (B, P), left-padded. Leading columns that every row holds alike (a chat template's
+        or system prompt's opening) run once, for one row, and their keys/values are copied to every row."""
         b, p = ids.shape
-        x = F.embedding(ids, self.embed).view(b * p, -1)  # (B·P, hidden): the residual stream
-        cos, sin = self.cos2[positions].unsqueeze(2), self.sin2[positions].unsqueeze(2)  # (B, P, 1, d)
-        eye = torch.eye(p, dtype=torch.bool, device=ids.device)
-        keep = (torch.ones_like(eye).tril() & mask.bool()[:, None, :]) | eye  # (B, P queries, P keys)
+        same = ((ids == ids[:1]) & (mask == 1)).all(0)  # (P,) columns identical across the rows
+        shared = min(int(same.int().cumprod(0).sum()), p - 1) if b > 1 else 0
+        if shared < MIN_SHARED_COLUMNS:
+            return self._prefill(ids, mask, positions, cache, 0)
+        head = SlabCache(shared, position_major=True)
+        self._prefill(ids[:1, :shared], mask[:1], positions[:1, :shared], head, 0)  # keys/values only
+        for i, layer in enumerate(head.layers):
+            cache.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), i)
+        return self._prefill(ids[:, shared:], mask, positions[:, shared:], cache, shared)
+
+    def _prefill(self, ids, mask, positions, cache, start: int) -> torch.Tensor | None:
+        """Columns [start, start + n) of the prompt, ids and positions (B, n), on a cache holding [0, start);
+        mask: (B, >= start + n). Causal attention over each row's real tokens (SDPA); a padding position attends
+        to itself only (finite keys/values that every real query masks out). The last layer runs attention and
+        MLP for the last column alone (no other position's output is ever read) and not at all when these are
+        not the prompt's last columns (returns None); else returns the last column's (B, V) fp32 logits."""
+        lib, h, kv, d = self.lib, self.heads, self.kv_heads, self.head_dim
+        (b, n), total = ids.shape, start + ids.size(1)
+        x = F.embedding(ids, self.embed).view(b * n, -1)  # (B·n, hidden): the residual stream
+        cos, sin = self.cos2[positions].unsqueeze(2), self.sin2[positions].unsqueeze(2)  # (B, n, 1, d)
+        cols = torch.arange(total, device=ids.device)
+        query_cols = cols[start:, None]  # (n, 1)
+        keep = (cols <= query_cols) & mask[:, None, :total].bool() | (cols == query_cols)  # (B, n queries, total keys)
+        to_logits = total == mask.size(1)
         hidden = kernels.rms_norm(lib, x, self.layers[0][0], self.layers[0][1])
         for i, (_, _, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
-            qkv = qkv_proj(hidden).view(b, p, h + 2 * kv, d)
+            qkv = qkv_proj(hidden).view(b, n, h + 2 * kv, d)
             qk = qkv[:, :, : h + kv]
             qk = (qk * cos).add_(qk.roll(d // 2, -1).mul_(sin))  # RoPE, rotate_half's minus sign in the table
-            q, k, v = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2), qkv[:, :, h + kv :].transpose(1, 2)
-            cache.update(k, v, i)  # (B, kv, P, d) into the slabs
-            last = i + 1 == len(self.layers)
+            q = qk[:, :, :h].transpose(1, 2)  # (B, h, n, d)
+            keys, values = cache.update(qk[:, :, h:].transpose(1, 2), qkv[:, :, h + kv :].transpose(1, 2), i)
+            last = i + 1 == len(self.layers)  # keys, values: (B, kv, total, d) views of the slabs
+            if last and not to_logits:
+                return None
             if last:  # only the last column's output reaches the logits
-                q, keep, x = q[:, :, -1:], keep[:, -1:], x.view(b, p, -1)[:, -1].contiguous()
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None], scale=self.scale, enable_gqa=h != kv)
+                q, keep, x = q[:, :, -1:], keep[:, -1:], x.view(b, n, -1)[:, -1].contiguous()
+            att = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=keep[:, None], scale=self.scale, enable_gqa=h != kv
+            )  # (B, h, queries, d)
             att = att.transpose(1, 2).reshape(x.size(0), h * d)  # (rows, h·d)
             hidden = kernels.add_rms_norm(lib, x, o_proj(att), w2, e2)  # x += attention
             act = kernels.swiglu(lib, gate_up(hidden))

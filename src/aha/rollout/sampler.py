@@ -15,8 +15,8 @@ SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major 
 RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
 for oneDNN (``aha.rollout.kernels``;
 off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``); the prompt forward then runs on them too
-(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only), else it is the HF
-forward that fills the cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
+(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and leading columns
+that every row shares, such as a chat template's opening, run once), else it is the HF forward that fills the cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
 forward.
 """
 
