@@ -1,5 +1,6 @@
-"""Run by tests/train/test_distributed.py, under torchrun (several processes) or alone: a few GRPO or SFT
-steps on a tiny model; the first process saves the final parameters to OUT (a torch file)."""
+"""Run by tests/train/test_distributed.py, under torchrun (several processes) or alone: a few GRPO (``grpo``; with
+DAPO's dynamic sampling: ``grpo-dynamic``) or SFT steps on a tiny model; the first process saves the final
+parameters to OUT (a torch file)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ def digit_share(completions, **kwargs):
     return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
 
 
+def has_digit(completions, **kwargs):  # 0/1: many groups tie (all 0 or all 1), so dynamic sampling drops some
+    return [float(any(ch.isdigit() for ch in completion_text(c))) for c in completions]
+
+
 def main(kind: str, out: str, batch: int, run_dir: str) -> None:
     torch.manual_seed(0)
     model, tok = build_tiny(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
-    rows = get_task("arithmetic").rows("train" if kind == "grpo" else "sft", 64, seed=0)
-    if kind == "grpo":
+    rows = get_task("arithmetic").rows("sft" if kind == "sft" else "train", 64, seed=0)
+    if kind.startswith("grpo"):
+        dynamic = kind == "grpo-dynamic"
         cfg = GRPOConfig(
             output_dir=run_dir,
             learning_rate=3e-3,
@@ -39,8 +45,10 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
             seed=0,
             lr_scheduler_type="constant",
             use_cpu=True,
+            dynamic_sampling=dynamic,
+            max_resample_rounds=3,
         )
-        trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok)
+        trainer = GRPOTrainer(model, has_digit if dynamic else digit_share, cfg, rows, processing_class=tok)
         trainer.train()
         trainer.save_model(run_dir + "/model")
         if is_main_process():  # under DDP the loss ran on the plain model (fast path), gradients averaged by hand

@@ -72,6 +72,37 @@ def test_two_processes_equal_one_process_with_twice_the_batch(kind, tmp_path):
         assert (run / "checkpoint-2").is_dir() and (run / "model" / "model.safetensors").is_file()
 
 
+def test_dynamic_sampling_on_two_processes_equals_one_process(tmp_path):
+    # kept groups gathered from both processes, then split evenly: same kept batch, same update as one process
+    one = _run("grpo-dynamic", tmp_path, 1, 12)
+    two = _run("grpo-dynamic", tmp_path, 2, 6)
+    _assert_same(one, two, _start())
+    rows = [json.loads(x) for x in (tmp_path / "grpo-dynamic-2" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["dynamic_sampling/dropped_groups"] for r in rows) > 0  # groups were dropped and refilled
+    assert sum(r["dynamic_sampling/rounds"] for r in rows) > 0
+    ones = [json.loads(x) for x in (tmp_path / "grpo-dynamic-1" / "metrics.jsonl").read_text().splitlines()]
+    keys = ("dynamic_sampling/kept_groups", "dynamic_sampling/dropped_groups", "dynamic_sampling/rounds")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in ones]
+
+
+def test_even_share_tops_up_with_rows_that_carry_no_loss():
+    from types import SimpleNamespace
+
+    from aha.train.dynamic import even_share
+
+    batch = {
+        "prompt_ids": torch.arange(10).view(5, 2),
+        "completion_mask": torch.ones(5, 3, dtype=torch.int),
+        "advantages": torch.arange(1.0, 6.0),
+    }
+    shares = [even_share(SimpleNamespace(num_processes=2, process_index=r), batch) for r in (0, 1)]
+    assert [s["prompt_ids"].size(0) for s in shares] == [3, 3]
+    assert torch.equal(torch.cat([s["advantages"] for s in shares]), torch.tensor([1.0, 2, 3, 4, 5, 0]))
+    assert torch.equal(shares[1]["prompt_ids"], torch.tensor([[6, 7], [8, 9], [0, 1]]))  # row 0's copy
+    assert shares[1]["completion_mask"][2].sum() == 0 and shares[0]["completion_mask"].all()
+    assert even_share(SimpleNamespace(num_processes=1, process_index=0), batch) is batch
+
+
 def test_aha_train_under_torchrun_writes_one_run_directory(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}

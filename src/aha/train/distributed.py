@@ -68,6 +68,23 @@ def gather_rows(acc: Accelerator, t: torch.Tensor) -> torch.Tensor:
     return acc.gather(t.contiguous())
 
 
+def gather_ragged(acc: Accelerator, t: torch.Tensor, pad_value: float | int = 0, left: bool = False) -> torch.Tensor:
+    """(n_r, ...) on process r, where the row count n_r and (for 2-D tensors) the width may differ between
+    processes -> (Σ n_r, ...) on every process, in rank order; rows narrower than the widest are padded with
+    ``pad_value`` (on the left when ``left``)."""
+    if acc.num_processes == 1:
+        return t
+    counts = acc.gather(torch.tensor([t.size(0)], device=t.device)).tolist()  # (W,)
+    if t.dim() == 2:
+        width = int(acc.gather(torch.tensor([t.size(1)], device=t.device)).max())
+        t = torch.nn.functional.pad(t, (width - t.size(1), 0) if left else (0, width - t.size(1)), value=pad_value)
+    rows = max(counts)
+    t = torch.cat([t, t.new_full((rows - t.size(0), *t.shape[1:]), pad_value)])  # every process sends `rows`
+    everything = acc.gather(t.contiguous())  # (W·rows, ...)
+    keep = [r * rows + i for r, c in enumerate(counts) for i in range(c)]
+    return everything[torch.tensor(keep, dtype=torch.long, device=everything.device)]
+
+
 def sum_all(acc: Accelerator, value: float) -> float:
     """The sum of a number over all processes."""
     if acc.num_processes == 1:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from aha.grpo import group_rewards, zero_std_groups
-from aha.train.distributed import sum_all
+from aha.train.distributed import gather_ragged, shard, sum_all
 
 if TYPE_CHECKING:
     from aha.train.grpo import GRPOTrainer
@@ -45,6 +45,40 @@ def concat_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[
     return out
 
 
+def kept_rows(acc, batch: dict[str, torch.Tensor], keep: torch.Tensor, g: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """The rows of the kept groups, keep: (P,) bool over the round's global groups; ``batch`` holds this process's
+    rows of the round (a contiguous share). Several processes: every process gets the kept rows of all of them,
+    in global order (widths padded as ``concat_batches`` pads)."""
+    if acc.num_processes == 1:
+        return select_groups(batch, keep, g)
+    local = shard(keep.numel() * g, acc.process_index, acc.num_processes)
+    idx = keep.to(torch.bool).repeat_interleave(g)[local]  # this process's rows
+    mine = {k: v[idx.to(v.device)] for k, v in batch.items()}
+    return {
+        k: gather_ragged(acc, v, pad_id if k.endswith("_ids") else 0, left=k.startswith("prompt"))
+        for k, v in mine.items()
+    }
+
+
+def even_share(acc, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This process's share of a batch that every process holds whole: ceil(n / W) rows each, in rank order. When W
+    does not divide n, the last shares are topped up with copies of row 0 that carry no loss (completion mask 0,
+    advantage 0): exact for the token-level losses (dapo), one empty sequence in the sequence-averaged ones."""
+    world = acc.num_processes
+    n = batch["prompt_ids"].size(0)
+    if world == 1:
+        return batch
+    per = -(-n // world)
+    if n and per * world > n:
+        fill = per * world - n
+        extra = {k: v[:1].repeat(fill, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+        extra["completion_mask"].zero_()
+        extra["advantages"].zero_()
+        batch = {k: torch.cat([v, extra[k]]) for k, v in batch.items()}
+    part = slice(acc.process_index * per, (acc.process_index + 1) * per)
+    return {k: v[part] for k, v in batch.items()}
+
+
 def sample_batch(trainer: GRPOTrainer) -> dict[str, Any]:
     """One generation batch, ready for the update (with old/ref log-probs when the objective needs them).
 
@@ -52,29 +86,39 @@ def sample_batch(trainer: GRPOTrainer) -> dict[str, Any]:
     are dropped and resampled; the returned rollout may hold fewer groups (even none) when
     ``max_resample_rounds`` runs out. The rollout metrics describe the first round (the policy's own
     reward distribution), plus ``dynamic_sampling/{rounds,dropped_groups,kept_groups}``.
+
+    Several processes: the kept groups of every round are gathered on every process, so all of them hold the
+    same kept batch (in the order one process would have it), and each trains on an even share of it
+    (``even_share``); a refill round asks for a number of prompts whose G completions split evenly over the
+    processes, and groups past the target are left out.
     """
-    a, g = trainer.args, trainer.args.num_generations
-    target = a.prompts_per_generation
+    a, g, acc = trainer.args, trainer.args.num_generations, trainer.accelerator
+    target, pad_id = a.prompts_per_generation, trainer.tokenizer.pad_token_id
     first = trainer.generate_and_score(trainer._next_rows(target), with_logps=False)
     if not a.dynamic_sampling:
         trainer.add_logps(first["batch"])
         return first
+    step = acc.num_processes // math.gcd(g, acc.num_processes)  # prompts per round: a multiple of this
     rollout, batches, rows, rewards, extra = first, [], [], [], []
     dropped = rounds = 0
     while True:
         total, _ = group_rewards(rollout["rewards"], a.reward_weights)  # (N,)
         tied = zero_std_groups(total, g)  # (P,)
         dropped += int(tied.sum())
-        batches.append(select_groups(rollout["batch"], ~tied, g))
-        rewards.append(rollout["rewards"][(~tied).repeat_interleave(g)])
-        rows += [r for r, t in zip(rollout["rows"], tied.tolist()) if not t]
+        keep = ~tied
+        surplus = len(rows) + int(keep.sum()) - target  # a round rounded up to `step` prompts may overfill
+        if surplus > 0:
+            keep[keep.nonzero().squeeze(1)[-surplus:]] = False
+        batches.append(kept_rows(acc, rollout["batch"], keep, g, pad_id))
+        rewards.append(rollout["rewards"][keep.repeat_interleave(g)])
+        rows += [r for r, k in zip(rollout["rows"], keep.tolist()) if k]
         need = target - len(rows)
         if need <= 0 or rounds >= a.max_resample_rounds:
             break
         rounds += 1
-        rollout = trainer.generate_and_score(trainer._next_rows(need), with_logps=False)
+        rollout = trainer.generate_and_score(trainer._next_rows(-(-need // step) * step), with_logps=False)
         extra.append(rollout["info"])
-    batch = concat_batches(batches, trainer.tokenizer.pad_token_id)
+    batch = even_share(acc, concat_batches(batches, pad_id))
     if rows:
         trainer.add_logps(batch)
     info = dict(first["info"])

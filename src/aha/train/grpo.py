@@ -74,8 +74,6 @@ class GRPOTrainer:
         # one process, or one of several under `accelerate launch` / `torchrun` (see aha.train.distributed)
         self.accelerator = make_accelerator(a.use_cpu)
         self.device = self.accelerator.device
-        if a.dynamic_sampling and self.accelerator.num_processes > 1:
-            raise ValueError("GRPOConfig.dynamic_sampling: runs on a single process only (for now)")
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model)
         if processing_class is None:
