@@ -5,6 +5,7 @@ parameters to OUT (a torch file)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
     torch.manual_seed(0)
     model, tok = build_tiny(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
     rows = get_task("arithmetic").rows("sft" if kind == "sft" else "train", 64, seed=0)
-    if kind.startswith("grpo"):
+    if kind in ("grpo", "grpo-dynamic"):
         dynamic = kind == "grpo-dynamic"
         cfg = GRPOConfig(
             output_dir=run_dir,
@@ -55,6 +56,31 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
             Path(out).with_suffix(".json").write_text(
                 json.dumps({"by_hand": trainer.loss_model is not trainer.train_model})
             )
+    elif kind == "grpo-resume":  # 2 steps per generation × 2 iterations: checkpoints fall in the middle of a batch
+        stop = int(os.environ.get("AHA_TEST_STOP_AT", "0"))
+
+        def halt(state, row):  # every process leaves after step `stop`'s metrics, before checkpoint-`stop`
+            if state.global_step == stop:
+                os._exit(0)
+
+        cfg = GRPOConfig(
+            output_dir=run_dir,
+            learning_rate=3e-3,
+            max_steps=4,
+            num_generations=4,
+            per_device_train_batch_size=batch,
+            steps_per_generation=2,
+            num_iterations=2,
+            max_completion_length=8,
+            loss_type="dapo",
+            logging_steps=1,
+            save_steps=1,
+            seed=0,
+            lr_scheduler_type="constant",
+            use_cpu=True,
+        )
+        trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok, callbacks=[halt])
+        trainer.train(resume_from_checkpoint="auto")
     else:
         train_sft(model, tok, rows, SFTConfig(learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=3))
     if is_main_process():

@@ -16,10 +16,10 @@ import torch
 WORKER = Path(__file__).with_name("_dist_worker.py")
 
 
-def _run(kind: str, tmp_path: Path, procs: int, batch: int) -> dict[str, torch.Tensor]:
+def _run(kind: str, tmp_path: Path, procs: int, batch: int, stop_at: int = 0) -> dict[str, torch.Tensor] | None:
     out, run_dir = tmp_path / f"{kind}-{procs}.pt", tmp_path / f"{kind}-{procs}"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", AHA_NO_PROGRESS="1")
+    env.update(OMP_NUM_THREADS="1", AHA_NO_PROGRESS="1", AHA_TEST_STOP_AT=str(stop_at))
     args = [str(WORKER), kind, str(out), str(batch), str(run_dir)]
     if procs == 1:
         cmd = [sys.executable, *args]
@@ -29,7 +29,7 @@ def _run(kind: str, tmp_path: Path, procs: int, batch: int) -> dict[str, torch.T
         cmd += ["--master_addr", "127.0.0.1", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out)
+    return None if stop_at else torch.load(out)
 
 
 def _free_port() -> int:
@@ -83,6 +83,34 @@ def test_dynamic_sampling_on_two_processes_equals_one_process(tmp_path):
     ones = [json.loads(x) for x in (tmp_path / "grpo-dynamic-1" / "metrics.jsonl").read_text().splitlines()]
     keys = ("dynamic_sampling/kept_groups", "dynamic_sampling/dropped_groups", "dynamic_sampling/rounds")
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in ones]
+
+
+def test_two_processes_resume_in_the_middle_of_a_batch(tmp_path):
+    full = _run("grpo-resume", tmp_path / "full", 2, 4)
+    _run("grpo-resume", tmp_path / "cut", 2, 4, stop_at=3)  # both processes stop after step 3, checkpoint-2 kept
+    run = tmp_path / "cut" / "grpo-resume-2"
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-3").exists()
+    state = torch.load(run / "checkpoint-2" / "loop_state.pt", weights_only=True)
+    inflight = state["inflight_by_process"]  # saved mid-batch: each process's own rows
+    assert len(inflight) == 2 and not torch.equal(
+        inflight[0]["batch"]["advantages"], inflight[1]["batch"]["advantages"]
+    )
+    resumed = _run("grpo-resume", tmp_path / "cut", 2, 4)  # "auto": from checkpoint-2
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
+def test_a_mid_batch_checkpoint_resumes_on_as_many_processes_only():
+    from aha.train.checkpoint import inflight_of
+
+    rows = [{"batch": "rank 0's"}, {"batch": "rank 1's"}]
+    assert inflight_of({"inflight": rows[0], "inflight_by_process": rows}, 1, 2, "ck") == rows[1]
+    assert inflight_of({"inflight": rows[0]}, 0, 1, "ck") == rows[0]
+    assert inflight_of({"inflight": None}, 0, 3, "ck") is None  # the end of a batch: any number of processes
+    with pytest.raises(ValueError, match="ck was saved by 2 process.*resume it with 2 process.*not 1"):
+        inflight_of({"inflight": rows[0], "inflight_by_process": rows}, 0, 1, "ck")
+    with pytest.raises(ValueError, match="saved by 1 process.*not 2"):
+        inflight_of({"inflight": rows[0]}, 0, 2, "ck")
 
 
 def test_even_share_tops_up_with_rows_that_carry_no_loss():

@@ -234,6 +234,22 @@ def load_checkpoint(trainer: GRPOTrainer, opt: torch.optim.Optimizer, sched: Any
     return torch.load(path / "loop_state.pt", weights_only=True)
 
 
+def inflight_of(loop: dict[str, Any], rank: int, world: int, path: str | Path) -> dict[str, Any] | None:
+    """This process's batch in flight from a loaded loop state: a checkpoint written by W processes in the middle
+    of a generation batch holds each process's own rows (``inflight_by_process``), and resumes on W processes only."""
+    by_process = loop.pop("inflight_by_process", None)
+    if loop.get("inflight") is None:  # saved at the end of a batch: any number of processes can go on
+        return None
+    saved_by = len(by_process) if by_process is not None else 1
+    if saved_by != world:
+        raise ValueError(
+            f"resume_from_checkpoint: {path} was saved by {saved_by} process(es) in the middle of a generation"
+            f" batch, whose rows are split between them; resume it with {saved_by} process(es), not {world}"
+            " (or resume from a checkpoint saved at the end of a batch)"
+        )
+    return by_process[rank] if by_process is not None else loop["inflight"]
+
+
 def _tuples(x: Any) -> Any:
     """random.setstate wants tuples where the saved state may hold lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

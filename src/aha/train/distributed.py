@@ -85,6 +85,15 @@ def gather_ragged(acc: Accelerator, t: torch.Tensor, pad_value: float | int = 0,
     return everything[torch.tensor(keep, dtype=torch.long, device=everything.device)]
 
 
+def gather_objects(acc: Accelerator, obj: object) -> list[object]:
+    """Every process's ``obj`` (picklable), as a list in rank order, on every process."""
+    if acc.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
 def sum_all(acc: Accelerator, value: float) -> float:
     """The sum of a number over all processes."""
     if acc.num_processes == 1:

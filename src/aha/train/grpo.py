@@ -35,7 +35,7 @@ from aha.data.format import eos_ids
 from aha.grpo import policy_loss
 from aha.train import checkpoint, dynamic, generation
 from aha.train.config import GRPOConfig
-from aha.train.distributed import all_true, average_gradients, full_state_dict, make_accelerator
+from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.logging import MetricsLogger, progress
 from aha.train.rewards import load_reward_models
@@ -246,7 +246,10 @@ class GRPOTrainer:
             raise ValueError("resume_from_checkpoint: not supported under FSDP yet (the optimiser state is sharded)")
         if acc.is_main_process:
             checkpoint.remove_stale(out)
-        loop = checkpoint.load_checkpoint(self, opt, sched, resume) if resume else {"inflight": None, "pending": {}}
+        loop = {"inflight": None, "pending": {}}
+        if resume:
+            loop = checkpoint.load_checkpoint(self, opt, sched, resume)
+            loop["inflight"] = checkpoint.inflight_of(loop, acc.process_index, acc.num_processes, resume)
         self.model.train()
         pending: dict[str, list[float]] = defaultdict(list, loop["pending"])
         fl: dict[str, Any] | None = loop["inflight"]  # the generation batch in flight and where we are in it
@@ -271,8 +274,12 @@ class GRPOTrainer:
                 if self.state.global_step % a.save_steps == 0:
                     done = fl["skip"] == 0 and fl["it"] >= a.num_iterations  # the batch is used up
                     weights = full_state_dict(acc, self.train_model)  # FSDP: gathered on every process
+                    # several processes: each holds its own rows of the batch in flight; all of them are saved
+                    by_process = gather_objects(acc, fl) if not done and acc.num_processes > 1 else None
                     if acc.is_main_process:
                         loop_state = {"inflight": None if done else fl, "pending": dict(pending)}
+                        if by_process is not None:
+                            loop_state["inflight_by_process"] = by_process
                         checkpoint.save_checkpoint(self, opt, sched, loop_state, state_dict=weights)
                     acc.wait_for_everyone()
 
