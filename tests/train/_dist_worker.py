@@ -31,21 +31,24 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
     torch.manual_seed(0)
     model, tok = build_tiny(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
     rows = get_task("arithmetic").rows("sft" if kind == "sft" else "train", 64, seed=0)
+    common = dict(  # the GRPO runs' shared settings
+        output_dir=run_dir,
+        learning_rate=3e-3,
+        num_generations=4,
+        per_device_train_batch_size=batch,
+        loss_type="dapo",
+        logging_steps=1,
+        seed=0,
+        lr_scheduler_type="constant",
+        use_cpu=True,
+    )
     if kind in ("grpo", "grpo-dynamic"):
         dynamic = kind == "grpo-dynamic"
         cfg = GRPOConfig(
-            output_dir=run_dir,
-            learning_rate=3e-3,
+            **common,
             max_steps=3,
-            num_generations=4,
-            per_device_train_batch_size=batch,
             max_completion_length=10,
-            loss_type="dapo",
-            logging_steps=1,
             save_steps=2,
-            seed=0,
-            lr_scheduler_type="constant",
-            use_cpu=True,
             dynamic_sampling=dynamic,
             max_resample_rounds=3,
         )
@@ -64,20 +67,7 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
                 os._exit(0)
 
         cfg = GRPOConfig(
-            output_dir=run_dir,
-            learning_rate=3e-3,
-            max_steps=4,
-            num_generations=4,
-            per_device_train_batch_size=batch,
-            steps_per_generation=2,
-            num_iterations=2,
-            max_completion_length=8,
-            loss_type="dapo",
-            logging_steps=1,
-            save_steps=1,
-            seed=0,
-            lr_scheduler_type="constant",
-            use_cpu=True,
+            **common, max_steps=4, steps_per_generation=2, num_iterations=2, max_completion_length=8, save_steps=1
         )
         trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok, callbacks=[halt])
         trainer.train(resume_from_checkpoint="auto")
