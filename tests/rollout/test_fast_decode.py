@@ -10,6 +10,7 @@ from aha.data.format import encode_prompts
 from aha.models.tiny import build_tiny
 from aha.rollout import SamplingParams, kernels
 from aha.rollout import decode as decode_mod
+from aha.rollout import fast_decoder as fast_mod
 from aha.rollout import sampler as sampler_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "What is 47+38?"]
@@ -42,11 +43,11 @@ def case(request):
 
 def _both(model, ids, mask, params, eos, pad, **kw):
     """(fast decode, HF forward) samples of the same call."""
-    assert decode_mod._fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
+    assert fast_mod._fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
     fast = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AHA_FAST_DECODE", "0")
-        assert decode_mod._fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
+        assert fast_mod._fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
         plain = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     return fast, plain
 
@@ -54,8 +55,8 @@ def _both(model, ids, mask, params, eos, pad, **kw):
 def test_fast_decode_is_used(case, monkeypatch):
     model, tok, ids, mask = case
     calls = []
-    step = decode_mod._FastDecoder.step
-    monkeypatch.setattr(decode_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
+    step = fast_mod._FastDecoder.step
+    monkeypatch.setattr(fast_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
     sampler_mod.sample_fast(model, ids, mask, SamplingParams(max_new_tokens=6, temperature=0.0), [10**6], 0)
     assert len(calls) == 5  # every decode step (the prefill is not a step)
 
@@ -122,7 +123,7 @@ def test_step_logits_match_hf_forward(case, position_major):
         cache = decode_mod.SlabCache(full.size(1), position_major=position_major)
         model(input_ids=ids, attention_mask=mask, position_ids=pos[:, :p_len], use_cache=True, cache=cache)
         assert cache.layers[0].position_major == position_major
-        decoder = decode_mod._FastDecoder(model, full.size(1))
+        decoder = fast_mod._FastDecoder(model, full.size(1))
         for t in range(n_new):
             n = p_len + t
             got = decoder.step(full[:, n], pos[:, n], bias, cache)
@@ -143,17 +144,15 @@ def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
     if prompts == "shared opening":
         ids, mask = encode_prompts(tok, SHARED_OPENING)
     calls = []
-    inner = decode_mod._FastDecoder._prefill
-    monkeypatch.setattr(
-        decode_mod._FastDecoder, "_prefill", lambda self, *a: calls.append(a[0].shape) or inner(self, *a)
-    )
+    inner = fast_mod._FastDecoder._prefill
+    monkeypatch.setattr(fast_mod._FastDecoder, "_prefill", lambda self, *a: calls.append(a[0].shape) or inner(self, *a))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         ref_cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         ref = model(**kw, cache=ref_cache).logits[:, -1]
         cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
-        got = decode_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
+        got = fast_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
     b, p = ids.shape
     assert calls == ([(1, 8), (b, p - 8)] if prompts == "shared opening" else [(b, p)])
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
@@ -217,7 +216,7 @@ def test_fallback_for_unsupported_configs(quirk):
         setattr(config, k, v)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    assert decode_mod._fast_decode_reason(model, 64) is not None
+    assert fast_mod._fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)
@@ -229,8 +228,8 @@ def test_fallback_for_unsupported_configs(quirk):
 def test_fallback_for_modified_models(make):
     base, tok = _random_model(**CONFIGS["2layer-mha"])
     model = make(base)
-    assert decode_mod._fast_decode_reason(base, 64) is None
-    assert decode_mod._fast_decode_reason(model, 64) is not None
+    assert fast_mod._fast_decode_reason(base, 64) is None
+    assert fast_mod._fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)

@@ -8,15 +8,16 @@ that have produced EOS are carried with a pad token and stop counting; once at m
 rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 Decode steps of ``sdpa`` models run a two-matmul attention (``_decode_attention``) instead of the CPU flash
 kernel, which is slow for one query token; ``AHA_DECODE_ATTN=0`` turns this off.
-For plain Llama-family models (``aha.rollout.decode._FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
+For plain Llama-family models (``aha.rollout.fast_decoder._FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
 or hooks) the decode steps skip the HF module machinery altogether: a hand-written step over the same
 weights (fused qkv and gate/up, RoPE from a precomputed table, attention on the preallocated cache,
 SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
 RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
 for oneDNN (``aha.rollout.kernels``;
 off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``); the prompt forward then runs on them too
-(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and leading columns
-that every row shares, such as a chat template's opening, run once), else it is the HF forward that fills the cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
+(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and a prompt
+opening that every row shares, such as a system prompt, run once), else it is the HF forward that fills the
+cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
 forward.
 """
 
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from aha.rollout import kernels
-from aha.rollout.decode import SlabCache, _cache_kwarg, _decode_attention_swap, _fast_decode_reason, _FastDecoder
+from aha.rollout.decode import SlabCache, _cache_kwarg, _decode_attention_swap
+from aha.rollout.fast_decoder import _fast_decode_reason, _FastDecoder
 
 
 @dataclass
@@ -161,7 +163,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     if decoder is not None and cache.position_major:  # the prompt forward on the native kernels too
         logits = decoder.prefill(ids, pmask, ppos, cache)  # (B or distinct prompts, V)
     else:
-        out_ = model(
+        fwd = model(
             input_ids=ids,
             attention_mask=pmask,
             position_ids=ppos,
@@ -169,7 +171,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
             logits_to_keep=1,
             **{cache_kw: cache},
         )
-        logits = out_.logits[:, -1, :].float()  # (B or distinct prompts, V)
+        logits = fwd.logits[:, -1, :].float()  # (B or distinct prompts, V)
     if first is not None:
         cache.batch_select_indices(inverse)
         logits = logits[inverse]  # (B, V)
