@@ -132,20 +132,25 @@ def test_step_logits_match_hf_forward(case, position_major):
         assert cache.get_seq_length() == full.size(1)
 
 
-# same length, same opening: the prefill runs the first 8 columns ("What is ") once
-SHARED_OPENING = ["What is 12+34?", "What is 5+678?", "What is 90+12?"]
+# the prefill runs the first 8 tokens ("What is ") once: same lengths, or left-padded to different ones
+OPENINGS = {
+    "shared opening": ["What is 12+34?", "What is 5+678?", "What is 90+12?"],
+    "ragged opening": ["What is 12+34?", "What is 5+6?", "What is 100+200?", "What is 7+80?"],
+}
 
 
-@pytest.mark.parametrize("prompts", ["mixed", "shared opening"])
+@pytest.mark.parametrize("prompts", ["mixed", *OPENINGS])
 def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
     if kernels.load() is None:
         pytest.skip("no C compiler for the native kernels")
     model, tok, ids, mask = case
-    if prompts == "shared opening":
-        ids, mask = encode_prompts(tok, SHARED_OPENING)
+    if prompts in OPENINGS:
+        ids, mask = encode_prompts(tok, OPENINGS[prompts])
     calls = []
     inner = fast_mod._FastDecoder._prefill
-    monkeypatch.setattr(fast_mod._FastDecoder, "_prefill", lambda self, *a: calls.append(a[0].shape) or inner(self, *a))
+    monkeypatch.setattr(
+        fast_mod._FastDecoder, "_prefill", lambda self, *a, **kw: calls.append(a[0].shape) or inner(self, *a, **kw)
+    )
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         ref_cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
@@ -154,7 +159,7 @@ def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
         cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
         got = fast_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
     b, p = ids.shape
-    assert calls == ([(1, 8), (b, p - 8)] if prompts == "shared opening" else [(b, p)])
+    assert calls == ([(1, 8), (b, p - 8)] if prompts in OPENINGS else [(b, p)])
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert cache.get_seq_length() == ids.size(1) and len(cache.layers) == len(ref_cache.layers)
     real = mask.bool()  # padding positions hold finite keys/values that no real query reads
@@ -164,11 +169,13 @@ def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
             torch.testing.assert_close(a.transpose(1, 2)[real], b.transpose(1, 2)[real], rtol=1e-4, atol=1e-4)
 
 
-def test_shared_opening_samples_equal_hf_forward(case):
+@pytest.mark.parametrize("prompts", sorted(OPENINGS))
+def test_shared_opening_samples_equal_hf_forward(case, prompts):
     model, tok, _, _ = case
-    ids, mask = encode_prompts(tok, SHARED_OPENING)
+    ids, mask = encode_prompts(tok, OPENINGS[prompts])
     p = SamplingParams(max_new_tokens=16, temperature=0.9)
-    fast, plain = _both(model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=[1, 2, 3])
+    seeds = list(range(1, ids.size(0) + 1))
+    fast, plain = _both(model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=seeds)
     assert torch.equal(fast, plain)
 
 

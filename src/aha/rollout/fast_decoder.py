@@ -81,8 +81,23 @@ def _fast_decode_reason(model, total_len: int) -> str | None:
     return None
 
 
-# the prompt forward runs leading columns that all rows share once, from this many on (fewer: not worth a pass)
+# the prompt forward runs an opening that every prompt shares once, from this many tokens on (fewer: not worth it)
 MIN_SHARED_COLUMNS = 4
+
+
+def _shared_opening(ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(k, s): how many first real tokens every row has in common (at most the shortest row's length - 1; 0 for one
+    row or a mask that is not left padding), and each row's first real column s (B,)."""
+    b, p = ids.shape
+    lengths = mask.sum(1)  # (B,)
+    first_real = p - lengths
+    cols = torch.arange(p, device=ids.device)
+    if b < 2 or not torch.equal(mask.bool(), cols[None, :] >= first_real[:, None]):
+        return 0, first_real
+    m = int(lengths.min())
+    toks = ids.gather(1, first_real[:, None] + cols[None, :m])  # (B, m) each row's first m real tokens
+    same = (toks == toks[:1]).all(0)  # (m,)
+    return min(int(same.int().cumprod(0).sum()), m - 1), first_real
 
 
 def _bias_cat(mods) -> torch.Tensor | None:
@@ -176,25 +191,35 @@ class _FastDecoder:
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: SlabCache) -> torch.Tensor:
         """The prompt forward, as the HF model's with ``logits_to_keep=1``, on the native kernels and pre-packed
         matmuls: fills the empty position-major ``cache`` and returns the last column's (B, V) fp32 logits.
-        ids, mask, positions: (B, P), left-padded. Leading columns that every row holds alike (a chat template's
-        or system prompt's opening) run once, for one row, and their keys/values are copied to every row."""
-        b, p = ids.shape
-        same = ((ids == ids[:1]) & (mask == 1)).all(0)  # (P,) columns identical across the rows
-        shared = min(int(same.int().cumprod(0).sum()), p - 1) if b > 1 else 0
-        if shared < MIN_SHARED_COLUMNS:
-            return self._prefill(ids, mask, positions, cache, 0)
-        head = SlabCache(shared, position_major=True)
-        self._prefill(ids[:1, :shared], mask[:1], positions[:1, :shared], head, 0)  # keys/values only
-        for i, layer in enumerate(head.layers):
-            cache.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), i)
-        return self._prefill(ids[:, shared:], mask, positions[:, shared:], cache, shared)
+        ids, mask, positions: (B, P), left-padded.
 
-    def _prefill(self, ids, mask, positions, cache, start: int) -> torch.Tensor | None:
+        An opening that every prompt starts with (a system prompt, a chat template's first tokens), k tokens, runs
+        once for one row; its keys/values go to each row's cache where that row holds it (row b's real tokens
+        start at column s_b, so at columns [s_b, s_b + k); zeros under padding), and then columns [k, P) of every
+        row run on top: k columns less work per row (a longer-padded row recomputes the rest of its opening)."""
+        b, p = ids.shape
+        k, first_real = _shared_opening(ids, mask)
+        if k < MIN_SHARED_COLUMNS:
+            return self._prefill(ids, mask, positions, cache, 0)
+        r = int(first_real.argmin())  # a row that holds the opening at columns [s_r, s_r + k)
+        opening = SlabCache(k, position_major=True)
+        s_r = int(first_real[r])
+        self._prefill(ids[r : r + 1, s_r : s_r + k], mask[r : r + 1, s_r:], positions[r : r + 1, s_r : s_r + k],
+                      opening, 0, logits=False)  # fmt: skip
+        # column c of row b holds opening token c - s_b, or padding (index k: a zero slot) when c < s_b
+        j = torch.arange(k, device=ids.device)[None, :] - first_real[:, None]  # (B, k)
+        j = torch.where(j >= 0, j, k)
+        for i, layer in enumerate(opening.layers):
+            kk, vv = (F.pad(t[0], (0, 0, 0, 1)) for t in (layer.keys, layer.values))  # (kv, k + 1, d)
+            cache.update(kk[:, j].transpose(0, 1), vv[:, j].transpose(0, 1), i)  # (B, kv, k, d) into columns [0, k)
+        return self._prefill(ids[:, k:], mask, positions[:, k:], cache, k)
+
+    def _prefill(self, ids, mask, positions, cache, start: int, logits: bool = True) -> torch.Tensor | None:
         """Columns [start, start + n) of the prompt, ids and positions (B, n), on a cache holding [0, start);
         mask: (B, >= start + n). Causal attention over each row's real tokens (SDPA); a padding position attends
         to itself only (finite keys/values that every real query masks out). The last layer runs attention and
-        MLP for the last column alone (no other position's output is ever read) and not at all when these are
-        not the prompt's last columns (returns None); else returns the last column's (B, V) fp32 logits."""
+        MLP for the last column alone (no other position's output is ever read), and not at all without
+        ``logits`` (keys/values only; returns None); else returns the last column's (B, V) fp32 logits."""
         lib, h, kv, d = self.lib, self.heads, self.kv_heads, self.head_dim
         (b, n), total = ids.shape, start + ids.size(1)
         x = F.embedding(ids, self.embed).view(b * n, -1)  # (B·n, hidden): the residual stream
@@ -202,7 +227,6 @@ class _FastDecoder:
         cols = torch.arange(total, device=ids.device)
         query_cols = cols[start:, None]  # (n, 1)
         keep = (cols <= query_cols) & mask[:, None, :total].bool() | (cols == query_cols)  # (B, n queries, total keys)
-        to_logits = total == mask.size(1)
         hidden = kernels.rms_norm(lib, x, self.layers[0][0], self.layers[0][1])
         for i, (_, _, qkv_proj, o_proj, w2, e2, gate_up, down) in enumerate(self.layers):
             qkv = qkv_proj(hidden).view(b, n, h + 2 * kv, d)
@@ -211,7 +235,7 @@ class _FastDecoder:
             q = qk[:, :, :h].transpose(1, 2)  # (B, h, n, d)
             keys, values = cache.update(qk[:, :, h:].transpose(1, 2), qkv[:, :, h + kv :].transpose(1, 2), i)
             last = i + 1 == len(self.layers)  # keys, values: (B, kv, total, d) views of the slabs
-            if last and not to_logits:
+            if last and not logits:
                 return None
             if last:  # only the last column's output reaches the logits
                 q, keep, x = q[:, :, -1:], keep[:, -1:], x.view(b, n, -1)[:, -1].contiguous()
