@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch} ({args.batch // args.group} distinct prompts × {args.group}), {args.new_tokens} new tokens"
         f" per row (EOS impossible), temperature 1.0, {args.reps} reps"
     )
-    first = None  # the first thread count's results: compared with vLLM below
+    first, first_threads = None, ""  # the first thread count's results: compared with vLLM below
     for threads in thread_counts:
         torch.set_num_threads(threads if threads > 0 else default_threads)
         print(f"\n#### torch threads {torch.get_num_threads()}")
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends, args.group)
             results.append(res)
             print_case(res, torch.get_num_threads())
-        first = first or results
+        if first is None:
+            first, first_threads = results, plural(torch.get_num_threads(), "torch thread")
     vllm_python = Path(args.vllm_python)
     if args.vllm_python == "none":
         pass
@@ -145,15 +146,17 @@ def main(argv: list[str] | None = None) -> None:
             tps = vllm_tokens_per_s(vllm_python, res["size"], args.batch, args.new_tokens, args.reps)
             fast = res["tokens"] / res["stats"]["fast"]["median"]
             where = f"fast is {fast / tps:.2f}x vLLM-CPU" if tps else "vLLM run failed (see above)"
-            print(
-                f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where} (aha at {thread_counts[0] or 'default'} torch threads)"
-            )
+            print(f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where} (aha at {first_threads})")
     print(f"machine at end: {load()}")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def print_case(res: dict, threads: int) -> None:
     print(
-        f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {threads} threads"
+        f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {plural(threads, 'thread')}"
     )
     print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
     for name, st in res["stats"].items():
@@ -163,7 +166,7 @@ def print_case(res: dict, threads: int) -> None:
     for other in ("hf", "baseline"):
         if other in res["stats"]:
             speedup = res["stats"][other]["median"] / res["stats"]["fast"]["median"]
-            print(f"speed-up fast vs {other}: {speedup:.2f}x ({threads} threads)")
+            print(f"speed-up fast vs {other}: {speedup:.2f}x ({plural(threads, 'thread')})")
 
 
 def vllm_tokens_per_s(python: Path, size: str, batch: int, new_tokens: int, reps: int) -> float | None:
