@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SIZES, build, gemm_peak, load, model_dims, summary  # noqa: E402
-from aha.data.format import encode_prompts, render_prompt  # noqa: E402
+from aha.data.prompts import encode_prompts, render_prompt  # noqa: E402
 from aha.rollout.sampler import SamplingParams, sample_fast, sample_hf  # noqa: E402
 from aha.tasks import get_task  # noqa: E402
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", args.kv_cache_gib)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, as VLLMRollout runs it
 
-    from aha.data.format import render_prompt
+    from aha.data.prompts import render_prompt
     from aha.tasks import get_task
 
     try:

@@ -252,7 +252,7 @@ def run_case(size: str, workload: str, warmup: int, steps: int, chunk: int, thre
         }
     model, tok = build(size)
     dims = model_dims(model)
-    from aha.data.format import encode_prompts, render_prompt
+    from aha.data.prompts import encode_prompts, render_prompt
     from aha.tasks import get_task
 
     wl = WORKLOADS[workload]

@@ -35,7 +35,7 @@ TOOLS = ("aha", "trl")
 
 
 def demo_config():
-    from aha.demo import DemoConfig
+    from aha.workflows.demo import DemoConfig
 
     return DemoConfig()
 

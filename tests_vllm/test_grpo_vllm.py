@@ -11,9 +11,10 @@ import torch
 from vllm_helpers import build_model, hf_greedy, prompts
 
 from aha import GRPOConfig, GRPOTrainer
+from aha.data.prompts import completion_text
 from aha.rollout import SamplingParams
 from aha.rollout.vllm import VLLMRollout
-from aha.tasks import completion_text, get_task
+from aha.tasks import get_task
 
 server = test_server.server  # the same `vllm serve` fixture (module scope: this module starts its own)
 

@@ -24,7 +24,7 @@ def build_model():
 
 def prompts(tok, n: int = 8, seed: int = 0) -> list[list[int]]:
     """Token ids of `n` rendered arithmetic chat prompts."""
-    from aha.data.format import render_prompt
+    from aha.data.prompts import render_prompt
     from aha.tasks import get_task
 
     rows = get_task("arithmetic").rows("train", n, seed)
@@ -33,7 +33,7 @@ def prompts(tok, n: int = 8, seed: int = 0) -> list[list[int]]:
 
 def hf_greedy(model, tok, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """aha's fast sampler at temperature 0, cut after EOS (EOS kept)."""
-    from aha.data.format import eos_ids
+    from aha.data.prompts import eos_ids
     from aha.rollout.sampler import SamplingParams, sample
 
     eos = eos_ids(tok, model)

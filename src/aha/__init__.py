@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from aha.reasoning import parse_reasoning  # noqa: E402
+from aha.data.answers import parse_reasoning  # noqa: E402
 from aha.train.config import GRPOConfig  # noqa: E402
 from aha.train.grpo import GRPOTrainer  # noqa: E402
 

@@ -2,15 +2,7 @@ from itertools import combinations
 
 import pytest
 
-from aha.eval.metrics import (
-    Verifier,
-    detect_format,
-    extract_number,
-    last_boxed,
-    maj_at_k,
-    majority_vote,
-    pass_at_k,
-)
+from aha.eval.metrics import Verifier, detect_format, extract_number, last_boxed, maj_at_k, majority_vote, pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ CPU flash kernel): same logits as SDPA, with grouped-query heads too, and the mo
 import pytest
 import torch
 
-from aha.data.format import encode_prompts
+from aha.data.prompts import encode_prompts
 from aha.models.tiny import build_tiny
 from aha.rollout import SamplingParams
-from aha.rollout import decode as decode_mod
 from aha.rollout import sampler as sampler_mod
+from aha.rollout.fast import decode as decode_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a"]
 
@@ -25,7 +25,7 @@ def _random_model(**kw):
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_decode_attention_matches_sdpa(kv_heads, monkeypatch):
-    monkeypatch.setenv("AHA_FAST_DECODE", "0")  # the HF forward with the swapped attention, not _FastDecoder
+    monkeypatch.setenv("AHA_FAST_DECODE", "0")  # the HF forward with the swapped attention, not FastDecoder
     model, tok = _random_model(num_key_value_heads=kv_heads)
     ids, mask = encode_prompts(tok, PROMPTS)  # left-padded: the mask matters
     params = SamplingParams(max_new_tokens=20, temperature=0.0)
@@ -46,7 +46,7 @@ def test_decode_attention_matches_sdpa(kv_heads, monkeypatch):
         cache = decode_mod.SlabCache(full.size(1))
         n = full.size(1) - 1
         model(input_ids=full[:, :n], attention_mask=fmask[:, :n], position_ids=pos[:, :n], use_cache=True, cache=cache)
-        with decode_mod._decode_attention_swap(model):
+        with decode_mod.decode_attention_swap(model):
             assert model.config._attn_implementation == decode_mod.DECODE_ATTN
             got = model(
                 input_ids=full[:, n:], attention_mask=fmask, position_ids=pos[:, n:], use_cache=True, cache=cache

@@ -1,4 +1,4 @@
-"""The sampler's hand-written decode step (``_FastDecoder``) against the HF forward it replaces: same greedy
+"""The sampler's hand-written decode step (``FastDecoder``) against the HF forward it replaces: same greedy
 tokens, per-step logits within 1e-4, same seeded samples, and the fallback for configs it cannot honour."""
 
 import copy
@@ -6,12 +6,13 @@ import copy
 import pytest
 import torch
 
-from aha.data.format import encode_prompts
+from aha.data.prompts import encode_prompts
 from aha.models.tiny import build_tiny
-from aha.rollout import SamplingParams, kernels
-from aha.rollout import decode as decode_mod
-from aha.rollout import fast_decoder as fast_mod
+from aha.rollout import SamplingParams
 from aha.rollout import sampler as sampler_mod
+from aha.rollout.fast import decode as decode_mod
+from aha.rollout.fast import decoder as fast_mod
+from aha.rollout.fast import kernels
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "What is 47+38?"]
 CONFIGS = {
@@ -43,11 +44,11 @@ def case(request):
 
 def _both(model, ids, mask, params, eos, pad, **kw):
     """(fast decode, HF forward) samples of the same call."""
-    assert fast_mod._fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
+    assert fast_mod.fast_decode_reason(model, ids.size(1) + params.max_new_tokens) is None
     fast = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AHA_FAST_DECODE", "0")
-        assert fast_mod._fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
+        assert fast_mod.fast_decode_reason(model, 10) == "AHA_FAST_DECODE=0"
         plain = sampler_mod.sample_fast(model, ids, mask, params, eos, pad, **kw)
     return fast, plain
 
@@ -55,8 +56,8 @@ def _both(model, ids, mask, params, eos, pad, **kw):
 def test_fast_decode_is_used(case, monkeypatch):
     model, tok, ids, mask = case
     calls = []
-    step = fast_mod._FastDecoder.step
-    monkeypatch.setattr(fast_mod._FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
+    step = fast_mod.FastDecoder.step
+    monkeypatch.setattr(fast_mod.FastDecoder, "step", lambda self, *a: calls.append(1) or step(self, *a))
     sampler_mod.sample_fast(model, ids, mask, SamplingParams(max_new_tokens=6, temperature=0.0), [10**6], 0)
     assert len(calls) == 5  # every decode step (the prefill is not a step)
 
@@ -123,7 +124,7 @@ def test_step_logits_match_hf_forward(case, position_major):
         cache = decode_mod.SlabCache(full.size(1), position_major=position_major)
         model(input_ids=ids, attention_mask=mask, position_ids=pos[:, :p_len], use_cache=True, cache=cache)
         assert cache.layers[0].position_major == position_major
-        decoder = fast_mod._FastDecoder(model, full.size(1))
+        decoder = fast_mod.FastDecoder(model, full.size(1))
         for t in range(n_new):
             n = p_len + t
             got = decoder.step(full[:, n], pos[:, n], bias, cache)
@@ -147,9 +148,9 @@ def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
     if prompts in OPENINGS:
         ids, mask = encode_prompts(tok, OPENINGS[prompts])
     calls = []
-    inner = fast_mod._FastDecoder._prefill
+    inner = fast_mod.FastDecoder._prefill
     monkeypatch.setattr(
-        fast_mod._FastDecoder, "_prefill", lambda self, *a, **kw: calls.append(a[0].shape) or inner(self, *a, **kw)
+        fast_mod.FastDecoder, "_prefill", lambda self, *a, **kw: calls.append(a[0].shape) or inner(self, *a, **kw)
     )
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
@@ -157,7 +158,7 @@ def test_native_prefill_matches_hf_forward(case, prompts, monkeypatch):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         ref = model(**kw, cache=ref_cache).logits[:, -1]
         cache = decode_mod.SlabCache(ids.size(1) + 4, position_major=True)
-        got = fast_mod._FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
+        got = fast_mod.FastDecoder(model, ids.size(1) + 4).prefill(ids, mask, pos, cache)
     b, p = ids.shape
     assert calls == ([(1, 8), (b, p - 8)] if prompts in OPENINGS else [(b, p)])
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
@@ -223,7 +224,7 @@ def test_fallback_for_unsupported_configs(quirk):
         setattr(config, k, v)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    assert fast_mod._fast_decode_reason(model, 64) is not None
+    assert fast_mod.fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)
@@ -235,8 +236,8 @@ def test_fallback_for_unsupported_configs(quirk):
 def test_fallback_for_modified_models(make):
     base, tok = _random_model(**CONFIGS["2layer-mha"])
     model = make(base)
-    assert fast_mod._fast_decode_reason(base, 64) is None
-    assert fast_mod._fast_decode_reason(model, 64) is not None
+    assert fast_mod.fast_decode_reason(base, 64) is None
+    assert fast_mod.fast_decode_reason(model, 64) is not None
     ids, mask = encode_prompts(tok, PROMPTS)
     p = SamplingParams(max_new_tokens=8, temperature=0.0)
     out = sampler_mod.sample_fast(model, ids, mask, p, [10**6], tok.pad_token_id)

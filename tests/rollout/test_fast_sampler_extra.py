@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from aha.data.format import encode_prompts
+from aha.data.prompts import encode_prompts
 from aha.rollout import SamplingParams, sample
-from aha.rollout import fast_decoder as fast_mod
 from aha.rollout import sampler as sampler_mod
+from aha.rollout.fast import decoder as fast_mod
 
 PROMPTS = ["12+34", "7+8=15 4+3", "Hello there, how are you?", "a", "<think>9+9</think>", "What is 47+38?"] * 3
 MAX_NEW = 24
@@ -124,7 +124,7 @@ def test_repeated_prompts_share_one_prefill(tiny, monkeypatch):
     texts = ["12+34", "Hello there, how are you?", "a"]
     ids, mask = encode_prompts(tok, [t for t in texts for _ in range(4)])  # G=4 completions per prompt
     widths = []  # rows of each prompt forward: the HF forward's, or the native prefill's (position-major cache)
-    forward, prefill = type(model).forward, fast_mod._FastDecoder.prefill
+    forward, prefill = type(model).forward, fast_mod.FastDecoder.prefill
 
     def spy(self, *args, **kwargs):
         widths.append(kwargs["input_ids"].shape[0])
@@ -138,7 +138,7 @@ def test_repeated_prompts_share_one_prefill(tiny, monkeypatch):
     seeds = list(range(100, 112))
     with monkeypatch.context() as mp:
         mp.setattr(type(model), "forward", spy)
-        mp.setattr(fast_mod._FastDecoder, "prefill", spy_prefill)
+        mp.setattr(fast_mod.FastDecoder, "prefill", spy_prefill)
         out = sampler_mod.sample_fast(model, ids, mask, p, [tok.eos_token_id], tok.pad_token_id, row_seeds=seeds)
     assert widths[0] == 3  # the prefill ran the 3 distinct prompts, not 12 rows
     assert len({tuple(r) for r in out.tolist()}) > 3  # the G rows of a prompt still sample differently

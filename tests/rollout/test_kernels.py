@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aha.rollout import kernels
-from aha.rollout.decode import SlabLayer
+from aha.rollout.fast import kernels
+from aha.rollout.fast.decode import SlabLayer
 
 needs_kernel = pytest.mark.skipif(kernels.load() is None, reason="no C compiler for aha's native kernel")
 

@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from aha.data.format import encode_prompts, eos_ids
+from aha.data.prompts import encode_prompts, eos_ids
 from aha.rollout import BACKENDS, SamplingParams, process_logits, sample
 from aha.rollout import sampler as sampler_mod
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from aha.data.normalize import gsm8k_answer
+from aha.data.answers import gsm8k_answer
 from aha.tasks import TASKS, get_task
 from aha.tasks.countdown import check_expression
 from aha.tasks.wordproblems import WordProblems, solution_text, think_text

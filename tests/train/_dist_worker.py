@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from aha import GRPOConfig, GRPOTrainer
+from aha.data.prompts import completion_text
 from aha.models.tiny import build_tiny
-from aha.tasks import completion_text, get_task
+from aha.tasks import get_task
 from aha.train.distributed import is_main_process
 from aha.train.sft import SFTConfig, train_sft
 

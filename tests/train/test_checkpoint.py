@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from aha import GRPOConfig, GRPOTrainer
+from aha.data.prompts import completion_text
 from aha.models.tiny import build_tiny
-from aha.tasks import completion_text, get_task
+from aha.tasks import get_task
 from aha.train import checkpoint
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from aha import GRPOConfig, GRPOTrainer
+from aha.data.prompts import completion_text
 from aha.grpo import compute_advantages, zero_std_groups
-from aha.tasks import completion_text, get_task
+from aha.tasks import get_task
 from aha.train.dynamic import concat_batches, select_groups
 
 G = 4

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from aha import GRPOConfig, GRPOTrainer
-from aha.tasks import completion_text, get_task
+from aha.data.prompts import completion_text
+from aha.tasks import get_task
 
 
 def digit_share(completions, **kwargs):

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from aha import GRPOConfig, GRPOTrainer
     from aha.models.tiny import build_tiny
-    from aha.tasks import completion_text, get_task
+    from aha.data.prompts import completion_text
+    from aha.tasks import get_task
     from aha.train import checkpoint
 
     out, mode, k = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aha.data.format import is_conversational, render_prompt
-from aha.data.normalize import boxed_answer, gsm8k_answer
+from aha.data.answers import boxed_answer, gsm8k_answer
+from aha.data.prompts import is_conversational, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _check_int(key: str, value: Any, minimum: int) -> None:
         raise ValueError(f"data: {key} must be an integer >= {minimum}, got {value!r}")
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
     """Does `path` name a local file or directory rather than a Hub id (``owner/name``)?"""
     p = Path(path).expanduser()
     return (
@@ -76,7 +76,7 @@ def _load_dataset(spec: dict[str, Any]) -> tuple[Any, str]:
     from datasets import load_dataset
 
     path, name, split = str(spec["path"]), spec.get("name"), spec.get("split", "train")
-    if _is_local(path):
+    if is_local(path):
         builder, files = _local_files(Path(path).expanduser())
         where = f"{path!r}"
         try:

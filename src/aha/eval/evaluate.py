@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from aha.data.format import encode_prompts, eos_ids, render_prompt
+from aha.data.prompts import encode_prompts, eos_ids, render_prompt
 from aha.rewards.builtin import STYLES
 from aha.rollout.sampler import SamplingParams, sample
 

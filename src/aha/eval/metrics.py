@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aha.reasoning import parse_reasoning
-from aha.tasks.base import extract_answer
+from aha.data.answers import extract_answer, parse_reasoning
 
 ANSWER_FORMATS = ("task", "gsm8k", "math")
 NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")

@@ -36,6 +36,7 @@ Everything here is a pure function of tensors. Shapes: B completions (= prompts 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -234,6 +235,49 @@ def policy_loss(
 
 
 # --------------------------------------------------------------------------------------- log-probs
+def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Train only on the highest-entropy ("forking") tokens: keep the tokens whose entropy is in the top `quantile`
+    of the micro-batch's completion tokens (TRL's ``top_entropy_quantile``). entropy, mask: (B, T) -> mask (B, T)."""
+    if quantile >= 1.0:
+        return mask
+    ent = entropy[mask.bool()]  # (n_tokens,)
+    threshold = torch.quantile(ent.float(), 1 - quantile) if ent.numel() else 0.0
+    return mask * (entropy >= threshold).int()
+
+
+def importance_sampling_weights(
+    old_logps: torch.Tensor,
+    sampling_logps: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "sequence_mask",
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> torch.Tensor:
+    """TRL's correction for a rollout engine (vLLM) whose sampling policy is not exactly π_old: the weights
+    exp(log π_old − log π_sampler) of the sampled tokens, per token (``token_*``) or per sequence (``sequence_*``;
+    summed log-ratios), truncated into [clip_min, clip_max] (``*_truncate``) or set to 0 outside it (``*_mask``).
+    old_logps, sampling_logps, mask: (B, T). Returns (B, T), to pass to ``policy_loss(sampling_weights=...)``."""
+    mask = mask.to(old_logps.dtype)  # (B, T)
+    diff = torch.nan_to_num((old_logps - sampling_logps[:, : old_logps.size(1)]) * mask, nan=0.0)  # (B, T)
+    log_w = diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff  # (B, 1) or (B, T)
+    w = torch.exp(log_w)
+    if mode.endswith("_truncate"):
+        w = torch.clamp(w, min=clip_min, max=clip_max)
+    else:
+        lo = -math.inf if clip_min is None else clip_min
+        hi = math.inf if clip_max is None else clip_max
+        w = w.masked_fill((w < lo) | (w > hi), 0.0)
+    return w.expand_as(mask).contiguous()
+
+
+def dapo_num_items(tokens_all_processes: float, world_size: int, accumulation_steps: int, micro_batches: int) -> float:
+    """The ``num_items`` of loss type ``dapo``: every completion token of the whole generation batch weighs the
+    same (TRL's ``num_items_in_batch`` scaling). The loss of a micro-batch is divided by the tokens of all W
+    processes over W (the engine averages the W gradients), and each optimiser step accumulates
+    `accumulation_steps` of the batch's `micro_batches` micro-batches."""
+    return tokens_all_processes / world_size * accumulation_steps / max(1, micro_batches)
+
+
 def completion_mask_after_eos(completion_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
     """(B, T) int mask: 1 up to and including the first EOS of each row, 0 after it."""
     eos_ids = torch.as_tensor(

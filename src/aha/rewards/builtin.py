@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aha.data.answers import extract_answer
+from aha.data.prompts import completion_text
 from aha.rewards.registry import reward
-from aha.tasks.base import completion_text, extract_answer
 
 STYLES = {
     "think": re.compile(r"^<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL),

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
+from aha.data.answers import extract_answer
 from aha.rewards.builtin import UNITS, choice, lengths, make_check, texts
 from aha.rewards.registry import reward
-from aha.tasks.base import extract_answer
 
 TAGS = {"reasoning": "reasoning", "think": "think"}
 INT_RE = re.compile(r"[+-]?[0-9]+")

@@ -24,9 +24,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from aha.data.answers import extract_answer
 from aha.rewards.builtin import UNITS, lengths, make_check, texts
 from aha.rewards.registry import reward
-from aha.tasks.base import extract_answer
 
 
 def _timeout(seconds: int) -> int | None:

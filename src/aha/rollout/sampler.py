@@ -8,14 +8,14 @@ that have produced EOS are carried with a pad token and stop counting; once at m
 rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 Decode steps of ``sdpa`` models run a two-matmul attention (``_decode_attention``) instead of the CPU flash
 kernel, which is slow for one query token; ``AHA_DECODE_ATTN=0`` turns this off.
-For plain Llama-family models (``aha.rollout.fast_decoder._FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
+For plain Llama-family models (``aha.rollout.fast.decoder.FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
 or hooks) the decode steps skip the HF module machinery altogether: a hand-written step over the same
 weights (fused qkv and gate/up, RoPE from a precomputed table, attention on the preallocated cache,
 SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
 RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
-for oneDNN (``aha.rollout.kernels``;
+for oneDNN (``aha.rollout.fast.kernels``;
 off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``); the prompt forward then runs on them too
-(``_FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and a prompt
+(``FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and a prompt
 opening that every row shares, such as a system prompt, run once), else it is the HF forward that fills the
 cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
 forward.
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from aha.rollout import kernels
-from aha.rollout.decode import SlabCache, _cache_kwarg, _decode_attention_swap
-from aha.rollout.fast_decoder import _fast_decode_reason, _FastDecoder
+from aha.rollout.fast import kernels
+from aha.rollout.fast.decode import SlabCache, cache_kwarg, decode_attention_swap
+from aha.rollout.fast.decoder import FastDecoder, fast_decode_reason
 
 
 @dataclass
@@ -121,7 +121,7 @@ def sample_fast(
         u = None
         if not params.greedy and params.max_new_tokens > 0:
             u = uniforms(prompt_ids.size(0), params.max_new_tokens, prompt_ids.device, generator, row_seeds)
-        with _decode_attention_swap(model):
+        with decode_attention_swap(model):
             out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u)
     return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
 
@@ -149,17 +149,17 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # the whole attention mask at once; step t uses its first P+t+1 columns (no per-step torch.cat)
     mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((b, n_new), dtype=torch.long)], dim=1)
     positions = (mask[:, :p_len].cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    fast = n_new > 1 and _fast_decode_reason(model, p_len + n_new) is None
+    fast = n_new > 1 and fast_decode_reason(model, p_len + n_new) is None
     # position-major cache buffers when the native decode-attention kernel runs the decode steps
     cache = SlabCache(p_len + n_new, position_major=fast and device.type == "cpu" and kernels.load() is not None)
-    cache_kw = _cache_kwarg(type(model))
+    cache_kw = cache_kwarg(type(model))
     # each distinct prompt runs through the prefill once (GRPO asks G completions of every prompt); its cached
     # keys/values and last logits are then copied to every row that holds it
     first, inverse = _distinct_rows(prompt_ids, prompt_mask)
     ids, pmask, ppos = (prompt_ids, mask[:, :p_len], positions)
     if first is not None:
         ids, pmask, ppos = ids[first], pmask[first], ppos[first]
-    decoder = _FastDecoder(model, int(positions.max()) + n_new + 1, rows=b) if fast else None
+    decoder = FastDecoder(model, int(positions.max()) + n_new + 1, rows=b) if fast else None
     if decoder is not None and cache.position_major:  # the prompt forward on the native kernels too
         logits = decoder.prefill(ids, pmask, ppos, cache)  # (B or distinct prompts, V)
     else:

@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from aha.rollout.http import EndpointError, check_base_url, http_json
 from aha.rollout.sampler import SamplingParams
+from aha.rollout.server import EndpointError, check_base_url, http_json
 
 MODES = ("colocate", "server")
 
@@ -148,7 +148,7 @@ class VLLMRollout:
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
         """The tokenizer's EOS plus the generation config's (the module's, or the directory's)."""
-        from aha.data.format import eos_ids
+        from aha.data.prompts import eos_ids
 
         if not isinstance(model, torch.nn.Module) and Path(str(model), "generation_config.json").is_file():
             from transformers import GenerationConfig

@@ -1,6 +1,6 @@
 """A local sandbox for untrusted Python (code rewards): ``aha.sandbox.run(code, stdin=...) -> Result``.
 
-Each execution runs in its own processes, set up by ``_boot.py`` (needs root, as the trainer runs here):
+Each execution runs in its own processes, set up by ``launcher.py`` (needs root, as the trainer runs here):
 
 * **namespaces** (``unshare(2)`` through ctypes, since ``os.unshare`` is Python >= 3.12 only): a new PID
   namespace (the program sees only its own processes, ``kill(-1)`` reaches nothing else, and when the run
@@ -42,8 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-BOOT = Path(__file__).with_name("_boot.py")
-LAUNCHER = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)  # runs _boot.py as root
+BOOT = Path(__file__).with_name("launcher.py")
+LAUNCHER = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)  # runs launcher.py as root
 SETUP_TIMEOUT = 20.0  # seconds for the namespaces to be up (generous: the machine may be loaded)
 STOP_GRACE = 5.0  # seconds for the keeper to tear the namespace down before the process group is SIGKILLed
 UID_BASE, UIDS_PER_PROCESS, PROCESS_BANDS = 20_000, 100, 400  # sandbox uids: 20000..59999

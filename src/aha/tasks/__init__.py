@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from aha.data.answers import extract_answer
+from aha.data.prompts import completion_text
 from aha.tasks.arithmetic import Arithmetic
-from aha.tasks.base import Task, completion_text, extract_answer
+from aha.tasks.base import Task
 from aha.tasks.coding import Coding
 from aha.tasks.countdown import Countdown
 from aha.tasks.summarize import Summarize

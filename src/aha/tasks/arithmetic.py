@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from aha.tasks.base import Task, extract_answer
+from aha.data.answers import extract_answer
+from aha.tasks.base import Task
 
 GUESS_THOUGHT = "easy"
 

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 SPLITS = ("sft", "train", "eval")
-
-
-def extract_answer(text: str) -> str | None:
-    """The content of the last ``<answer>…</answer>`` block, stripped; None when there is none."""
-    found = ANSWER_RE.findall(text)
-    return found[-1].strip() if found else None
-
-
-def completion_text(completion: Any) -> str:
-    """A completion as text, whether standard (str) or conversational ([{"role", "content"}])."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
 
 
 def in_eval_split(key: str, eval_fraction: float) -> bool:

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from aha.tasks.base import Task, completion_text, extract_answer
+from aha.data.answers import extract_answer
+from aha.data.prompts import completion_text
+from aha.tasks.base import Task
 
 MAX_EXPRESSION_CHARS = 256
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")

@@ -18,7 +18,9 @@ import random
 import string
 from typing import Any
 
-from aha.tasks.base import Task, completion_text, extract_answer
+from aha.data.answers import extract_answer
+from aha.data.prompts import completion_text
+from aha.tasks.base import Task
 
 TOWNS = ["Millbrook", "Ashford", "Lakeside", "Greenvale", "Stonebridge", "Riverton", "Oakhurst"]
 EVENTS = ["spring fair", "book sale", "charity run", "food festival", "art show", "music night"]

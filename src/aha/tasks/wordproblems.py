@@ -19,8 +19,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from aha.data.normalize import gsm8k_answer, normalize_number
-from aha.tasks.base import Task, extract_answer
+from aha.data.answers import extract_answer, gsm8k_answer, normalize_number
+from aha.tasks.base import Task
 
 NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Carlos", "he"), ("Mei", "she"), ("Ravi", "he")]
 ITEMS = ["apples", "stickers", "marbles", "cookies", "pencils", "books", "shells", "cards"]

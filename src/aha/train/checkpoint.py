@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from aha.train.logging import console
+from aha.console import console
 
 if TYPE_CHECKING:
     from aha.train.grpo import GRPOTrainer

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import importlib.util
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from aha.models.loading import hub_offline
 
 
 @dataclass
@@ -118,7 +117,7 @@ class GRPOConfig:
     def _check_types(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not _type_ok(value, f.type):
+            if not type_ok(value, f.type):
                 raise ValueError(f"GRPOConfig.{f.name} must be {f.type}, got {type(value).__name__} ({value!r})")
 
     def _check_values(self) -> None:
@@ -248,7 +247,7 @@ class GRPOConfig:
         if self.fp16 and not torch.cuda.is_available():
             raise ValueError("GRPOConfig.fp16=True needs a CUDA GPU: set fp16=False")
         if self.push_to_hub:
-            offline = _hub_offline()
+            offline = hub_offline(probe=True)
             later = "set push_to_hub=False and upload later (e.g. with `aha export`)"
             if not self.hub_model_id:
                 hint = f"; the Hugging Face Hub is also unreachable: {later}" if offline else ""
@@ -295,7 +294,7 @@ class GRPOConfig:
         return dataclasses.asdict(self)
 
 
-def _type_ok(value: Any, annotation: str) -> bool:
+def type_ok(value: Any, annotation: str) -> bool:
     """A light check of `value` against the string annotation of a field."""
     if value is None:
         return "None" in annotation
@@ -315,24 +314,6 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set or huggingface.co:443 does not answer within 2 s."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    return _hub_unreachable()
-
-
-@functools.cache
-def _hub_unreachable() -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-    except OSError:
-        return True
-    return False
 
 
 def _bf16_ok(use_cpu: bool) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from aha.grpo import group_rewards, zero_std_groups
+from aha.grpo import dapo_num_items, group_rewards, zero_std_groups
 from aha.train.distributed import gather_ragged, shard, sum_all
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def next_batch(trainer: GRPOTrainer, pending: dict[str, list[float]]) -> dict[st
     # dapo: every token of the generation batch weighs the same (TRL's num_items_in_batch scaling). Over W
     # processes: the tokens of all of them, divided by W because the engine averages the W gradients
     acc = trainer.accelerator
-    tokens = sum_all(acc, batch["completion_mask"].sum().item()) / acc.num_processes
-    num_items = tokens * a.gradient_accumulation_steps / max(1, n_micro)
+    tokens = sum_all(acc, batch["completion_mask"].sum().item())
+    num_items = dapo_num_items(tokens, acc.num_processes, a.gradient_accumulation_steps, n_micro)
     it = 0 if n else a.num_iterations
     return {"batch": batch, "info": info, "it": it, "mb": 0, "perm": None, "skip": skip, "num_items": num_items}

@@ -27,9 +27,8 @@ the gradients itself: ``aha.train.distributed.average_gradients``.)
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
-from functools import cache, partial
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +38,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from aha.grpo.core import entropy_from_logits, selective_log_softmax
+from aha.rollout.fast.decode import cache_kwarg
 
 # model_type of families whose CausalLM computes logits = lm_head(final hidden state), nothing else
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3", "olmo2"})
@@ -107,12 +107,6 @@ def _plain_parts(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
 
 
 # ------------------------------------------------------------------------------------------- fast path
-@cache
-def _cache_kwarg(cls: type) -> str:
-    """The decoder's name for the KV-cache argument (``cache`` in recent transformers)."""
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
 def _checkpointed_layers(decoder: torch.nn.Module) -> list[torch.nn.Module] | None:
     """The decoder layers with gradient checkpointing on ([] when it is off), or None when some other module
     checkpoints (then a cache could not be threaded through it)."""
@@ -196,7 +190,7 @@ def _token_logps_chunked(
     b, p_len = prompt_ids.shape
     t = completion_ids.size(1)
     device = prompt_ids.device
-    cache_kw = _cache_kwarg(type(decoder))
+    cache_kw = cache_kwarg(type(decoder))
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, P+T)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+T)
     cols = torch.arange(1, t + 1, device=device)

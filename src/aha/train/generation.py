@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aha.data.format import encode_prompts, is_conversational, render_prompt
+from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages
+from aha.rewards.scoring import score
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train.distributed import full_weights, gather_rows, shard
-from aha.train.logging import rollout_metrics
-from aha.train.rewards import score
+from aha.train.metrics import rollout_metrics
 from aha.train.vllm import vllm_generate
 
 if TYPE_CHECKING:

@@ -31,15 +31,15 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-from aha.data.format import eos_ids
-from aha.grpo import policy_loss
+from aha.console import progress
+from aha.data.prompts import eos_ids
+from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
+from aha.rewards.scoring import load_reward_models
 from aha.train import checkpoint, dynamic, generation
 from aha.train.config import GRPOConfig
 from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
-from aha.train.logging import MetricsLogger, progress
-from aha.train.rewards import load_reward_models
-from aha.train.vllm import sampling_weights
+from aha.train.metrics import MetricsLogger
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 
@@ -159,7 +159,14 @@ class GRPOTrainer:
         if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps or correct:
             batch["old_logps"] = self._logps_no_grad(batch, reference=False)
         if correct:  # the engine's policy is not exactly π_old (other kernels, precision): reweight
-            batch["sampling_weights"] = sampling_weights(batch["old_logps"], batch.pop("sampling_logps"), batch, a)
+            batch["sampling_weights"] = importance_sampling_weights(
+                batch["old_logps"],
+                batch.pop("sampling_logps"),
+                batch["completion_mask"],
+                a.vllm_importance_sampling_mode,
+                a.vllm_importance_sampling_clip_min,
+                a.vllm_importance_sampling_clip_max,
+            )
         if a.beta != 0.0:
             batch["ref_logps"] = self._logps_no_grad(batch, reference=True)
 
@@ -187,11 +194,7 @@ class GRPOTrainer:
             a.temperature,
             with_entropy=True,
         )  # (B, T), (B, T)
-        mask = mb["completion_mask"]
-        if a.top_entropy_quantile < 1.0:  # train only on the highest-entropy tokens (the "forking" ones)
-            ent = entropy[mask.bool()]
-            threshold = torch.quantile(ent.float(), 1 - a.top_entropy_quantile) if ent.numel() else 0.0
-            mask = mask * (entropy >= threshold).int()
+        mask = top_entropy_mask(entropy, mb["completion_mask"], a.top_entropy_quantile)  # (B, T)
         loss, metrics = policy_loss(
             logps,
             mb.get("old_logps"),

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
 
-from aha.data.format import render_prompt
-from aha.tasks.base import completion_text
+from aha.console import progress
+from aha.data.prompts import completion_text, render_prompt
 from aha.train.distributed import make_accelerator, sum_all
-from aha.train.logging import MetricsLogger, progress
+from aha.train.metrics import MetricsLogger
 
 
 @dataclass

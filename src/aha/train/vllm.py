@@ -5,7 +5,6 @@ trainer's (TRL's ``vllm_importance_sampling_*``). The engine itself is ``aha.rol
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,7 +12,6 @@ import torch
 from aha.train.distributed import full_weights
 
 if TYPE_CHECKING:
-    from aha.train.config import GRPOConfig
     from aha.train.grpo import GRPOTrainer
 
 
@@ -65,24 +63,3 @@ def max_model_len(trainer: GRPOTrainer) -> int | None:
     n = a.max_prompt_length + a.max_completion_length
     limit = getattr(getattr(trainer.model, "config", None), "max_position_embeddings", None)
     return min(n, limit) if isinstance(limit, int) else n
-
-
-def sampling_weights(
-    old_logps: torch.Tensor, sampling_logps: torch.Tensor, batch: dict[str, torch.Tensor], args: GRPOConfig
-) -> torch.Tensor:
-    """TRL's vLLM importance-sampling correction: the weights exp(log π_old − log π_vLLM) of the sampled
-    tokens, per token (``token_*``) or per sequence (``sequence_*``; summed log-ratios), truncated into
-    [clip_min, clip_max] (``*_truncate``) or set to 0 outside it (``*_mask``). Returns (B, T)."""
-    mask = batch["completion_mask"].to(old_logps.dtype)  # (B, T)
-    diff = torch.nan_to_num((old_logps - sampling_logps[:, : old_logps.size(1)]) * mask, nan=0.0)  # (B, T)
-    mode = args.vllm_importance_sampling_mode
-    log_w = diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff  # (B, 1) or (B, T)
-    w = torch.exp(log_w)
-    lo, hi = args.vllm_importance_sampling_clip_min, args.vllm_importance_sampling_clip_max
-    if mode.endswith("_truncate"):
-        w = torch.clamp(w, min=lo, max=hi)
-    else:
-        lo_v = -math.inf if lo is None else lo
-        hi_v = math.inf if hi is None else hi
-        w = w.masked_fill((w < lo_v) | (w > hi_v), 0.0)
-    return w.expand_as(mask).contiguous()

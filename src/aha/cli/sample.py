@@ -1,0 +1,176 @@
+"""``aha sample``: rejection sampling / distillation: n completions per prompt, verified, kept as SFT data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+NAME = "sample"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="rejection sampling: generate n completions per prompt, keep the verified ones as an SFT dataset",
+        description="Generate --n completions per prompt with a model (a teacher for distillation, or the policy "
+        "for rejection sampling), verify them with the task's verifier (built-in tasks, GSM8K/MATH files) or "
+        "with --reward functions, and write the accepted ones as prompt/completion chat rows to --out, with "
+        "the pass rate of every prompt in OUT.pass_rates.jsonl.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model, run or adapter directory (or a Hub id); with --endpoint, the served model's name",
+    )
+    p.add_argument(
+        "--data", required=True, help="built-in task (arithmetic, arithmetic:digits=3) or a .jsonl/.json/.csv file"
+    )
+    p.add_argument("--out", required=True, help="output .jsonl (refused if it exists, unless --overwrite)")
+    p.add_argument("--n", type=int, default=8, help="completions per prompt (default: 8)")
+    p.add_argument("--keep", choices=("correct", "all"), default="correct", help="which completions to keep")
+    p.add_argument("--max-per-prompt", type=int, default=None, help="keep at most K completions per prompt")
+    p.add_argument("--min-pass-rate", type=float, default=0.0, help="keep prompts with pass rate >= this")
+    p.add_argument("--max-pass-rate", type=float, default=1.0, help="keep prompts with pass rate <= this")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="completion length limit (default: 256)")
+    p.add_argument("--limit", type=int, default=None, help="number of prompts (default: 100 of a task, a whole file)")
+    p.add_argument("--split", default="train", help="a built-in task's split (default: train)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="generation batch size (default: 64)")
+    p.add_argument(
+        "--reward",
+        dest="rewards",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME",
+        help="judge with these rewards (see `aha rewards list`) instead of the verifier",
+    )
+    p.add_argument("--min-reward", type=float, default=1.0, help="with --reward: accept when the sum is >= this")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    t = p.add_argument_group("teacher (default: the --model in this process, aha's fast sampler)")
+    t.add_argument(
+        "--backend",
+        choices=("fast", "hf", "vllm"),
+        default="fast",
+        help="in-process generation: aha's sampler (fast), transformers' generate (hf) or a vLLM engine (vllm, "
+        "needs `pip install 'aha[vllm]'`)",
+    )
+    t.add_argument(
+        "--vllm-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="with --backend vllm: the engine's dtype (auto: vLLM's choice, bf16 for a float32 model on a CPU)",
+    )
+    t.add_argument(
+        "--endpoint",
+        metavar="URL",
+        default=None,
+        help="an OpenAI-compatible API (e.g. `vllm serve` at http://127.0.0.1:8000/v1) serving --model: "
+        "nothing is loaded locally but the tokenizer",
+    )
+    t.add_argument(
+        "--tokenizer",
+        default=None,
+        help="with --endpoint: a local tokenizer whose chat template renders the prompts (sent as token ids to "
+        "/completions); default: --model when it is a local directory; without one: /chat/completions",
+    )
+    t.add_argument(
+        "--api-key", default=None, help="with --endpoint: bearer token (default: $OPENAI_API_KEY when it is set)"
+    )
+    t.add_argument("--concurrency", type=int, default=8, help="with --endpoint: requests in flight (default: 8)")
+    t.add_argument("--timeout", type=float, default=600.0, help="with --endpoint: seconds per request (default: 600)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from aha.console import console
+    from aha.workflows.sampling import SampleConfig, check_out, run_sample
+
+    cfg = SampleConfig(
+        n=args.n,
+        keep=args.keep,
+        max_per_prompt=args.max_per_prompt,
+        min_pass_rate=args.min_pass_rate,
+        max_pass_rate=args.max_pass_rate,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        split=args.split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        rewards=list(args.rewards),
+        min_reward=args.min_reward,
+    )
+    cfg.validate()
+    check_out(args.out, args.overwrite)  # before loading the model
+    if args.endpoint is not None and args.backend != "fast":
+        raise ValueError("--endpoint and --backend are exclusive: the endpoint is the teacher")
+    if args.endpoint is None and (args.tokenizer is not None or args.api_key is not None):
+        raise ValueError("--tokenizer and --api-key are for --endpoint")
+    if args.backend != "vllm" and args.vllm_dtype != "auto":
+        raise ValueError("--vllm-dtype is for --backend vllm")
+    from aha.rollout.server import EndpointError
+
+    model = tok = teacher = None
+    try:
+        if args.endpoint is not None:
+            teacher = _endpoint_teacher(args)
+            tok = teacher.tokenizer
+        elif args.backend == "vllm":
+            teacher = _vllm_teacher(args)
+            tok = teacher.tokenizer
+        else:
+            from aha.models.loading import load_recipe_model
+
+            model, tok = load_recipe_model(args.model, args.seed)
+        summary = run_sample(
+            model, tok, args.data, args.out, cfg, overwrite=args.overwrite, teacher=teacher, backend=args.backend
+        )
+    except EndpointError as e:
+        print(f"aha sample: error: endpoint {e}", file=sys.stderr)
+        return 1
+    finally:
+        if hasattr(teacher, "close"):
+            teacher.close()
+    console.print(
+        f"{summary['prompts']} prompts × {cfg.n}: {summary['accepted']} accepted "
+        f"(mean pass rate {summary['mean_pass_rate']:.3f}); {summary['prompts_in_range']} prompts in the pass-rate "
+        f"range; {summary['kept']} completions kept in {summary['out']} (pass rates: {summary['pass_rates']}); "
+        f"{summary['seconds']:.0f} s"
+    )
+    return 0
+
+
+def _endpoint_teacher(args: argparse.Namespace):
+    """The --endpoint teacher, with the local tokenizer when there is one (--tokenizer, or --model as a directory)."""
+    from aha.models.loading import load_tokenizer, resolve_model_path
+    from aha.workflows.sampling import EndpointTeacher
+
+    source = args.tokenizer
+    if source is None and Path(args.model).expanduser().is_dir():
+        source = args.model
+    tok = None
+    if source is not None:
+        if not Path(source).expanduser().exists():
+            raise FileNotFoundError(f"--tokenizer {source} does not exist")
+        tok = load_tokenizer(resolve_model_path(source))
+    key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY") or None
+    return EndpointTeacher(
+        args.endpoint, args.model, tok, api_key=key, timeout=args.timeout, concurrency=args.concurrency
+    )
+
+
+def _vllm_teacher(args: argparse.Namespace):
+    """--backend vllm: a model directory goes to the engine as is; an adapter is merged into its base first."""
+    from aha.models.loading import is_adapter, load_model, load_tokenizer, resolve_model_path
+    from aha.workflows.sampling import VLLMTeacher
+
+    path = resolve_model_path(args.model)
+    if is_adapter(path):
+        model, tok = load_model(path, merge_lora=True)
+        return VLLMTeacher(model, tok, seed=args.seed, dtype=args.vllm_dtype)
+    return VLLMTeacher(path, load_tokenizer(path), seed=args.seed, dtype=args.vllm_dtype)

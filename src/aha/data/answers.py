@@ -1,0 +1,204 @@
+"""Answers: a completion's thought and final answer, and the final answers of reference solutions.
+
+Splitting a reasoning model's completion into its thought and its answer.
+
+``parse_reasoning(text)`` understands the shapes a completion takes in practice:
+
+* ``<think>…</think>`` followed by free text (DeepSeek-R1, Qwen3) or by ``<answer>…</answer>``;
+* the course's ``<reasoning>…</reasoning><answer>…</answer>`` style;
+* a thought cut off by the token limit (no closing tag): everything after the opening tag is thought,
+  the answer is empty and ``truncated`` is True;
+* a ``<think>`` prefilled by the chat template: the completion starts inside the thought, so it holds a
+  ``</think>`` with no opening tag; the text before it is the thought;
+* several thought blocks: their contents are joined (blank line between) and the answer is what follows
+  the last one;
+* no tags at all: no thought, and the whole (stripped) text is the answer.
+
+The answer is the content of the last closed ``<answer>…</answer>`` after the last thought when there is
+one; else of an unclosed trailing ``<answer>`` (truncated); else the free text after the last thought.
+
+``format_ok`` is True when the completion is exactly one closed thought block (opened by the text or by
+the chat template) with nothing but whitespace before it, followed by a non-empty answer: either a
+single ``<answer>…</answer>`` with nothing but whitespace after it, or free text with no answer tags.
+An empty thought (``<think></think>``, Qwen3's non-thinking mode) is allowed, as the format reward allows it.
+
+Final answers out of reference solutions: GSM8K's ``#### 72`` and MATH's ``\\boxed{…}``.
+
+>>> gsm8k_answer("48/2 = <<48/2=24>>24\\n#### 1,234")
+'1234'
+>>> boxed_answer(r"so $x = \\boxed{\\frac{1}{2}}$.")
+'\\\\frac{1}{2}'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+OPEN_RE = re.compile(r"<(think|reasoning)>")
+CLOSE_RE = re.compile(r"</(think|reasoning)>")
+ANSWER_BLOCK_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+ANSWER_TAG_RE = re.compile(r"</?answer>")
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A parsed completion. ``thought`` and ``answer`` are stripped strings (possibly empty)."""
+
+    thought: str
+    answer: str
+    format_ok: bool
+    truncated: bool = False  # the thought or the <answer> block was never closed
+    blocks: tuple[str, ...] = ()  # each thought block's content, in order
+    prefilled: bool = False  # the text started inside a thought opened by the chat template
+
+    @property
+    def has_thought(self) -> bool:
+        return bool(self.blocks)
+
+
+def _split_thoughts(text: str) -> tuple[list[str], str, str, bool, bool]:
+    """Returns (blocks, text before the first block, text after the last one, prefilled, truncated)."""
+    blocks: list[str] = []
+    prefilled = False
+    first_close, first_open = CLOSE_RE.search(text), OPEN_RE.search(text)
+    pos, before = 0, ""
+    if first_close and (first_open is None or first_close.start() < first_open.start()):
+        prefilled = True  # the template opened the thought: the text begins inside it
+        blocks.append(text[: first_close.start()])
+        pos = first_close.end()
+    elif first_open is None:
+        return [], "", text, False, False
+    else:
+        before = text[: first_open.start()]
+        pos = first_open.start()
+    while True:
+        opened = OPEN_RE.search(text, pos)
+        if opened is None:
+            return blocks, before, text[pos:], prefilled, False
+        between = text[pos : opened.start()]
+        if blocks and between.strip():
+            before += between  # stray text between two thoughts: neither thought nor final answer
+        closed = CLOSE_RE.search(text, opened.end())
+        if closed is None:  # cut off inside the thought
+            blocks.append(text[opened.end() :])
+            return blocks, before, "", prefilled, True
+        blocks.append(text[opened.end() : closed.start()])
+        pos = closed.end()
+
+
+def parse_reasoning(text: str, prefilled: bool | None = None) -> Reasoning:
+    """Parse a completion into thought, answer and whether it is well formatted (see the module doc).
+
+    `prefilled` says whether the chat template opened the thought: None accepts both forms; False makes a
+    completion that closes a thought it never opened not ``format_ok`` (it is parsed the same way); True
+    reads a completion with no tags at all as a thought cut off before ``</think>``.
+    """
+    added = bool(prefilled and not OPEN_RE.search(text) and not CLOSE_RE.search(text))
+    if added:
+        text = "<think>" + text
+    blocks, before, after, started_inside, truncated = _split_thoughts(text)
+    thought = "\n\n".join(b.strip() for b in blocks if b.strip())
+    answers = ANSWER_BLOCK_RE.findall(after)
+    rest_ok = False
+    if answers:
+        answer = answers[-1].strip()
+        last = list(ANSWER_BLOCK_RE.finditer(after))[-1]
+        rest_ok = len(answers) == 1 and not after[: last.start()].strip() and not after[last.end() :].strip()
+    elif "<answer>" in after:  # opened, never closed: the output was cut off
+        answer = after.split("<answer>")[-1].strip()
+        truncated = True
+    else:
+        answer = ANSWER_TAG_RE.sub("", after).strip()
+        rest_ok = not ANSWER_TAG_RE.search(after)
+    format_ok = bool(len(blocks) == 1 and not truncated and not before.strip() and rest_ok and answer) and not (
+        started_inside and prefilled is False
+    )
+    return Reasoning(
+        thought=thought,
+        answer=answer,
+        format_ok=format_ok,
+        truncated=truncated,
+        blocks=tuple(b.strip() for b in blocks),
+        prefilled=started_inside or added,
+    )
+
+
+_NUMBER_RE = re.compile(r"^[-+]?\d+(?:\.\d+)?$")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def normalize_number(text: str) -> str:
+    """A number as written by people, canonical: ``"$1,234.00"`` -> ``"1234"``, ``"-0.50"`` -> ``"-0.5"``,
+    ``"+7"`` -> ``"7"``. Text that is not a plain number comes back stripped but otherwise unchanged."""
+    s = text.strip()
+    t = s.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    if not _NUMBER_RE.match(t):
+        return s
+    sign = "-" if t.startswith("-") else ""
+    t = t.lstrip("+-")
+    whole, _, frac = t.partition(".")
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    out = whole + (f".{frac}" if frac else "")
+    return "0" if out == "0" else sign + out
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """The final answer of a GSM8K solution: the first line after the last ``####``, as a canonical number
+    (commas and ``$`` dropped). None when there is no ``####`` or nothing after it."""
+    if not isinstance(text, str) or "####" not in text:
+        return None
+    tail = text.rsplit("####", 1)[1].strip()
+    line = tail.splitlines()[0].strip() if tail else ""
+    return normalize_number(line) or None
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at text[start] == '{' and the index after it; None if unbalanced.
+    Escaped braces (``\\{``, ``\\}``) do not count."""
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def boxed_answer(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}`` (or ``\\fbox{…}``) with balanced, possibly nested braces; also the
+    brace-less form ``\\boxed 5``. None when there is none, when the last one is unbalanced (e.g. a
+    truncated completion) or empty."""
+    if not isinstance(text, str):
+        return None
+    matches = list(_BOXED_RE.finditer(text))
+    if not matches:
+        return None
+    end = matches[-1].end()
+    rest = text[end:]
+    stripped = rest.lstrip()
+    if stripped.startswith("{"):
+        found = _braced(text, end + len(rest) - len(stripped))
+        if found is None:
+            return None
+        content = found[0].strip()
+    elif rest[:1].isspace():  # \boxed 5 (old-style): up to the next space, `$` or end
+        m = re.match(r"[^\s$]+", stripped)
+        content = m.group(0) if m else ""
+    else:
+        return None
+    return content or None
+
+
+def extract_answer(text: str) -> str | None:
+    """The content of the last ``<answer>…</answer>`` block, stripped; None when there is none."""
+    found = ANSWER_BLOCK_RE.findall(text)
+    return found[-1].strip() if found else None

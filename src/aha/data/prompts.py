@@ -1,0 +1,65 @@
+"""Turning dataset rows into model inputs: chat templates, left-padded prompt batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def is_conversational(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+def render_prompt(tokenizer, prompt: Any) -> str:
+    """A prompt as the text the model sees: chat template for messages, the string itself otherwise."""
+    if is_conversational(prompt):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, str):
+        return prompt
+    raise TypeError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+
+
+def encode_prompts(
+    tokenizer, texts: list[str], max_prompt_length: int | None = None, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask, (B, P). Prompts longer than `max_prompt_length` keep their
+    last tokens (left truncation, as TRL does)."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if max_prompt_length is not None:
+        ids = [x[-max_prompt_length:] for x in ids]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        if x:
+            input_ids[i, width - len(x) :] = torch.tensor(x)
+            mask[i, width - len(x) :] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's EOS plus the generation config's."""
+    out = []
+    if tokenizer.eos_token_id is not None:
+        out.append(tokenizer.eos_token_id)
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    for e in [extra] if isinstance(extra, int) else (extra or []):
+        if e not in out:
+            out.append(e)
+    if not out:
+        raise ValueError("the tokenizer has no eos_token: set one so that completions can end")
+    return out
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text, whether standard (str) or conversational ([{"role", "content"}])."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")

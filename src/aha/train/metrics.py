@@ -1,0 +1,60 @@
+"""Metrics lines (``metrics.jsonl``) and the rich progress bar shared by the training loops."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsLogger:
+    """Appends one JSON object per call to `path` (flushed at once, so a crash loses nothing)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.history: list[dict[str, Any]] = []
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        row = {k: _clean(v) for k, v in metrics.items()}
+        self.history.append(row)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def rollout_metrics(args, reward_funcs, rewards, lengths, truncated, prompts, completions) -> dict[str, Any]:
+    """The metrics of one generation batch, named as TRL logs them. rewards: (N, K) per reward function;
+    lengths: (N,) completion tokens; truncated: (N,) bool (no EOS). `prompts`/`completions` (this process's
+    rows) only feed ``log_completions``."""
+    import torch
+
+    from aha.grpo import zero_std_groups
+    from aha.rewards.scoring import reward_name
+
+    g = args.num_generations
+    rewards, lengths, truncated = rewards.float().cpu(), lengths.cpu(), truncated.cpu()
+    total = torch.nan_to_num(rewards) @ torch.as_tensor(args.reward_weights or [1.0] * rewards.size(1))  # (N,)
+    m: dict[str, Any] = {
+        "reward": total.mean().item(),
+        "reward_std": total.view(-1, g).std(dim=1).mean().item(),
+        "frac_reward_zero_std": zero_std_groups(total, g).float().mean().item(),
+        "completions/mean_length": lengths.float().mean().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": truncated.float().mean().item(),
+        "num_tokens": int(lengths.sum().item()),
+    }
+    for k, fn in enumerate(reward_funcs):
+        col = rewards[:, k]
+        m[f"rewards/{reward_name(fn)}/mean"] = torch.nanmean(col).item()
+        m[f"rewards/{reward_name(fn)}/std"] = col[~col.isnan()].std().item() if (~col.isnan()).sum() > 1 else 0.0
+    if args.log_completions:
+        n = args.num_completions_to_print or 2
+        m["_samples"] = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))][:n]
+    return m

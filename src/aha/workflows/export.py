@@ -1,0 +1,131 @@
+"""Loading aha models (run directories, checkpoints, LoRA adapters, Hub ids) and exporting them as
+self-contained directories that plain ``transformers`` loads, optionally pushed to the Hugging Face Hub.
+
+An exported directory holds safetensors weights, ``config.json``, the tokenizer with its chat template,
+a ``generation_config.json`` whose ``eos_token_id`` includes the tokenizer's EOS (so ``generate`` and
+``pipeline("text-generation")`` stop where training stopped) and a short model card. Nothing in it
+refers to aha.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from aha.models.loading import (
+    MODEL_MARKERS,
+    adapter_base,
+    fix_generation_config,
+    hub_offline,
+    is_adapter,
+    load_model,
+    resolve_model_path,
+)
+
+
+def check_push(repo_id: str) -> str:
+    """Validate a push before any work: returns the token, or raises ValueError saying why not."""
+    import huggingface_hub
+
+    if not re.fullmatch(r"([\w.-]+/)?[\w.-]+", repo_id):
+        raise ValueError(f"--push-to-hub {repo_id!r} is not a repository id (user/name)")
+    if hub_offline():
+        raise ValueError("cannot push to the Hub: HF_HUB_OFFLINE is set (unset it, with a network, to push)")
+    token = huggingface_hub.get_token()
+    if not token:
+        raise ValueError("cannot push to the Hub: not logged in (run `hf auth login` or set HF_TOKEN)")
+    return token
+
+
+def push_folder(folder: Path, repo_id: str, token: str, timeout: float = 5.0) -> str:
+    """Upload `folder` to the model repository `repo_id` (created if needed); returns its URL."""
+    from huggingface_hub import HfApi, constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as e:
+        raise ValueError(
+            f"cannot push to the Hub: {url.hostname} is unreachable ({e}); the export is in {folder}"
+        ) from None
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+    except Exception as e:  # HTTP, auth, network: one clear line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"push to {repo_id} failed: {msg}; the export is in {folder}") from None
+    return f"{constants.ENDPOINT}/{repo_id}"
+
+
+def _prepare_out(out: Path, source: str, overwrite: bool) -> None:
+    if Path(source).exists() and out.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+        raise ValueError(f"--out {out} would overwrite the model being exported")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"--out {out} already holds files; choose another directory or pass --overwrite")
+        if not any((out / m).exists() for m in MODEL_MARKERS):
+            raise ValueError(f"--out {out} is not a model directory; refusing to delete it even with --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def model_card(name: str, base: str | None, adapter: bool) -> str:
+    lines = ["---", "library_name: " + ("peft" if adapter else "transformers"), "pipeline_tag: text-generation"]
+    if base:
+        lines.append(f"base_model: {base}")
+    lines += ["tags:", "- aha", "- grpo", "- reasoning", "---", "", f"# {name}", ""]
+    lines.append("Trained with aha (GRPO for reasoning). It loads with plain transformers:")
+    lines += [
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'chat = pipeline("text-generation", model="{name}")',
+        'print(chat([{"role": "user", "content": "47+38"}], max_new_tokens=64)[0]["generated_text"][-1])',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    *,
+    merge_lora: bool = False,
+    push_to_hub: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `source` (run dir, checkpoint, adapter) to `out` as a self-contained model directory.
+
+    An adapter without `merge_lora` is exported as an adapter (it still needs its base and peft).
+    Returns `out`; with `push_to_hub`, uploads it to that repository afterwards.
+    """
+    token = check_push(push_to_hub) if push_to_hub else None
+    resolved = resolve_model_path(source)
+    adapter = is_adapter(resolved)
+    if merge_lora and not adapter:
+        raise ValueError(f"--merge-lora: {resolved} is not a LoRA adapter (no adapter_config.json)")
+    out = Path(out)
+    _prepare_out(out, resolved, overwrite)
+    model, tok = load_model(resolved, merge_lora=merge_lora)
+    target = model.get_base_model() if adapter and not merge_lora else model
+    fix_generation_config(target, tok)
+    if tok.chat_template is None:
+        from aha.console import console
+
+        console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
+    model.save_pretrained(out)
+    target.generation_config.save_pretrained(out)
+    tok.save_pretrained(out)
+    base = adapter_base(resolved) if adapter else None
+    (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
+    if push_to_hub:
+        push_folder(out, push_to_hub, token or "")
+    return out

@@ -1,0 +1,123 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from aha.cli import main
+from aha.models.loading import load_model
+from aha.models.tiny import build_tiny
+from aha.workflows.export import export_model
+
+SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+MESSAGES = [{"role": "user", "content": "47+38"}]
+
+# Runs in a fresh interpreter where `import aha` fails: the export must need transformers only.
+LOADER = """
+import json, sys
+sys.modules["aha"] = None
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+path = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(path)
+model = AutoModelForCausalLM.from_pretrained(path)
+ids = tok.apply_chat_template(json.loads(sys.argv[2]), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+out = model.generate(**ids, do_sample=False, max_new_tokens=12)
+pipe = pipeline("text-generation", model=path)
+gen = pipe(json.loads(sys.argv[2]), max_new_tokens=5, do_sample=False)
+print(json.dumps({"tokens": out[0, ids["input_ids"].shape[1]:].tolist(), "eos": model.generation_config.eos_token_id,
+                  "tok_eos": tok.eos_token_id, "pipe": gen[0]["generated_text"][-1]["content"]}))
+"""
+
+
+def _greedy(model, tok, n=12):
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=n)
+    return out[0, ids["input_ids"].shape[1] :].tolist()
+
+
+def test_export_run_loads_without_aha(tmp_path):
+    run = tmp_path / "run"
+    model, tok = build_tiny(run / "model", **SIZES)
+    (run / "config.yaml").write_text(yaml.safe_dump({"demo": {}}))
+    out = export_model(run, tmp_path / "export")
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    res = subprocess.run(
+        [sys.executable, "-c", LOADER, str(out), json.dumps(MESSAGES)], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["tokens"] == _greedy(model, tok)
+    assert got["eos"] == got["tok_eos"] == tok.eos_token_id
+    assert isinstance(got["pipe"], str)
+
+
+def _adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    build_tiny(tmp_path / "base", **SIZES)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)  # make sure the adapter changes the outputs
+    peft_model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_merge_lora_equals_base_plus_adapter(tmp_path):
+    adapter = _adapter(tmp_path)
+    assert main(["export", str(adapter), "--out", str(tmp_path / "merged"), "--merge-lora"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    with_adapter, tok = load_model(adapter)  # peft: base + adapter, tokenizer from the base
+    base, _ = load_model(tmp_path / "base")
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        a, b, c = (m(**ids).logits for m in (merged, with_adapter, base))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(b, c, atol=1e-3)  # the adapter is not a no-op
+    assert _greedy(merged, tok) == _greedy(with_adapter, tok)
+    # without --merge-lora an adapter stays an adapter
+    export_model(adapter, tmp_path / "plain")
+    assert (tmp_path / "plain" / "adapter_config.json").exists()
+
+
+def test_export_errors(tmp_path, monkeypatch, capsys):
+    build_tiny(tmp_path / "m", **SIZES)
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--merge-lora"]) == 1
+    assert "not a LoRA adapter" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="already holds files"):
+        export_model(tmp_path / "m", tmp_path / "full")
+    with pytest.raises(ValueError, match="not a model directory"):
+        export_model(tmp_path / "m", tmp_path / "full", overwrite=True)
+
+
+def test_push_fails_clearly_offline_or_logged_out(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    build_tiny(tmp_path / "m", **SIZES)
+    capsys.readouterr()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--push-to-hub", "me/tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # checked before any work
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--push-to-hub", "me/tiny"]) == 1
+    assert "not logged in" in capsys.readouterr().err
