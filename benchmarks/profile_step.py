@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         reset_peak()
         t0 = time.perf_counter()
         trainer.model.train()
-        out = trainer.generate_and_score(trainer._next_rows(cfg.prompts_per_generation))
-        batch = out["batch"]
+        out = trainer.batches.generate_and_score(trainer.batches.next_rows(cfg.prompts_per_generation))
+        batch = out.batch
         t1 = time.perf_counter()
         p1 = rss_mb()[1]
         reset_peak()

@@ -55,7 +55,7 @@ def cold_start(sft_steps: int, out_dir: Path) -> float:
 
     from aha.models.tiny import build_tiny
     from aha.tasks import get_task
-    from aha.train.sft import SFTConfig, train_sft
+    from aha.train.sft import SFTConfig, SFTTrainer
 
     cfg = demo_config()
     t0 = time.perf_counter()
@@ -63,16 +63,20 @@ def cold_start(sft_steps: int, out_dir: Path) -> float:
     task = get_task("arithmetic", digits=cfg.digits, guess_fraction=cfg.guess_fraction)
     model, tok = build_tiny(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers, seed=cfg.seed)
     sft_cfg = SFTConfig(
+        output_dir=str(out_dir),
         learning_rate=cfg.sft_learning_rate,
         per_device_train_batch_size=cfg.sft_batch_size,
         max_steps=sft_steps,
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
     )
-    res = train_sft(model, tok, task.rows("sft", cfg.sft_examples, cfg.seed), sft_cfg, description="cold-start SFT")
+    rows = task.rows("sft", cfg.sft_examples, cfg.seed)
+    state = SFTTrainer(model, sft_cfg, rows, tok, description="cold-start SFT").train()
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    print(f"cold-start SFT: {sft_steps} steps, last loss {res['loss']:.3f}, {time.perf_counter() - t0:.0f} s")
+    print(
+        f"cold-start SFT: {sft_steps} steps, last loss {state.log_history[-1]['loss']:.3f}, {time.perf_counter() - t0:.0f} s"
+    )
     return time.perf_counter() - t0
 
 

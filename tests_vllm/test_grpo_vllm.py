@@ -90,7 +90,7 @@ def _check_run(trainer, batches, synced, tmp_path, first_sync: list[int]) -> Non
     for b in batches:
         _check_sampling_weights(b)
     assert synced == first_sync + list(range(1, STEPS))  # after each optimiser step, at the next rollout
-    assert trainer._vllm_step == STEPS - 1  # the last update is not in the engine yet ...
+    assert trainer.batches.synced_step == STEPS - 1  # the last update is not in the engine yet ...
 
     ps = prompts(tok, 8, seed=5)
     greedy = SamplingParams(max_new_tokens=NEW, temperature=0.0)
@@ -100,11 +100,11 @@ def _check_run(trainer, batches, synced, tmp_path, first_sync: list[int]) -> Non
     want = hf_greedy(trainer.model, tok, ps, NEW)
     assert want != before  # training changed the policy's greedy completions
 
-    out = trainer.generate_and_score(get_task("arithmetic").rows("train", 2, 9))  # ... until the next rollout
-    assert synced[-1] == STEPS and trainer._vllm_step == STEPS
-    assert len(batches) == STEPS + 1 and torch.equal(batches[-1]["completion_ids"], out["batch"]["completion_ids"])
+    out = trainer.batches.generate_and_score(get_task("arithmetic").rows("train", 2, 9))  # ... until the next rollout
+    assert synced[-1] == STEPS and trainer.batches.synced_step == STEPS
+    assert len(batches) == STEPS + 1 and torch.equal(batches[-1]["completion_ids"], out.batch["completion_ids"])
     _check_sampling_weights(batches[-1])  # the trained policy and the synced engine agree too
-    got, _ = trainer.vllm.generate(ps, greedy)
+    got, _ = trainer.batches.vllm.generate(ps, greedy)
     assert got == want
 
 
@@ -113,7 +113,7 @@ def test_grpo_colocate(tmp_path, monkeypatch) -> None:
     try:
         _check_run(trainer, batches, synced, tmp_path, first_sync=[])  # the engine starts from the policy
     finally:
-        trainer.vllm.close()
+        trainer.batches.vllm.close()
 
 
 def test_grpo_server(server, tmp_path, monkeypatch) -> None:
@@ -121,4 +121,4 @@ def test_grpo_server(server, tmp_path, monkeypatch) -> None:
     try:
         _check_run(trainer, batches, synced, tmp_path, first_sync=[0])  # the server's weights are pushed first
     finally:
-        trainer.vllm.close()
+        trainer.batches.vllm.close()

@@ -76,14 +76,14 @@ def test_trainer_scores_with_reward_model(small_tiny, reward_model, tmp_path, as
     loaded = trainer.reward_funcs[1]
     assert isinstance(loaded, LlamaForSequenceClassification) and not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
-    rollout = trainer.generate_and_score(rows[:2])
+    rollout = trainer.batches.generate_and_score(rows[:2])
     prompts, completions = spy.seen
     texts = [rm_tok.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
     expected = torch.tensor([_direct(model, rm_tok, t) for t in texts])
-    assert torch.allclose(rollout["rewards"][:, 1], expected, atol=1e-5)
+    assert torch.allclose(rollout.rewards[:, 1], expected, atol=1e-5)
     name = "rm-tiny" if as_path else reward_name(model)
-    assert f"rewards/{name}/mean" in rollout["info"]
-    assert rollout["info"][f"rewards/{name}/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    assert f"rewards/{name}/mean" in rollout.info
+    assert rollout.info[f"rewards/{name}/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
     if as_path:  # logged under the last part of the path, like TRL
         state = trainer.train()
         assert "rewards/rm-tiny/mean" in state.log_history[-1]

@@ -16,7 +16,7 @@ from aha.data.prompts import completion_text
 from aha.models.tiny import build_tiny
 from aha.tasks import get_task
 from aha.train.distributed import is_main_process
-from aha.train.sft import SFTConfig, train_sft
+from aha.train.sft import SFTConfig, SFTTrainer
 
 
 def digit_share(completions, **kwargs):
@@ -73,7 +73,10 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
         trainer = GRPOTrainer(model, digit_share, cfg, rows, processing_class=tok, callbacks=[halt])
         trainer.train(resume_from_checkpoint="auto")
     else:
-        train_sft(model, tok, rows, SFTConfig(learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=3))
+        cfg = SFTConfig(
+            output_dir=str(Path(out).parent), learning_rate=3e-3, per_device_train_batch_size=batch, max_steps=3
+        )
+        SFTTrainer(model, cfg, rows, tok).train()
     if is_main_process():
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
 

@@ -85,18 +85,18 @@ def test_resume_in_process_matches_uninterrupted(tmp_path, monkeypatch):
     # a run whose checkpoint-3 write dies midway (after the weights, before the rename)
     out = tmp_path / "run"
     t = _trainer(out)
-    real = checkpoint.save_checkpoint
+    real = checkpoint.write_checkpoint
 
-    def flaky(trainer, opt, sched, loop, step=None, state_dict=None):
-        if trainer.state.global_step == 3:
-            trainer.model.save_pretrained(out / ".checkpoint-3.tmp")
+    def flaky(output_dir, step, **parts):
+        if step == 3:
+            parts["model"].save_pretrained(out / ".checkpoint-3.tmp")
             raise OSError("disk full")
-        return real(trainer, opt, sched, loop, step, state_dict)
+        return real(output_dir, step, **parts)
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", flaky)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", flaky)
     with pytest.raises(OSError, match="disk full"):
         t.train()
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", real)
     assert checkpoint.latest_checkpoint(out) == out / "checkpoint-2"
     resumed = _trainer(out)
     state = resumed.train(resume_from_checkpoint="auto")

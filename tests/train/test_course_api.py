@@ -150,14 +150,14 @@ def test_peft_kl_uses_disabled_adapter(tmp_path):
     args = course_args(tmp_path / "run", beta=0.04, learning_rate=1e-2, max_steps=2)
     trainer = GRPOTrainer(model, [reward_len], args, course_dataset(), processing_class=tokenizer)
     assert trainer.ref_model is None  # no reference copy: the base with the adapter off is π_ref
-    batch = trainer.generate_and_score(list(course_dataset(2)))["batch"]
+    batch = trainer.batches.generate_and_score(list(course_dataset(2))).batch
     parts = [batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
     with torch.no_grad():
         policy = token_logps(trainer.model, *parts, args.temperature)[0]
     assert torch.equal(batch["ref_logps"], policy)  # LoRA-B starts at zero: π_θ == π_ref, KL == 0
     trainer.train()
     assert trainer.state.log_history[0]["kl"] == 0.0  # first step: computed before any update
-    ref_after = trainer._logps_no_grad(batch, reference=True)
+    ref_after = trainer.logps(batch, reference=True)
     with torch.no_grad():
         policy_after = token_logps(trainer.model, *parts, args.temperature)[0]
         with trainer.model.disable_adapter():

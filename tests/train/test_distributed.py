@@ -91,7 +91,7 @@ def test_two_processes_resume_in_the_middle_of_a_batch(tmp_path):
     run = tmp_path / "cut" / "grpo-resume-2"
     assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-3").exists()
     state = torch.load(run / "checkpoint-2" / "loop_state.pt", weights_only=True)
-    inflight = state["inflight_by_process"]  # saved mid-batch: each process's own rows
+    inflight = [p["batches"]["inflight"] for p in state["by_process"]]  # saved mid-batch: each process's own rows
     assert len(inflight) == 2 and not torch.equal(
         inflight[0]["batch"]["advantages"], inflight[1]["batch"]["advantages"]
     )
@@ -101,22 +101,33 @@ def test_two_processes_resume_in_the_middle_of_a_batch(tmp_path):
 
 
 def test_a_mid_batch_checkpoint_resumes_on_as_many_processes_only():
-    from aha.train.checkpoint import inflight_of
+    from types import SimpleNamespace
 
-    rows = [{"batch": "rank 0's"}, {"batch": "rank 1's"}]
-    assert inflight_of({"inflight": rows[0], "inflight_by_process": rows}, 1, 2, "ck") == rows[1]
-    assert inflight_of({"inflight": rows[0]}, 0, 1, "ck") == rows[0]
-    assert inflight_of({"inflight": None}, 0, 3, "ck") is None  # the end of a batch: any number of processes
+    from aha.train.rollouts import InFlight, RolloutSource
+
+    def flight(rows: int) -> dict:
+        batch = {"prompt_ids": torch.zeros(rows, 2, dtype=torch.long), "advantages": torch.zeros(rows)}
+        return {"inflight": InFlight(batch, {}, 1.0, mb=1).state_dict()}
+
+    source = RolloutSource.__new__(RolloutSource)  # only its resume rule, no model
+    source.args = SimpleNamespace(num_iterations=1)
+    states = [flight(2), flight(3)]
+    source.load_local_state_dict(states, 1, 2, "ck")
+    assert source.current.rows == 3  # rank 1 gets rank 1's rows
+    source.load_local_state_dict([flight(2)], 0, 1, "ck")
+    assert source.current.rows == 2
+    source.load_local_state_dict([{"inflight": None}], 0, 3, "ck")  # the end of a batch: any number of processes
+    assert source.current is None
     with pytest.raises(ValueError, match="ck was saved by 2 process.*resume it with 2 process.*not 1"):
-        inflight_of({"inflight": rows[0], "inflight_by_process": rows}, 0, 1, "ck")
+        source.load_local_state_dict(states, 0, 1, "ck")
     with pytest.raises(ValueError, match="saved by 1 process.*not 2"):
-        inflight_of({"inflight": rows[0]}, 0, 2, "ck")
+        source.load_local_state_dict([flight(2)], 0, 2, "ck")
 
 
 def test_even_share_tops_up_with_rows_that_carry_no_loss():
     from types import SimpleNamespace
 
-    from aha.train.dynamic import even_share
+    from aha.train.rollouts import even_share
 
     batch = {
         "prompt_ids": torch.arange(10).view(5, 2),

@@ -5,7 +5,7 @@ from aha import GRPOConfig, GRPOTrainer
 from aha.data.prompts import completion_text
 from aha.grpo import compute_advantages, zero_std_groups
 from aha.tasks import get_task
-from aha.train.dynamic import concat_batches, select_groups
+from aha.train.rollouts import concat_batches, select_groups
 
 G = 4
 
@@ -47,15 +47,15 @@ class HalfTied:
 
 
 def _tied(rollout):
-    return zero_std_groups(rollout["rewards"].sum(1), G)
+    return zero_std_groups(rollout.rewards.sum(1), G)
 
 
 def test_refills_batch_with_informative_groups(small_tiny, tmp_path):
     model, tok = small_tiny
     reward = HalfTied()
     trainer = GRPOTrainer(model, reward, _cfg(tmp_path, dynamic_sampling=True, max_resample_rounds=10), _rows(), tok)
-    rollout = trainer.sample_batch()
-    b, info, rows = rollout["batch"], rollout["info"], rollout["rows"]
+    rollout = trainer.batches.sample_batch()
+    b, info, rows = rollout.batch, rollout.info, rollout.rows
     assert len(reward.calls) > 1  # the first batch had tied groups: it was resampled
     seen = [a for call in reward.calls for a in call]
     assert len(rows) == 4 and all(int(r["answer"]) % 2 for r in rows)  # refilled, tied groups gone
@@ -63,7 +63,7 @@ def test_refills_batch_with_informative_groups(small_tiny, tmp_path):
     assert b["advantages"].view(4, G).abs().sum(1).gt(0).all()  # every kept group carries signal
     assert not _tied(rollout).any()
     # advantages are group-local: the concatenated batch holds exactly each kept group's own advantages
-    assert torch.equal(b["advantages"], compute_advantages(rollout["rewards"], G))
+    assert torch.equal(b["advantages"], compute_advantages(rollout.rewards, G))
     assert info["dynamic_sampling/rounds"] == len(reward.calls) - 1
     assert info["dynamic_sampling/dropped_groups"] == sum(int(a) % 2 == 0 for a in seen)
     assert info["dynamic_sampling/kept_groups"] == 4
@@ -82,13 +82,13 @@ def test_off_keeps_tied_groups(small_tiny, tmp_path):
     model, tok = small_tiny
     reward = HalfTied()
     trainer = GRPOTrainer(model, reward, _cfg(tmp_path), _rows(), tok)
-    rollout = trainer.sample_batch()
-    assert len(reward.calls) == 1 and len(rollout["rows"]) == 4
-    even = torch.tensor([int(r["answer"]) % 2 == 0 for r in rollout["rows"]])
+    rollout = trainer.batches.sample_batch()
+    assert len(reward.calls) == 1 and len(rollout.rows) == 4
+    even = torch.tensor([int(r["answer"]) % 2 == 0 for r in rollout.rows])
     assert even.any()  # seed 0 draws at least one even answer in the first 4 prompts
     assert torch.equal(_tied(rollout), even)
-    assert torch.all(rollout["batch"]["advantages"].view(4, G)[even] == 0)
-    assert not any(k.startswith("dynamic_sampling/") for k in rollout["info"])
+    assert torch.all(rollout.batch["advantages"].view(4, G)[even] == 0)
+    assert not any(k.startswith("dynamic_sampling/") for k in rollout.info)
 
 
 def test_training_logs_counters_and_advantages_unchanged(small_tiny, tmp_path):
@@ -131,10 +131,10 @@ def test_partial_batch_still_steps(small_tiny, tmp_path):
     """max_resample_rounds=0: only the first round's informative groups; a short batch still makes one step."""
     model, tok = small_tiny
     trainer = GRPOTrainer(model, HalfTied(), _cfg(tmp_path, dynamic_sampling=True, max_resample_rounds=0), _rows(), tok)
-    rollout = trainer.sample_batch()
-    kept = rollout["info"]["dynamic_sampling/kept_groups"]
-    assert kept == 4 - rollout["info"]["dynamic_sampling/dropped_groups"] and kept < 4
-    assert rollout["info"]["dynamic_sampling/rounds"] == 0
+    rollout = trainer.batches.sample_batch()
+    kept = rollout.info["dynamic_sampling/kept_groups"]
+    assert kept == 4 - rollout.info["dynamic_sampling/dropped_groups"] and kept < 4
+    assert rollout.info["dynamic_sampling/rounds"] == 0
     before = [p.clone() for p in model.parameters()]
     state = trainer.train()
     assert state.global_step == 2 and any("grad_norm" in r for r in state.log_history)

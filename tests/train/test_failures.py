@@ -81,11 +81,11 @@ def test_skip_mode_marks_failing_samples_none(tmp_path):
 
     odd_fails.i = 0
     t = _trainer(tmp_path / "run", [odd_fails], reward_errors="skip")
-    rollout = t.generate_and_score(get_task("arithmetic").rows("train", 2, seed=0))
-    col = rollout["rewards"][:, 0]
+    rollout = t.batches.generate_and_score(get_task("arithmetic").rows("train", 2, seed=0))
+    col = rollout.rewards[:, 0]
     assert calls[0] == 8 and calls[1:] == [1] * 8
     assert torch.isnan(col[0::2]).all() and (col[1::2] == 2.0).all()
-    assert rollout["info"]["rewards/odd_fails/errors"] == 4
+    assert rollout.info["rewards/odd_fails/errors"] == 4
 
 
 def test_nonfinite_rewards_are_none_and_counted(tmp_path):
@@ -93,10 +93,10 @@ def test_nonfinite_rewards_are_none_and_counted(tmp_path):
         return [math.nan, math.inf, -math.inf, 1.0] * (len(completions) // 4)
 
     t = _trainer(tmp_path / "run", wild)
-    rollout = t.generate_and_score(get_task("arithmetic").rows("train", 2, seed=0))
-    col = rollout["rewards"][:, 0]
+    rollout = t.batches.generate_and_score(get_task("arithmetic").rows("train", 2, seed=0))
+    col = rollout.rewards[:, 0]
     assert torch.isnan(col).sum() == 6 and (col[3::4] == 1.0).all()
-    assert rollout["info"]["rewards/wild/nonfinite"] == 6
+    assert rollout.info["rewards/wild/nonfinite"] == 6
     state = t.train()
     assert state.log_history[0]["rewards/wild/nonfinite"] == 6  # summed over the logging window, not averaged
 
@@ -122,6 +122,6 @@ def test_nan_loss_stops_and_keeps_last_good_state(tmp_path):
     for (name, a), b in zip(ref.model.state_dict().items(), t.model.state_dict().values()):
         assert torch.equal(a, b), name  # the weights were not touched by the bad step
     saved = _trainer(tmp_path / "x", length)
-    checkpoint._load_weights(saved.model, out / "checkpoint-2")
+    checkpoint.load_weights(saved.model, out / "checkpoint-2")
     for (name, a), b in zip(ref.model.state_dict().items(), saved.model.state_dict().values()):
         assert torch.equal(a, b), name

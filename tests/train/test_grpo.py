@@ -100,8 +100,8 @@ def test_masked_after_eos_and_rewards_see_columns(small_tiny, tmp_path):
         return [0.0] * len(completions)
 
     trainer = GRPOTrainer(model, spy, _cfg(tmp_path, max_steps=1), _rows(8), processing_class=tok)
-    rollout = trainer.generate_and_score(_rows(4))
-    b = rollout["batch"]
+    rollout = trainer.batches.generate_and_score(_rows(4))
+    b = rollout.batch
     assert seen["n"] == 32 and len(seen["answer"]) == 32
     assert seen["answer"][:8] == [seen["answer"][0]] * 8  # each prompt's columns repeated G times, contiguous
     eos = tok.eos_token_id
@@ -127,7 +127,7 @@ def test_bad_reward_function_is_named(small_tiny, tmp_path, bad, match):
     bad.__name__ = "my_reward"
     trainer = GRPOTrainer(model, bad, _cfg(tmp_path, max_steps=1), _rows(8), processing_class=tok)
     with pytest.raises(ValueError, match=f"my_reward.*{match}|{match}.*my_reward"):
-        trainer.generate_and_score(_rows(4))
+        trainer.batches.generate_and_score(_rows(4))
 
 
 def test_dataset_errors(small_tiny, tmp_path):

@@ -150,18 +150,18 @@ def test_aha_train_resume_cli(tmp_path, monkeypatch, capsys):
     ]
     argv = ["train", recipe, *[x for s in sets for x in ("--set", s)], "--no-plot", "--out"]
     assert main([*argv, str(tmp_path / "ref")]) == 0
-    real = checkpoint.save_checkpoint
+    real = checkpoint.write_checkpoint
 
-    def crash(trainer, opt, sched, loop, step=None, state_dict=None):
-        if trainer.state.global_step == 3:
+    def crash(output_dir, step, **parts):
+        if step == 3:
             raise KeyboardInterrupt  # the process "dies" before checkpoint-3
-        return real(trainer, opt, sched, loop, step, state_dict)
+        return real(output_dir, step, **parts)
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", crash)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", crash)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         main([*argv, str(out)])
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint, "write_checkpoint", real)
     assert main([*argv, str(out)]) == 1  # without --resume: still refuses the non-empty directory
     assert "already holds files" in capsys.readouterr().err
     assert main([*argv, str(out), "--resume"]) == 0

@@ -25,16 +25,6 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing aha run in the run directory")
     p.add_argument("--merge", action="store_true", help="LoRA: also save the merged model (as merge_lora: true)")
     p.add_argument("--no-plot", action="store_true", help="skip plots/ and report.md at the end")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        NAME,
-        help="train with GRPO from a recipe YAML (model, dataset, rewards, peft, training)",
-        description="Train with GRPO as a recipe says. Recipes hold model, dataset, rewards, peft (LoRA), eval "
-        "and GRPOConfig fields under training:. --dry-run validates it all without loading weights or Hub data.",
-    )
-    add_recipe_arguments(p)
     p.add_argument(
         "--resume",
         nargs="?",
@@ -46,6 +36,16 @@ def add_parser(sub) -> None:
     )
 
 
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="train with GRPO from a recipe YAML (model, dataset, rewards, peft, training)",
+        description="Train with GRPO as a recipe says. Recipes hold model, dataset, rewards, peft (LoRA), eval "
+        "and GRPOConfig fields under training:. --dry-run validates it all without loading weights or Hub data.",
+    )
+    add_recipe_arguments(p)
+
+
 def run_kind(args: argparse.Namespace, kind: str) -> int:
     from aha.workflows.recipe import dry_run_report, load_recipe
 
@@ -55,7 +55,7 @@ def run_kind(args: argparse.Namespace, kind: str) -> int:
         return 0
     from aha.workflows.run import run_recipe
 
-    run_recipe(recipe, overwrite=args.overwrite, plot=not args.no_plot, resume=getattr(args, "resume", None))
+    run_recipe(recipe, overwrite=args.overwrite, plot=not args.no_plot, resume=args.resume)
     return 0
 
 

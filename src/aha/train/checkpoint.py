@@ -1,16 +1,16 @@
-"""GRPO checkpoints: ``OUTPUT_DIR/checkpoint-<step>/``, written atomically, restored exactly.
+"""Checkpoints: ``OUTPUT_DIR/checkpoint-<step>/``, written atomically, read back exactly.
 
-A checkpoint holds everything the rest of the run depends on, so that a run killed at any point and
-resumed from its newest checkpoint ends (on CPU, same seed) with bit-identical weights and the same
-metrics lines as a run that was never interrupted:
+A checkpoint holds everything the rest of the run depends on, so that a run killed at any point and resumed from
+its newest checkpoint ends (on CPU, same seed) with bit-identical weights and the same metrics lines as a run that
+was never interrupted. What goes in it is the sum of its owners' state (:class:`aha.train.loop.TrainingLoop`
+collects them); this module only writes and reads the directory:
 
 - ``model.safetensors`` (or ``adapter_model.safetensors`` for PEFT) + tokenizer, via ``save_pretrained``;
 - ``optimizer.pt``: optimizer and LR scheduler state dicts;
-- ``rng_state.pt``: python ``random`` (global and the trainer's prompt-order RNG), numpy, torch CPU (+CUDA)
-  and the sampling generator;
-- ``loop_state.pt``: the generation batch in flight (a batch can span several optimiser steps) and the
-  metrics accumulated since the last logged line;
-- ``trainer_state.json``: step, epoch, prompt order, ``log_history`` and the byte offset of metrics.jsonl;
+- ``rng_state.pt``: the process's RNGs: python ``random``, numpy, torch CPU (+CUDA);
+- ``loop_state.pt``: the loop's logging window and the owners' state (the trainer's data order, sampling generator,
+  the batch in flight — one part per process where they differ);
+- ``trainer_state.json``: step, epoch, ``log_history``, the byte offset of metrics.jsonl and the run's settings;
 - ``checkpoint_complete.json``: the completion marker, written last.
 
 It is written to ``.checkpoint-<step>.tmp``, every file fsynced, then renamed into place (and the parent
@@ -20,21 +20,15 @@ directory fsynced): a crash mid-write leaves only a ``.tmp`` directory, which re
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-
-from aha.console import console
-
-if TYPE_CHECKING:
-    from aha.train.grpo import GRPOTrainer
 
 MARKER = "checkpoint_complete.json"
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -89,53 +83,52 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def rng_states(trainer: GRPOTrainer) -> dict[str, Any]:
+def global_rng_state() -> dict[str, Any]:
+    """This process's global RNGs: python ``random``, numpy, torch CPU (+ every CUDA device)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": random.getstate(),
-        "trainer": trainer._rng.getstate(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
-        "sampler": trainer._gen.get_state(),
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
-def save_checkpoint(
-    trainer: GRPOTrainer,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    loop: dict[str, Any],
-    step: int | None = None,
+def set_global_rng_state(states: dict[str, Any]) -> None:
+    random.setstate(as_tuples(states["python"]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def write_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    files: dict[str, Any],
+    meta: dict[str, Any],
     state_dict: dict[str, torch.Tensor] | None = None,
+    save_total_limit: int | None = None,
 ) -> Path:
-    """Write ``OUTPUT_DIR/checkpoint-<step>`` atomically (see the module docstring); returns its path.
-    `state_dict`: the gathered weights when FSDP shards the model."""
-    out = Path(trainer.args.output_dir)
-    step = trainer.state.global_step if step is None else step
+    """Write ``output_dir/checkpoint-<step>`` atomically (see the module docstring): the model (`state_dict`: the
+    gathered weights when FSDP shards it) and tokenizer, each of `files` (name -> object) with ``torch.save``, and
+    `meta` as ``trainer_state.json``; keep the newest `save_total_limit`. Returns its path."""
+    out = Path(output_dir)
     final, tmp = out / f"checkpoint-{step}", out / f".checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    trainer.model.save_pretrained(tmp, state_dict=state_dict)
-    trainer.tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tmp / "optimizer.pt")
-    torch.save(rng_states(trainer), tmp / "rng_state.pt")
-    torch.save(loop, tmp / "loop_state.pt")
-    metrics = trainer.logger.path if trainer.logger is not None else None
-    state = {
-        "global_step": trainer.state.global_step,
-        "epoch": trainer.state.epoch,
-        "order": trainer._order,
-        "epoch_rows": trainer._epoch_rows,
-        "metrics_path": str(metrics) if metrics is not None else None,
-        "metrics_offset": metrics.stat().st_size if metrics is not None and metrics.exists() else None,
-        "log_history": trainer.state.log_history,
-        "args": trainer.args.to_dict(),
-    }
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1, default=str) + "\n")
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in files.items():
+        torch.save(obj, tmp / name)
+    (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     for f in tmp.rglob("*"):
         if f.is_file():
             _fsync(f)
@@ -151,8 +144,8 @@ def save_checkpoint(
     _fsync(out)
     if old.exists():
         shutil.rmtree(old)
-    if trainer.args.save_total_limit:
-        rotate(out, trainer.args.save_total_limit)
+    if save_total_limit:
+        rotate(out, save_total_limit)
     return final
 
 
@@ -171,7 +164,8 @@ def remove_stale(output_dir: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a checkpoint's weights into `model` (a PEFT model: its adapter), checking that they fit."""
     from safetensors.torch import load_file
 
     if hasattr(model, "peft_config"):  # PEFT: only the adapter was saved
@@ -200,82 +194,13 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
-def load_checkpoint(trainer: GRPOTrainer, opt: torch.optim.Optimizer, sched: Any, path: str | Path) -> dict[str, Any]:
-    """Restore the model, optimizer, scheduler, RNGs, data position and metrics history from `path`;
-    truncate metrics.jsonl back to the checkpoint's offset. Returns the loop state (batch in flight, ...)."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the ``*.pt`` files by name, ``trainer_state.json``) of checkpoint `path`."""
     path = Path(path)
-    _load_weights(trainer.model, path)
-    optim = torch.load(path / "optimizer.pt", weights_only=True)
-    opt.load_state_dict(optim["optimizer"])
-    sched.load_state_dict(optim["scheduler"])
-    state = json.loads((path / "trainer_state.json").read_text())
-    trainer.state.global_step = state["global_step"]
-    trainer.state.epoch = state["epoch"]
-    trainer.state.log_history = state["log_history"]
-    trainer._order = list(state["order"])
-    trainer._epoch_rows = state["epoch_rows"]
-    rng = torch.load(path / "rng_state.pt", weights_only=True)
-    random.setstate(_tuples(rng["python"]))
-    trainer._rng.setstate(_tuples(rng["trainer"]))
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(rng["torch"])
-    trainer._gen.set_state(rng["sampler"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    metrics = trainer.logger.path if trainer.logger is not None else None
-    offset = state.get("metrics_offset")
-    if metrics is not None and offset is not None and metrics.exists():
-        if metrics.stat().st_size >= offset:
-            os.truncate(metrics, offset)  # drop the lines logged after the checkpoint: they will be logged again
-        else:
-            console.print(f"[yellow]{metrics} is shorter than at {path.name}: not truncated[/yellow]")
-    console.print(f"[bold]GRPO[/bold]: resumed from {path} at step {trainer.state.global_step}")
-    return torch.load(path / "loop_state.pt", weights_only=True)
+    files = {f.name: torch.load(f, weights_only=True) for f in sorted(path.glob("*.pt"))}
+    return files, json.loads((path / "trainer_state.json").read_text())
 
 
-def inflight_of(loop: dict[str, Any], rank: int, world: int, path: str | Path) -> dict[str, Any] | None:
-    """This process's batch in flight from a loaded loop state: a checkpoint written by W processes in the middle
-    of a generation batch holds each process's own rows (``inflight_by_process``), and resumes on W processes only."""
-    by_process = loop.pop("inflight_by_process", None)
-    if loop.get("inflight") is None:  # saved at the end of a batch: any number of processes can go on
-        return None
-    saved_by = len(by_process) if by_process is not None else 1
-    if saved_by != world:
-        raise ValueError(
-            f"resume_from_checkpoint: {path} was saved by {saved_by} process(es) in the middle of a generation"
-            f" batch, whose rows are split between them; resume it with {saved_by} process(es), not {world}"
-            " (or resume from a checkpoint saved at the end of a batch)"
-        )
-    return by_process[rank] if by_process is not None else loop["inflight"]
-
-
-def _tuples(x: Any) -> Any:
+def as_tuples(x: Any) -> Any:
     """random.setstate wants tuples where the saved state may hold lists."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def fail_nonfinite(
-    trainer: GRPOTrainer,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    inflight: dict[str, Any],
-    pending: dict[str, list[float]],
-    marks: dict[str, int],
-    losses: list[float],
-) -> None:
-    """A non-finite loss or gradient norm: keep the weights as they are (the step is not applied), make sure
-    a checkpoint of this last good state exists, and stop with an error that says where it is. `marks`: the
-    length of each `pending` metric list when the failing accumulation window started."""
-    opt.zero_grad(set_to_none=True)
-    what = "loss" if not all(map(math.isfinite, losses)) else "gradient norm"
-    loop = {"inflight": inflight, "pending": {k: v[: marks[k]] for k, v in pending.items() if marks.get(k)}}
-    step = trainer.state.global_step
-    path = Path(trainer.args.output_dir) / f"checkpoint-{step}"
-    if not is_complete(path) and trainer.accelerator.is_main_process:
-        path = save_checkpoint(trainer, opt, sched, loop)
-    raise RuntimeError(
-        f"GRPO: non-finite {what} in optimiser step {step + 1}; the update was not applied and the last good "
-        f"state (after step {step}) is saved in {path}. Lower learning_rate or max_grad_norm, or check the model "
-        "and rewards for NaN/inf; resume with resume_from_checkpoint='auto' (or `aha train --resume`)"
-    )
+    return tuple(as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

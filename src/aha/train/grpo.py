@@ -5,50 +5,38 @@ prompts × G. For each generation batch:
 
 1. sample G completions per prompt from the current policy (which is π_old for this batch);
 2. score them with the reward functions (or reward models), group-relative advantages
-   (``aha.grpo.compute_advantages``), both in ``aha.train.generation``; with ``dynamic_sampling``
-   drop the groups whose rewards all tie and refill the batch with new prompts (``aha.train.dynamic``);
+   (``aha.grpo.compute_advantages``); with ``dynamic_sampling`` drop the groups whose rewards all tie and refill
+   the batch with new prompts. Steps 1-2 are ``aha.train.rollouts.RolloutSource``, which owns the prompt order,
+   the sampling generator and the rollout engine;
 3. μ = ``num_iterations`` passes over the batch in micro-batches of ``per_device_train_batch_size``
    completions, one optimiser step every ``gradient_accumulation_steps`` micro-batches, loss from
    ``aha.grpo.policy_loss``.
 
-The maths lives in ``aha.grpo.core``; this file only moves tensors between the model, the sampler,
-the rewards and the loss.
+The maths lives in ``aha.grpo.core``, the optimiser, logging and checkpoints in ``aha.train.loop`` (shared with
+SFT); this file only moves tensors between the model, the batches and the loss.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import random
-import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from aha.console import progress
 from aha.data.prompts import eos_ids
 from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
 from aha.rewards.scoring import load_reward_models
-from aha.train import checkpoint, dynamic, generation
 from aha.train.config import GRPOConfig
-from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects, make_accelerator
+from aha.train.distributed import full_state_dict, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
+from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
-
-COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
-
-
-@dataclass
-class TrainerState:
-    global_step: int = 0
-    epoch: float = 0.0
-    log_history: list[dict[str, Any]] = field(default_factory=list)
+from aha.train.rollouts import Batch, RolloutSource
 
 
 class GRPOTrainer:
@@ -103,16 +91,23 @@ class GRPOTrainer:
             )
         self.train_dataset = train_dataset
         self.ref_model = self._make_reference() if a.beta != 0.0 else None
-        self.vllm = None  # use_vllm: the engine, started at the first rollout (aha.rollout.vllm)
-        self._vllm_step = -1  # the global step whose weights the engine holds
         self.eos = eos_ids(self.tokenizer, self.model)
         self.callbacks = list(callbacks)
         self.state = TrainerState()
         self.logger: MetricsLogger | None = None  # set in train(): OUTPUT_DIR/metrics.jsonl
-        self._rng = random.Random(a.seed)
-        self._order: list[int] = []
-        self._epoch_rows = 0
-        self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
+        self.loop: TrainingLoop | None = None  # the optimiser, schedule and checkpoints of the running train()
+        self.batches = RolloutSource(
+            a,
+            train_dataset,
+            self.tokenizer,
+            self.model,
+            self.reward_funcs,
+            self.reward_processing_classes,
+            self.accelerator,
+            self.eos,
+            self.state,
+            lambda batch: self.add_logps(batch),
+        )
 
     # ---------------------------------------------------------------------------------- set-up
     def _make_reference(self):
@@ -123,16 +118,6 @@ class GRPOTrainer:
             p.requires_grad_(False)
         return ref
 
-    def _next_rows(self, n: int) -> list[dict[str, Any]]:
-        rows = []
-        while len(rows) < n:
-            if not self._order:
-                self._order = list(range(len(self.train_dataset)))
-                self._rng.shuffle(self._order)
-            rows.append(self.train_dataset[self._order.pop()])
-            self._epoch_rows += 1
-        return rows
-
     def total_steps(self) -> int:
         a = self.args
         steps_per_gen = a.num_iterations * a.steps_per_generation // a.gradient_accumulation_steps
@@ -141,23 +126,14 @@ class GRPOTrainer:
         gens = math.ceil(a.num_train_epochs * len(self.train_dataset) / a.prompts_per_generation)
         return max(1, gens * max(1, steps_per_gen))
 
-    # ---------------------------------------------------------------------------------- rollout
-    def sample_batch(self) -> dict[str, Any]:
-        """The next generation batch, ready for the update (dynamic sampling: informative groups only)."""
-        return dynamic.sample_batch(self)
-
-    def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> dict[str, Any]:
-        """Sample G completions for each row, score them. Returns {"batch": tensors (N = len(rows) × G rows),
-        "info": metrics, "rows": rows, "rewards": (N, K)}; old/ref log-probs only `with_logps`."""
-        return generation.generate_and_score(self, rows, with_logps)
-
+    # ---------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
-    def add_logps(self, batch: dict[str, torch.Tensor]) -> None:
+    def add_logps(self, batch: Batch) -> None:
         """π_old log-probs (when the batch is used off-policy) and π_ref's (when beta != 0), (N, T), in place."""
         a = self.args
         correct = a.use_vllm and a.vllm_importance_sampling_correction
         if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps or correct:
-            batch["old_logps"] = self._logps_no_grad(batch, reference=False)
+            batch["old_logps"] = self.logps(batch, reference=False)
         if correct:  # the engine's policy is not exactly π_old (other kernels, precision): reweight
             batch["sampling_weights"] = importance_sampling_weights(
                 batch["old_logps"],
@@ -168,9 +144,10 @@ class GRPOTrainer:
                 a.vllm_importance_sampling_clip_max,
             )
         if a.beta != 0.0:
-            batch["ref_logps"] = self._logps_no_grad(batch, reference=True)
+            batch["ref_logps"] = self.logps(batch, reference=True)
 
-    def _logps_no_grad(self, batch: dict[str, torch.Tensor], reference: bool) -> torch.Tensor:
+    def logps(self, batch: Batch, reference: bool) -> torch.Tensor:
+        """The policy's (or with `reference` π_ref's) log-probs of the batch's completions, (N, T), no grad."""
         outs = []
         mb = self.args.per_device_train_batch_size
         for s in range(0, batch["prompt_ids"].size(0), mb):
@@ -183,7 +160,8 @@ class GRPOTrainer:
         return torch.cat(outs)
 
     # ---------------------------------------------------------------------------------- update
-    def compute_loss(self, mb: dict[str, torch.Tensor], num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, mb: Batch, num_items: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The GRPO loss of one micro-batch (divided for accumulation) and its metrics ("loss": as logged)."""
         a = self.args
         logps, entropy = token_logps(
             self.loss_model,
@@ -212,6 +190,7 @@ class GRPOTrainer:
             use_bias_correction_kl=a.use_bias_correction_kl,
             sampling_weights=mb.get("sampling_weights"),
         )
+        metrics["loss"] = loss.item()
         if a.loss_type != "dapo":
             loss = loss / a.gradient_accumulation_steps
         m = mb["completion_mask"].bool()
@@ -221,133 +200,69 @@ class GRPOTrainer:
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
         """Train to ``total_steps()``, saving ``checkpoint-<step>`` every ``save_steps``. `resume_from_checkpoint`
         (default ``args.resume_from_checkpoint``): "auto"/True (the newest complete checkpoint) or a path."""
-        a, acc = self.args, self.accelerator
+        a = self.args
         torch.manual_seed(a.seed)
-        self._gen = torch.Generator(device=self.device).manual_seed(a.seed)
+        self.batches.reseed()
+        loop = self.loop = self._training_loop()
+        loop.resume(a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint)
+        mbs, gas = a.per_device_train_batch_size, a.gradient_accumulation_steps
+        self.model.train()
+        with loop.running():
+            while not loop.done:  # one generation batch: sampled, scored, then μ passes over it
+                flight = self.batches.current or self._next_batch(loop)
+                while flight.skip and not loop.done:  # dynamic sampling kept no group: no update, steps used up
+                    flight.skip -= 1
+                    loop.end_step(None, self._info(flight), self.batches.epoch)
+                while flight.it < a.num_iterations and not loop.done:  # one optimiser step per window
+                    self.batches.start_pass(flight)
+                    window = flight.window(mbs, gas)
+                    grad_norm = loop.optimizer_step([partial(self.compute_loss, mb, flight.num_items) for mb in window])
+                    flight.advance(len(window), mbs)
+                    loop.end_step(grad_norm, self._info(flight), self.batches.epoch)
+                if a.log_completions:
+                    for p, c, r in flight.info.get("_samples", []):
+                        loop.print(f"[dim]{p!r}[/dim] -> {c!r} [bold]{r:.2f}[/bold]")
+                self.batches.current = None
+        return self.state
+
+    def _training_loop(self) -> TrainingLoop:
+        a, acc = self.args, self.accelerator
         out = Path(a.output_dir)
         if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
             out.mkdir(parents=True, exist_ok=True)
             if self.logger is None:
                 self.logger = MetricsLogger(out / "metrics.jsonl")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), weight_decay=a.weight_decay
+        loop = TrainingLoop(
+            self.model,
+            a,
+            phase="grpo",
+            total_steps=self.total_steps(),
+            accelerator=acc,
+            state=self.state,
+            tokenizer=self.tokenizer,
+            logger=self.logger if acc.is_main_process else None,
+            callbacks=self.callbacks,
+            owners={"batches": self.batches},
+            description="GRPO",
         )
-        if acc.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
-            self.train_model, opt = acc.prepare(self.model, opt)
-            params = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.train_model = self.batches.sharded_model = loop.train_model
         # DDP averages gradients only through its own forward, which would rule out token_logps' fast path; so
         # the loss runs on the plain model and the window's gradients are averaged by hand before the step
-        ddp = isinstance(self.train_model, torch.nn.parallel.DistributedDataParallel)
-        self.loss_model = self.model if ddp and has_fast_path(self.model) else self.train_model
-        total = self.total_steps()
-        warmup = a.warmup_steps or int(a.warmup_ratio * total)
-        sched = get_scheduler(a.lr_scheduler_type, opt, warmup, total)
-        spec = a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
-        resume = checkpoint.resolve_checkpoint(out, spec)
-        if resume and acc.distributed_type == "FSDP":
-            raise ValueError("resume_from_checkpoint: not supported under FSDP yet (the optimiser state is sharded)")
-        if acc.is_main_process:
-            checkpoint.remove_stale(out)
-        loop = {"inflight": None, "pending": {}}
-        if resume:
-            loop = checkpoint.load_checkpoint(self, opt, sched, resume)
-            loop["inflight"] = checkpoint.inflight_of(loop, acc.process_index, acc.num_processes, resume)
-        self.model.train()
-        pending: dict[str, list[float]] = defaultdict(list, loop["pending"])
-        fl: dict[str, Any] | None = loop["inflight"]  # the generation batch in flight and where we are in it
-        mbs, gas = a.per_device_train_batch_size, a.gradient_accumulation_steps
-        step_start = time.perf_counter()
-        with progress() as bar:
-            task = bar.add_task("GRPO", total=total, info="", completed=self.state.global_step)
+        ddp = isinstance(loop.train_model, torch.nn.parallel.DistributedDataParallel)
+        self.loss_model = self.model if ddp and has_fast_path(self.model) else loop.train_model
+        loop.loss_model_bypasses_ddp = self.loss_model is not loop.train_model
+        return loop
 
-            def end_step(grad_norm: float | None) -> None:  # bookkeeping after an optimiser step (or a skip)
-                nonlocal step_start
-                self.state.global_step += 1
-                self.state.epoch = self._epoch_rows / len(self.train_dataset)
-                if grad_norm is not None:
-                    pending["grad_norm"].append(grad_norm)
-                now = time.perf_counter()
-                pending["step_time"].append(now - step_start)
-                step_start = now
-                bar.update(task, advance=1, info=f"reward {fl['info']['reward']:.3f}")
-                if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
-                    self._log(pending, sched.get_last_lr()[0])
-                    pending.clear()
-                if self.state.global_step % a.save_steps == 0:
-                    done = fl["skip"] == 0 and fl["it"] >= a.num_iterations  # the batch is used up
-                    weights = full_state_dict(acc, self.train_model)  # FSDP: gathered on every process
-                    # several processes: each holds its own rows of the batch in flight; all of them are saved
-                    by_process = gather_objects(acc, fl) if not done and acc.num_processes > 1 else None
-                    if acc.is_main_process:
-                        loop_state = {"inflight": None if done else fl, "pending": dict(pending)}
-                        if by_process is not None:
-                            loop_state["inflight_by_process"] = by_process
-                        checkpoint.save_checkpoint(self, opt, sched, loop_state, state_dict=weights)
-                    acc.wait_for_everyone()
+    def _next_batch(self, loop: TrainingLoop):
+        flight = self.batches.next_batch()
+        for k, v in flight.info.items():  # the rollout metrics join the logging window
+            if not k.startswith("_"):
+                loop.pending[k].append(v)
+        return flight
 
-            while self.state.global_step < total:
-                if fl is None:
-                    fl = dynamic.next_batch(self, pending)
-                while fl["skip"] and self.state.global_step < total:  # dynamic sampling kept no group
-                    fl["skip"] -= 1
-                    end_step(None)
-                batch = fl["batch"]
-                n = batch["prompt_ids"].size(0)
-                n_micro = math.ceil(n / mbs)
-                while fl["it"] < a.num_iterations and self.state.global_step < total:
-                    if fl["perm"] is None:  # the pass's micro-batch order, from the (checkpointed) prompt-order RNG
-                        fl["perm"] = torch.randperm(
-                            n, generator=torch.Generator().manual_seed(self._rng.randrange(2**31))
-                        )
-                    i, marks, losses = fl["mb"], {k: len(v) for k, v in pending.items()}, []
-                    while True:  # one accumulation window; a short (dynamic-sampling) batch still ends with a step
-                        idx = fl["perm"][i * mbs : (i + 1) * mbs]
-                        mb = {k: v[idx.to(v.device)] for k, v in batch.items()}
-                        loss, lm = self.compute_loss(mb, fl["num_items"])
-                        losses.append(loss.item() * (1 if a.loss_type == "dapo" else gas))
-                        if not all_true(acc, math.isfinite(losses[-1])):  # every process stops together
-                            losses[-1] = float("nan")
-                            break
-                        last = (i + 1) % gas == 0 or i + 1 == n_micro  # gradients are averaged on the last
-                        sync = contextlib.nullcontext() if last else acc.no_sync(self.train_model)
-                        with sync:
-                            loss.backward()
-                        pending["loss"].append(losses[-1])
-                        for k, v in lm.items():
-                            pending[k].append(v)
-                        i += 1
-                        if i % gas == 0 or i == n_micro:
-                            break
-                    if self.loss_model is not self.train_model:
-                        average_gradients(params, acc.num_processes)
-                    grad_norm = float(acc.clip_grad_norm_(params, a.max_grad_norm))
-                    if not all(map(math.isfinite, losses + [grad_norm])):  # save the last good state, then stop
-                        checkpoint.fail_nonfinite(self, opt, sched, fl, pending, marks, losses)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                    fl["mb"] = i
-                    if i == n_micro:
-                        fl.update(it=fl["it"] + 1, mb=0, perm=None)
-                    end_step(grad_norm)
-                if a.log_completions and "_samples" in fl["info"]:
-                    for p, c, r in fl["info"]["_samples"]:
-                        bar.console.print(f"[dim]{p!r}[/dim] -> {c!r} [bold]{r:.2f}[/bold]")
-                fl = None
-        return self.state
-
-    def _log(self, pending: dict[str, list[float]], lr: float) -> None:
-        row: dict[str, Any] = {"phase": "grpo", "step": self.state.global_step, "epoch": round(self.state.epoch, 4)}
-        for k, vs in pending.items():
-            vs = [v for v in vs if v == v]  # drop NaN
-            row[k] = sum(vs) if k.endswith(COUNTERS) else sum(vs) / len(vs) if vs else float("nan")
-        row["learning_rate"] = lr
-        self.state.log_history.append(row)
-        if self.logger is not None:
-            self.logger.log(row)
-        for cb in self.callbacks:
-            cb(self.state, row)
+    @staticmethod
+    def _info(flight) -> str:
+        return f"reward {flight.info['reward']:.3f}"
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """Model (or adapter), tokenizer and generation config, with ``save_pretrained`` (on the first process

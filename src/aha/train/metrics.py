@@ -1,11 +1,14 @@
-"""Metrics lines (``metrics.jsonl``) and the rich progress bar shared by the training loops."""
+"""Metrics: the ``metrics.jsonl`` writer the training loops share, and the rollout metrics of a GRPO batch."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+from aha.console import console
 
 
 def _clean(v: Any) -> Any:
@@ -19,14 +22,30 @@ class MetricsLogger:
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
-        self.history: list[dict[str, Any]] = []
 
     def log(self, metrics: dict[str, Any]) -> None:
         row = {k: _clean(v) for k, v in metrics.items()}
-        self.history.append(row)
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The file and its length now (a checkpoint's point in the metrics)."""
+        exists = self.path is not None and self.path.exists()
+        return {
+            "metrics_path": str(self.path) if self.path else None,
+            "metrics_offset": self.path.stat().st_size if exists else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Drop the lines logged after the checkpoint (they will be logged again)."""
+        offset = state.get("metrics_offset")
+        if self.path is None or offset is None or not self.path.exists():
+            return
+        if self.path.stat().st_size >= offset:
+            os.truncate(self.path, offset)
+        else:
+            console.print(f"[yellow]{self.path} is shorter than at the checkpoint: not truncated[/yellow]")
 
 
 def rollout_metrics(args, reward_funcs, rewards, lengths, truncated, prompts, completions) -> dict[str, Any]:

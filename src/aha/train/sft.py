@@ -1,53 +1,72 @@
-"""Supervised fine-tuning on reasoning traces (R1 phase 1, the cold start).
+"""Supervised fine-tuning on reasoning traces (R1 phase 1, the cold start), on the training loop GRPO uses.
 
-The loss is the next-token cross-entropy on the completion tokens only (prompt tokens are masked
-with -100), AdamW with warm-up and a cosine or constant schedule. Under ``accelerate launch`` /
-``torchrun`` each of the W processes takes its share of every global micro-batch of W × batch rows and
-the loss is normalised by the completion tokens of all of them, so W processes train exactly as one
-process with W times the batch.
+The loss is the next-token cross-entropy on the completion tokens only (prompt tokens are masked with -100); the
+optimiser, schedule, logging, callbacks, checkpoints and exact resume are :class:`aha.train.loop.TrainingLoop`'s.
+Under ``accelerate launch`` / ``torchrun`` each of the W processes takes its share of every global micro-batch of
+W × batch rows and the loss is normalised by the completion tokens of all of them, so W processes train exactly as
+one process with W times the batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import get_scheduler
 
-from aha.console import progress
 from aha.data.prompts import completion_text, render_prompt
 from aha.train.distributed import make_accelerator, sum_all
+from aha.train.loop import OPTIMIZERS, TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
 
 
 @dataclass
 class SFTConfig:
+    output_dir: str = "runs/sft"  # checkpoints (checkpoint-<step>/) and metrics.jsonl when no logger is given
     learning_rate: float = 1e-3
     per_device_train_batch_size: int = 64
     gradient_accumulation_steps: int = 1
     max_steps: int = 300
     num_train_epochs: float = 1.0  # used only when max_steps <= 0
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.05  # used when warmup_steps == 0
+    warmup_steps: int = 0
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    optim: str = "adamw_torch"
     max_grad_norm: float = 1.0
     max_length: int = 256
     logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    resume_from_checkpoint: str | bool | None = None  # as train(resume_from_checkpoint=...): "auto"/True or a path
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.per_device_train_batch_size < 1:
             raise ValueError(f"per_device_train_batch_size must be >= 1, got {self.per_device_train_batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.lr_scheduler_type not in ("cosine", "constant", "linear", "constant_with_warmup"):
-            raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of cosine, constant, linear")
+            raise ValueError(
+                f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of cosine, constant, linear, "
+                "constant_with_warmup"
+            )
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.logging_steps < 1 or self.save_steps < 1:
+            raise ValueError("logging_steps and save_steps must be >= 1")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 (or None), got {self.save_total_limit}")
 
 
 def tokenize_sft_row(tokenizer, row: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
@@ -75,66 +94,117 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def train_sft(
-    model,
-    tokenizer,
-    rows: list[dict[str, Any]],
-    config: SFTConfig,
-    logger: MetricsLogger | None = None,
-    description: str = "SFT",
-) -> dict[str, float]:
-    """Train `model` in place on `rows`. Returns {'loss': last logged loss, 'steps', 'seconds'}."""
-    if not rows:
-        raise ValueError("SFT: the dataset is empty")
-    device = next(model.parameters()).device
-    acc = make_accelerator(use_cpu=device.type == "cpu")
-    world, rank = acc.num_processes, acc.process_index
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)
-    examples = [tokenize_sft_row(tokenizer, r, config.max_length) for r in rows]
-    micro, gas = config.per_device_train_batch_size, config.gradient_accumulation_steps
-    steps_per_epoch = max(1, len(examples) // (micro * gas * world))
-    total = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
+class SFTBatches:
+    """The order SFT reads its examples in: epoch-wise shuffles from its own RNG, one global micro-batch of
+    W × batch rows at a time, this process's share of it. Checkpointed with the run."""
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    train_model = model
-    if world > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
-        train_model, opt = acc.prepare(model, opt)
-        params = [p for p in train_model.parameters() if p.requires_grad]
-    sched = get_scheduler(config.lr_scheduler_type, opt, int(config.warmup_ratio * total), total)
-    order: list[int] = []
-    model.train()
-    start, last = time.perf_counter(), {"loss": float("nan")}
-    with progress() as bar:
-        task = bar.add_task(description, total=total, info="")
-        for step in range(1, total + 1):
-            loss_sum, t0 = 0.0, time.perf_counter()
-            for m in range(gas):
-                if len(order) < micro * world:
-                    perm = list(range(len(examples)))
-                    rng.shuffle(perm)
-                    order.extend(perm)
-                idx, order = order[: micro * world], order[micro * world :]  # the global micro-batch
-                idx = idx[rank * micro : (rank + 1) * micro]  # this process's share
-                batch = {
-                    k: v.to(device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()
-                }
-                sync = contextlib.nullcontext() if m == gas - 1 else acc.no_sync(train_model)
-                with sync:
-                    loss = _token_loss(train_model, batch, acc) / gas
-                    loss.backward()
-                loss_sum += loss.item()
-            loss_sum = sum_all(acc, loss_sum) / world  # the mean over every process's tokens
-            grad_norm = acc.clip_grad_norm_(params, config.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            last = {"loss": loss_sum, "grad_norm": float(grad_norm), "learning_rate": sched.get_last_lr()[0]}
-            if logger is not None and acc.is_main_process and (step % config.logging_steps == 0 or step == total):
-                logger.log({"phase": "sft", "step": step, **last, "step_time": time.perf_counter() - t0})
-            bar.update(task, advance=1, info=f"loss {loss_sum:.3f}")
-    return {"loss": last["loss"], "steps": total, "seconds": time.perf_counter() - start}
+    def __init__(self, examples: list[tuple[list[int], list[int]]], micro: int, seed: int, accelerator: Any) -> None:
+        self.examples, self.micro, self.acc = examples, micro, accelerator
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.seen = 0  # examples drawn, over all processes (the epoch)
+
+    def next_micro_batch(self, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+        world, rank = self.acc.num_processes, self.acc.process_index
+        if len(self.order) < self.micro * world:
+            perm = list(range(len(self.examples)))
+            self.rng.shuffle(perm)
+            self.order.extend(perm)
+        idx, self.order = self.order[: self.micro * world], self.order[self.micro * world :]  # the global micro-batch
+        self.seen += len(idx)
+        idx = idx[rank * self.micro : (rank + 1) * self.micro]  # this process's share
+        return {k: v.to(device) for k, v in collate([self.examples[i] for i in idx], pad_id).items()}
+
+    @property
+    def epoch(self) -> float:
+        return self.seen / len(self.examples)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "order": list(self.order), "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from aha.train.checkpoint import as_tuples
+
+        self.rng.setstate(as_tuples(state["rng"]))
+        self.order, self.seen = list(state["order"]), int(state["seen"])
+
+
+class SFTTrainer:
+    """SFT of `model` in place on `train_dataset` (rows with ``prompt`` and ``completion``, text or messages):
+    ``SFTTrainer(model, args, train_dataset, processing_class).train()``. `logger`: where the metrics rows go
+    (default ``OUTPUT_DIR/metrics.jsonl``); callbacks get ``(state, row)`` for every logged row."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: SFTConfig | None = None,
+        train_dataset: Any = None,
+        processing_class: Any = None,
+        callbacks: Sequence[Callable[[TrainerState, dict[str, Any]], None]] = (),
+        logger: MetricsLogger | None = None,
+        description: str = "SFT",
+    ) -> None:
+        self.args = args or SFTConfig()
+        if not train_dataset:
+            raise ValueError("SFT: the dataset is empty")
+        self.model, self.tokenizer, self.train_dataset = model, processing_class, train_dataset
+        self.device = next(model.parameters()).device
+        self.accelerator = make_accelerator(use_cpu=self.device.type == "cpu")
+        self.callbacks, self.logger, self.description = list(callbacks), logger, description
+        self.state = TrainerState()
+        self.examples = [tokenize_sft_row(processing_class, r, self.args.max_length) for r in train_dataset]
+        self.batches = SFTBatches(
+            self.examples, self.args.per_device_train_batch_size, self.args.seed, self.accelerator
+        )
+
+    def total_steps(self) -> int:
+        a, world = self.args, self.accelerator.num_processes
+        steps_per_epoch = max(
+            1, len(self.examples) // (a.per_device_train_batch_size * a.gradient_accumulation_steps * world)
+        )
+        return a.max_steps if a.max_steps > 0 else math.ceil(a.num_train_epochs * steps_per_epoch)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
+        """Train to ``total_steps()``, saving ``checkpoint-<step>`` every ``save_steps``; `resume_from_checkpoint`
+        (default ``args.resume_from_checkpoint``): "auto"/True (the newest complete checkpoint) or a path."""
+        a, acc = self.args, self.accelerator
+        torch.manual_seed(a.seed)
+        if acc.is_main_process:
+            Path(a.output_dir).mkdir(parents=True, exist_ok=True)
+            if self.logger is None:
+                self.logger = MetricsLogger(Path(a.output_dir) / "metrics.jsonl")
+        loop = TrainingLoop(
+            self.model,
+            a,
+            phase="sft",
+            total_steps=self.total_steps(),
+            accelerator=acc,
+            state=self.state,
+            tokenizer=self.tokenizer,
+            logger=self.logger if acc.is_main_process else None,
+            callbacks=self.callbacks,
+            owners={"batches": self.batches},
+            description=self.description,
+        )
+        loop.resume(a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint)
+        pad = self.tokenizer.pad_token_id
+        self.model.train()
+        with loop.running():
+            while not loop.done:
+                window = [self.batches.next_micro_batch(pad, self.device) for _ in range(a.gradient_accumulation_steps)]
+                grad_norm = loop.optimizer_step([partial(self.compute_loss, mb, loop.train_model) for mb in window])
+                loop.end_step(grad_norm, f"loss {loop.pending['loss'][-1]:.3f}", self.batches.epoch)
+        return self.state
+
+    def compute_loss(
+        self, batch: dict[str, torch.Tensor], model: torch.nn.Module
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's share of the window's loss, and (as "loss") the window's per-token loss it implies on
+        every process: the loss to log for the step is the window's sum of these."""
+        acc, gas = self.accelerator, self.args.gradient_accumulation_steps
+        loss = _token_loss(model, batch, acc) / gas
+        shown = sum_all(acc, loss.item()) / acc.num_processes * gas  # the mean over every process's tokens
+        return loss, {"loss": shown}
 
 
 def _token_loss(model, batch: dict[str, torch.Tensor], acc) -> torch.Tensor:

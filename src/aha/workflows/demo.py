@@ -31,7 +31,7 @@ from aha.tasks import get_task
 from aha.train.config import GRPOConfig
 from aha.train.grpo import GRPOTrainer
 from aha.train.metrics import MetricsLogger
-from aha.train.sft import SFTConfig, train_sft
+from aha.train.sft import SFTConfig, SFTTrainer
 from aha.workflows.report import plot_run
 from aha.workflows.rundir import prepare_run_dir
 
@@ -116,13 +116,14 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     )
     sft_rows = task.rows("sft", cfg.sft_examples, cfg.seed)
     sft_cfg = SFTConfig(
+        output_dir=str(run / "sft"),
         learning_rate=cfg.sft_learning_rate,
         per_device_train_batch_size=cfg.sft_batch_size,
         max_steps=cfg.sft_steps,
         seed=cfg.seed,
         logging_steps=cfg.logging_steps,
     )
-    train_sft(model, tok, sft_rows, sft_cfg, logger, description="cold-start SFT")
+    SFTTrainer(model, sft_cfg, sft_rows, tok, logger=logger, description="cold-start SFT").train()
     model.save_pretrained(run / "sft")
     tok.save_pretrained(run / "sft")
 

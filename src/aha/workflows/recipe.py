@@ -79,9 +79,8 @@ def config_class(kind: str) -> type:
 
 
 def config_fields(kind: str) -> dict[str, str]:
-    """Field name → annotation of the trainer's config (plus ``output_dir`` for SFT: the run directory)."""
+    """Field name → annotation of the trainer's config."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(config_class(kind))}
-    fields.setdefault("output_dir", "str")
     return fields
 
 
@@ -465,6 +464,7 @@ def load_recipe(
     else:
         if raw.get("rewards"):
             raise ValueError(f"{src}: an SFT recipe takes no rewards (SFT learns from the completion column)")
+        training["output_dir"] = output_dir
         config = _sft_config(training)
 
     peft = raw.get("peft")

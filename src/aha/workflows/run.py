@@ -116,8 +116,6 @@ def resume_point(recipe: Recipe, resume: str | None, overwrite: bool) -> Path | 
     directory with no complete checkpoint starts fresh only when the directory is empty (or with --overwrite)."""
     if not resume:
         return None
-    if recipe.kind != "grpo":
-        raise ValueError("--resume: only GRPO runs (aha train) write checkpoints")
     from aha.train.checkpoint import resolve_checkpoint
 
     out = Path(recipe.output_dir)
@@ -209,14 +207,19 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
             last = state.log_history[-1]
             result |= {k: last[k] for k in ("reward", "loss") if k in last}
     else:
-        from aha.train.sft import train_sft
+        from aha.train.sft import SFTTrainer
 
         if recipe.peft is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, recipe.lora_config())
         console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
-        result = train_sft(model, tok, rows, recipe.config, logger, description="SFT")
+        recipe.config.output_dir = str(run)
+        sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
+        state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        result = {"steps": state.global_step}
+        if state.log_history:
+            result["loss"] = state.log_history[-1]["loss"]
     if not main:
         return {"trainer": recipe.kind, **result}
     total, trainable = _count(model)

@@ -1,0 +1,312 @@
+"""The training skeleton GRPO and SFT share: optimiser and schedule by name, accelerate set-up, accumulation
+windows with ``no_sync``, the non-finite guard, step bookkeeping, logging, callbacks, checkpoints and resume.
+
+A trainer builds a :class:`TrainingLoop` and drives it::
+
+    loop = TrainingLoop(model, args, phase="sft", total_steps=n, ..., owners={"batches": batches})
+    loop.resume(spec)                        # every owner's state back from the newest checkpoint
+    with loop.running():                     # the progress bar
+        while not loop.done:
+            window = [partial(micro_step, mb) for mb in batches.window()]   # one accumulation window
+            grad_norm = loop.optimizer_step(window)                          # forward/backward each, one step
+            loop.end_step(grad_norm, info="loss 0.123")                      # count, log, call back, save
+
+A checkpoint is the sum of the owners' ``state_dict()``: the loop's own (optimiser, scheduler, the metrics of the
+logging window), :class:`TrainerState`, the metrics file's length, the process's RNGs, and each registered owner
+(the trainer's batch source: data order, sampling generator, the batch in flight). An owner with a
+``local_state_dict()`` also keeps a part per process (under several processes, each process's rows of the batch in
+flight); it gets back its own with ``load_local_state_dict(states, rank)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from transformers import get_scheduler
+
+from aha.console import console, progress
+from aha.train import checkpoint
+from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects
+from aha.train.metrics import MetricsLogger
+
+COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
+
+# one micro-batch of an accumulation window, run lazily by the loop: (loss to backward, metrics to log); the
+# metric "loss" (when given) is what the log shows for it, else loss.item()
+MicroStep = Callable[[], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainerState:
+    """What TRL's ``trainer.state`` holds that aha programs read: the optimiser steps done, the epoch and every
+    logged row."""
+
+    global_step: int = 0
+    epoch: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global_step": self.global_step, "epoch": self.epoch, "log_history": self.log_history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_step, self.epoch = int(state["global_step"]), float(state["epoch"])
+        self.log_history = list(state["log_history"])
+
+
+def make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.Optimizer:
+    """The optimiser called `name` (TRL's ``optim`` names): ``adamw_torch``, ``adamw_torch_fused`` (torch's fused
+    kernel), ``adamw_8bit`` / ``paged_adamw_8bit`` (bitsandbytes, CUDA only)."""
+    if name == "adamw_torch":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "adamw_torch_fused":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+    if name in ("adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.AdamW8bit if name == "adamw_8bit" else bnb.optim.PagedAdamW8bit
+        return cls(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"optim {name!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+class TrainingLoop:
+    """One run's optimiser, schedule, step count, logging and checkpoints (see the module docstring).
+
+    `args` holds the optimisation fields both configs share (``learning_rate``, ``lr_scheduler_type``,
+    ``warmup_steps``, ``warmup_ratio``, ``weight_decay``, ``adam_beta1``/``adam_beta2``, ``optim``,
+    ``max_grad_norm``, ``gradient_accumulation_steps``, ``logging_steps``, ``save_steps``, ``save_total_limit``,
+    ``output_dir``). `loss_model_bypasses_ddp`: the trainer's loss forward runs on the unwrapped model (GRPO's fast
+    path), so the window's gradients are averaged by hand before the step.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: Any,
+        *,
+        phase: str,
+        total_steps: int,
+        accelerator: Any,
+        state: TrainerState,
+        tokenizer: Any,
+        logger: MetricsLogger | None,
+        callbacks: Sequence[Callable[[TrainerState, dict[str, Any]], None]] = (),
+        owners: dict[str, Stateful] | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.model, self.args, self.phase, self.total = model, args, phase, total_steps
+        self.acc, self.state, self.tokenizer, self.logger = accelerator, state, tokenizer, logger
+        self.callbacks, self.owners = list(callbacks), dict(owners or {})
+        self.description = description or phase.upper()
+        self.output_dir = Path(args.output_dir)
+        params = [p for p in model.parameters() if p.requires_grad]
+        betas = (getattr(args, "adam_beta1", 0.9), getattr(args, "adam_beta2", 0.999))
+        self.optimizer = make_optimizer(args.optim, params, args.learning_rate, betas, args.weight_decay)
+        self.train_model = model  # what the loss's backward reaches: the model, or its DDP/FSDP wrapper
+        if accelerator.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
+            self.train_model, self.optimizer = accelerator.prepare(model, self.optimizer)
+            params = [p for p in self.train_model.parameters() if p.requires_grad]
+        self.params = params
+        warmup = args.warmup_steps or int(args.warmup_ratio * total_steps)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, total_steps)
+        self.loss_model_bypasses_ddp = False
+        self.pending: dict[str, list[float]] = defaultdict(list)  # metrics since the last logged row
+        self.resumed_from: Path | None = None
+        self._bar: Any = None
+        self._task: Any = None
+        self._step_start = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.state.global_step >= self.total
+
+    # ------------------------------------------------------------------------------------------ the step
+    def optimizer_step(self, window: Sequence[MicroStep]) -> float:
+        """Forward and backward every micro-batch of one accumulation window (gradients synchronised on the last
+        only), then clip and take one optimiser step. A non-finite loss or gradient norm on any process leaves the
+        weights as they are, makes sure a checkpoint of the last good state exists, and raises. Returns the
+        gradient norm."""
+        marks = {k: len(v) for k, v in self.pending.items()}  # where this window's metrics start
+        losses: list[float] = []
+        for i, micro in enumerate(window):
+            loss, metrics = micro()
+            shown = float(metrics.pop("loss", loss.item()))
+            losses.append(shown)
+            if not all_true(self.acc, math.isfinite(shown)):  # every process stops together
+                losses[-1] = float("nan")
+                break
+            last = i == len(window) - 1
+            with contextlib.nullcontext() if last else self.acc.no_sync(self.train_model):
+                loss.backward()
+            self.pending["loss"].append(shown)
+            for k, v in metrics.items():
+                self.pending[k].append(v)
+        if self.loss_model_bypasses_ddp:
+            average_gradients(self.params, self.acc.num_processes)
+        grad_norm = float(self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm))
+        if not all(map(math.isfinite, [*losses, grad_norm])):
+            self._fail_nonfinite("loss" if not all(map(math.isfinite, losses)) else "gradient norm", marks)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def end_step(self, grad_norm: float | None, info: str = "", epoch: float | None = None) -> None:
+        """Bookkeeping after an optimiser step (`grad_norm` None: a step with no update): count it, advance the bar,
+        log every ``logging_steps`` (and at the end), save every ``save_steps``."""
+        self.state.global_step += 1
+        if epoch is not None:
+            self.state.epoch = epoch
+        if grad_norm is not None:
+            self.pending["grad_norm"].append(grad_norm)
+        now = time.perf_counter()
+        self.pending["step_time"].append(now - self._step_start)
+        self._step_start = now
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, info=info)
+        step = self.state.global_step
+        if step % self.args.logging_steps == 0 or step == self.total:
+            self.log_window()
+        if step % self.args.save_steps == 0:
+            self.save()
+
+    def log_window(self) -> None:
+        """One metrics row: each metric averaged over the logging window (counters summed), NaN dropped."""
+        row: dict[str, Any] = {"phase": self.phase, "step": self.state.global_step, "epoch": round(self.state.epoch, 4)}
+        for k, vs in self.pending.items():
+            vs = [v for v in vs if v == v]
+            row[k] = sum(vs) if k.endswith(COUNTERS) else sum(vs) / len(vs) if vs else float("nan")
+        row["learning_rate"] = self.scheduler.get_last_lr()[0]
+        self.pending.clear()
+        self.state.log_history.append(row)
+        if self.logger is not None:
+            self.logger.log(row)
+        for cb in self.callbacks:
+            cb(self.state, row)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """The progress bar over the run's steps."""
+        self._step_start = time.perf_counter()
+        with progress() as bar:
+            self._bar = bar
+            self._task = bar.add_task(self.description, total=self.total, info="", completed=self.state.global_step)
+            try:
+                yield
+            finally:
+                self._bar = None
+
+    def print(self, text: str) -> None:
+        (self._bar.console if self._bar is not None else console).print(text)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "pending": dict(self.pending),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.pending = defaultdict(list, state["pending"])
+
+    def save(self, pending: dict[str, list[float]] | None = None) -> Path | None:
+        """Write ``OUTPUT_DIR/checkpoint-<step>`` (every process takes part; the first one writes). `pending`: the
+        logging window to store instead of the current one (the non-finite guard drops the failed window's)."""
+        acc = self.acc
+        weights = full_state_dict(acc, self.train_model)  # FSDP: gathered on every process
+        local = {k: o.local_state_dict() for k, o in self.owners.items() if hasattr(o, "local_state_dict")}
+        by_process = gather_objects(acc, local) if local else None
+        path = None
+        if acc.is_main_process:
+            loop = self.state_dict()
+            if pending is not None:
+                loop["pending"] = pending
+            tensors = {
+                "optimizer.pt": {"optimizer": loop.pop("optimizer"), "scheduler": loop.pop("scheduler")},
+                "rng_state.pt": checkpoint.global_rng_state(),
+                "loop_state.pt": {
+                    "loop": loop,
+                    "owners": {k: o.state_dict() for k, o in self.owners.items()},
+                    "by_process": by_process,
+                },
+            }
+            metrics = self.logger.state_dict() if self.logger is not None else {}
+            meta = {**self.state.state_dict(), **metrics, "phase": self.phase, "args": _plain(self.args)}
+            path = checkpoint.write_checkpoint(
+                self.output_dir,
+                self.state.global_step,
+                model=self.model,
+                tokenizer=self.tokenizer,
+                files=tensors,
+                meta=meta,
+                state_dict=weights,
+                save_total_limit=self.args.save_total_limit,
+            )
+        acc.wait_for_everyone()
+        return path
+
+    def resume(self, spec: str | bool | Path | None) -> Path | None:
+        """Restore the weights and every owner's state from the checkpoint `spec` names ("auto"/True: the newest;
+        a path; None/False: start fresh) and truncate metrics.jsonl back to it. Returns the checkpoint's path."""
+        if self.acc.is_main_process:
+            checkpoint.remove_stale(self.output_dir)
+        path = checkpoint.resolve_checkpoint(self.output_dir, spec)
+        if path is None:
+            return None
+        if self.acc.distributed_type == "FSDP":
+            raise ValueError("resume_from_checkpoint: not supported under FSDP yet (the optimiser state is sharded)")
+        checkpoint.load_weights(self.model, path)
+        files, meta = checkpoint.read_checkpoint(path)
+        loop = files["loop_state.pt"]
+        self.load_state_dict({**files["optimizer.pt"], **loop["loop"]})
+        self.state.load_state_dict(meta)
+        if self.logger is not None:
+            self.logger.load_state_dict(meta)
+        checkpoint.set_global_rng_state(files["rng_state.pt"])
+        for name, owner in self.owners.items():
+            owner.load_state_dict(loop["owners"][name])
+            if hasattr(owner, "load_local_state_dict"):
+                states = [p[name] for p in loop["by_process"]] if loop["by_process"] else None
+                owner.load_local_state_dict(states, self.acc.process_index, self.acc.num_processes, path)
+        console.print(f"[bold]{self.description}[/bold]: resumed from {path} at step {self.state.global_step}")
+        self.resumed_from = path
+        return path
+
+    def _fail_nonfinite(self, what: str, marks: dict[str, int]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        step = self.state.global_step
+        path = self.output_dir / f"checkpoint-{step}"
+        if not checkpoint.is_complete(path):
+            self.save(pending={k: v[: marks[k]] for k, v in self.pending.items() if marks.get(k)})
+        raise RuntimeError(
+            f"{self.description}: non-finite {what} in optimiser step {step + 1}; the update was not applied and the "
+            f"last good state (after step {step}) is saved in {path}. Lower learning_rate or max_grad_norm, or check "
+            "the model and data (and rewards) for NaN/inf; resume with resume_from_checkpoint='auto' (or --resume)"
+        )
+
+
+def _plain(args: Any) -> dict[str, Any]:
+    to_dict = getattr(args, "to_dict", None)
+    if to_dict is not None:
+        return to_dict()
+    import dataclasses
+
+    return dataclasses.asdict(args)

@@ -1,0 +1,454 @@
+"""Where GRPO's batches come from (steps 1-2 of ``aha.train.grpo``): sample G completions per prompt, score them,
+turn the rewards into group-relative advantages, and hand the training loop one generation batch at a time.
+
+:class:`RolloutSource` owns everything this takes and everything a checkpoint must restore: the prompt order
+(an epoch-wise shuffle from its own RNG), the sampling generator, the rollout engine (aha's sampler, or vLLM
+with its weight sync) and DAPO's dynamic sampling. It yields an :class:`InFlight` batch — the tensors of one
+generation batch (:class:`Batch`) and where the loop is in it — and has ``state_dict()/load_state_dict()``.
+
+Under several processes each process samples its own rows of the global batch (every row from its own seed, so
+a completion does not depend on the split), the rewards are gathered before the advantages (a group may straddle
+two processes), and each process keeps its rows' advantages.
+
+**Dynamic sampling** (``dynamic_sampling=True``): a group whose G rewards all tie has zero advantage everywhere, so
+it adds nothing to the gradient but still dilutes the token-level loss. Such groups are dropped after scoring and
+just enough new prompts are generated and scored to refill the batch, for at most ``max_resample_rounds`` extra
+rounds. Advantages are group-local, so concatenating the kept groups of several rounds leaves every advantage
+exactly as it was computed.
+
+**vLLM** (``use_vllm=True``): the engine (``aha.rollout.vllm.VLLMRollout``) starts at the first rollout and gets
+the policy's weights before every rollout that follows an optimiser step; its log-probs of the sampled tokens go
+with the batch for the importance-sampling correction (``aha.grpo.importance_sampling_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+import torch.nn.functional as F
+
+from aha.data.prompts import encode_prompts, is_conversational, render_prompt
+from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
+from aha.rewards.scoring import score
+from aha.rollout.sampler import SamplingParams, sample
+from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
+from aha.train.loop import TrainerState
+from aha.train.metrics import rollout_metrics
+
+
+class Batch(TypedDict, total=False):
+    """One generation batch's tensors, n = this process's rows (prompts × G)."""
+
+    prompt_ids: torch.Tensor  # (n, P) left-padded
+    prompt_mask: torch.Tensor  # (n, P)
+    completion_ids: torch.Tensor  # (n, T) right-padded
+    completion_mask: torch.Tensor  # (n, T) 1 up to and including EOS (0 for masked truncated completions)
+    advantages: torch.Tensor  # (n,)
+    sampling_logps: torch.Tensor  # (n, T) the engine's log-probs of its samples (vLLM), until add_logps
+    old_logps: torch.Tensor  # (n, T) π_old, when the batch is used off-policy (or reweighted)
+    ref_logps: torch.Tensor  # (n, T) π_ref, when beta != 0
+    sampling_weights: torch.Tensor  # (n, T) π_old / π_engine importance weights (vLLM)
+
+
+@dataclass
+class Rollout:
+    """Sampled and scored completions: the batch, its metrics (as TRL names them), the dataset rows (one per
+    group) and the rewards, (N, K) over every process's rows."""
+
+    batch: Batch
+    info: dict[str, Any]
+    rows: list[dict[str, Any]]
+    rewards: torch.Tensor
+
+
+@dataclass
+class InFlight:
+    """The generation batch being trained on and where the loop is in it: μ passes (`it` done), each over the
+    micro-batches of `perm` (the pass's order; `mb` the next one); `skip` optimiser steps with no update (dynamic
+    sampling kept no group); `num_items` the dapo normaliser (``aha.grpo.dapo_num_items``)."""
+
+    batch: Batch
+    info: dict[str, Any]
+    num_items: float
+    it: int = 0
+    mb: int = 0
+    perm: torch.Tensor | None = None
+    skip: int = 0
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = int(self.batch["prompt_ids"].size(0))
+
+    def window(self, micro_batch: int, accumulation: int) -> list[Batch]:
+        """The micro-batches of the next accumulation window: up to the next multiple of `accumulation`, or the
+        end of the pass (a short dynamic-sampling batch still ends with a step)."""
+        n_micro = math.ceil(self.rows / micro_batch)
+        stop = min(n_micro, (self.mb // accumulation + 1) * accumulation)
+        assert self.perm is not None
+        out = []
+        for i in range(self.mb, stop):
+            idx = self.perm[i * micro_batch : (i + 1) * micro_batch]
+            out.append({k: v[idx.to(v.device)] for k, v in self.batch.items()})  # type: ignore[misc]
+        return out
+
+    def advance(self, micro_batches: int, micro_batch: int) -> None:
+        self.mb += micro_batches
+        if self.mb >= math.ceil(self.rows / micro_batch):  # the pass is over
+            self.it, self.mb, self.perm = self.it + 1, 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("batch", "info", "num_items", "it", "mb", "perm", "skip")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> InFlight:
+        return cls(**state)
+
+
+class RolloutSource:
+    """The trainer's generation batches (see the module docstring). `add_logps(batch)` fills π_old/π_ref log-probs
+    (the trainer's models); `state` is the trainer's step count (the vLLM weight sync follows it)."""
+
+    def __init__(
+        self,
+        args: Any,
+        dataset: Any,
+        tokenizer: Any,
+        model: torch.nn.Module,
+        reward_funcs: list[Any],
+        reward_processing_classes: list[Any],
+        accelerator: Any,
+        eos: list[int],
+        state: TrainerState,
+        add_logps: Callable[[Batch], None],
+    ) -> None:
+        self.args, self.dataset, self.tokenizer, self.model = args, dataset, tokenizer, model
+        self.reward_funcs, self.reward_processing_classes = reward_funcs, reward_processing_classes
+        self.acc, self.eos, self.state, self.add_logps = accelerator, eos, state, add_logps
+        self.device = accelerator.device
+        self.sharded_model: torch.nn.Module = model  # FSDP: the wrapped model, unsharded for generation
+        self.rng = random.Random(args.seed)  # prompt order and each pass's micro-batch order
+        self.generator = torch.Generator(device=self.device).manual_seed(args.seed)  # sampling
+        self.order: list[int] = []
+        self.epoch_rows = 0
+        self.current: InFlight | None = None
+        self.vllm: Any = None  # use_vllm: the engine, started at the first rollout
+        self.synced_step = -1  # the global step whose weights the engine holds
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "order": list(self.order),
+            "epoch_rows": self.epoch_rows,
+            "rng": self.rng.getstate(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from aha.train.checkpoint import as_tuples
+
+        self.order, self.epoch_rows = list(state["order"]), int(state["epoch_rows"])
+        self.rng.setstate(as_tuples(state["rng"]))
+        self.generator.set_state(state["generator"])
+
+    def local_state_dict(self) -> dict[str, Any]:
+        """This process's part: its rows of the batch in flight (None at the end of a batch)."""
+        done = self.current is None or (self.current.skip == 0 and self.current.it >= self.args.num_iterations)
+        return {"inflight": None if done else self.current.state_dict()}  # type: ignore[union-attr]
+
+    def load_local_state_dict(self, states: list[dict[str, Any]] | None, rank: int, world: int, path: Path) -> None:
+        """A checkpoint written by W processes in the middle of a generation batch holds each process's own rows,
+        and resumes on W processes only; one written at the end of a batch resumes on any number."""
+        if not states or all(s["inflight"] is None for s in states):
+            self.current = None
+            return
+        if len(states) != world:
+            raise ValueError(
+                f"resume_from_checkpoint: {path} was saved by {len(states)} process(es) in the middle of a generation"
+                f" batch, whose rows are split between them; resume it with {len(states)} process(es), not {world}"
+                " (or resume from a checkpoint saved at the end of a batch)"
+            )
+        self.current = InFlight.from_state_dict(states[rank]["inflight"])
+
+    def reseed(self) -> None:
+        """A fresh sampling generator (``train()`` starts from ``seed``, as a new run does)."""
+        self.generator = torch.Generator(device=self.device).manual_seed(self.args.seed)
+
+    @property
+    def epoch(self) -> float:
+        return self.epoch_rows / len(self.dataset)
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def next_rows(self, n: int) -> list[dict[str, Any]]:
+        rows = []
+        while len(rows) < n:
+            if not self.order:
+                self.order = list(range(len(self.dataset)))
+                self.rng.shuffle(self.order)
+            rows.append(self.dataset[self.order.pop()])
+            self.epoch_rows += 1
+        return rows
+
+    # ------------------------------------------------------------------------------------------ one batch
+    def next_batch(self) -> InFlight:
+        """The next generation batch as the loop tracks it (and checkpoints it mid-way): its metrics are in
+        ``info``; with dynamic sampling keeping no group, it has no rows and `skip` steps to use up."""
+        a = self.args
+        rollout = self.sample_batch()
+        n = rollout.batch["prompt_ids"].size(0)
+        n_micro = math.ceil(n / a.per_device_train_batch_size)
+        tokens = sum_all(self.acc, rollout.batch["completion_mask"].sum().item())
+        num_items = dapo_num_items(tokens, self.acc.num_processes, a.gradient_accumulation_steps, n_micro)
+        skip = 0 if n else a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
+        self.current = InFlight(rollout.batch, rollout.info, num_items, it=0 if n else a.num_iterations, skip=skip)
+        return self.current
+
+    def start_pass(self, flight: InFlight) -> None:
+        """The pass's micro-batch order, drawn from the (checkpointed) prompt-order RNG."""
+        if flight.perm is None:
+            flight.perm = torch.randperm(
+                flight.rows, generator=torch.Generator().manual_seed(self.rng.randrange(2**31))
+            )
+
+    def sample_batch(self) -> Rollout:
+        """One generation batch, ready for the update (with old/ref log-probs when the objective needs them).
+
+        Without dynamic sampling: ``prompts_per_generation`` new prompts, all kept. With it: tied groups are dropped
+        and resampled; the rollout may hold fewer groups (even none) when ``max_resample_rounds`` runs out. The
+        metrics describe the first round (the policy's own reward distribution), plus
+        ``dynamic_sampling/{rounds,dropped_groups,kept_groups}``.
+
+        Several processes: the kept groups of every round are gathered on every process, so all of them hold the
+        same kept batch (in the order one process would have it), and each trains on an even share of it
+        (:func:`even_share`); a refill round asks for a number of prompts whose G completions split evenly over the
+        processes, and groups past the target are left out.
+        """
+        a, g, acc = self.args, self.args.num_generations, self.acc
+        target, pad_id = a.prompts_per_generation, self.tokenizer.pad_token_id
+        first = self.generate_and_score(self.next_rows(target), with_logps=False)
+        if not a.dynamic_sampling:
+            self.add_logps(first.batch)
+            return first
+        step = acc.num_processes // math.gcd(g, acc.num_processes)  # prompts per round: a multiple of this
+        rollout, batches, rows, rewards, extra = first, [], [], [], []
+        dropped = rounds = 0
+        while True:
+            total, _ = group_rewards(rollout.rewards, a.reward_weights)  # (N,)
+            tied = zero_std_groups(total, g)  # (P,)
+            dropped += int(tied.sum())
+            keep = ~tied
+            surplus = len(rows) + int(keep.sum()) - target  # a round rounded up to `step` prompts may overfill
+            if surplus > 0:
+                keep[keep.nonzero().squeeze(1)[-surplus:]] = False
+            batches.append(kept_rows(acc, rollout.batch, keep, g, pad_id))
+            rewards.append(rollout.rewards[keep.repeat_interleave(g)])
+            rows += [r for r, k in zip(rollout.rows, keep.tolist()) if k]
+            need = target - len(rows)
+            if need <= 0 or rounds >= a.max_resample_rounds:
+                break
+            rounds += 1
+            rollout = self.generate_and_score(self.next_rows(-(-need // step) * step), with_logps=False)
+            extra.append(rollout.info)
+        batch = even_share(acc, concat_batches(batches, pad_id))
+        if rows:
+            self.add_logps(batch)
+        info = dict(first.info)
+        for r in extra:  # reward errors / non-finite rewards of the resampling rounds count too
+            for k, v in r.items():
+                if k.endswith(("/errors", "/nonfinite")):
+                    info[k] = info.get(k, 0) + v
+        info["dynamic_sampling/rounds"] = rounds
+        info["dynamic_sampling/dropped_groups"] = dropped
+        info["dynamic_sampling/kept_groups"] = len(rows)
+        return Rollout(batch, info, rows, torch.cat(rewards))
+
+    @torch.no_grad()
+    def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> Rollout:
+        """Sample G completions for each row and score them; N = len(rows) × G rows over all processes, this
+        process's share in the batch. Old/ref log-probs only `with_logps`."""
+        a, tok, g, acc = self.args, self.tokenizer, self.args.num_generations, self.acc
+        # this process's rows of the global batch; each row samples from its own seed, so the completions
+        # do not depend on how the batch is split over processes
+        base_seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.generator.device))
+        local = shard(len(rows) * g, acc.process_index, acc.num_processes)
+        row_seeds = [base_seed + i for i in range(local.start, local.stop)]
+
+        def mine(key: str) -> list[Any]:  # this process's rows of a column, each row's value G times in a row
+            return [r[key] for r in rows for _ in range(g)][local]
+
+        prompts = mine("prompt")  # (n,)
+        texts = [render_prompt(tok, p) for p in prompts]
+        prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (n, P)
+        params = SamplingParams(
+            max_new_tokens=a.max_completion_length,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            top_k=a.top_k,
+            min_p=a.min_p or 0.0,
+            repetition_penalty=a.repetition_penalty,
+        )
+        sampling_logps = None
+        if a.use_vllm:
+            completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
+        else:
+            with full_weights(self.sharded_model):
+                completion_ids = sample(
+                    self.model,
+                    prompt_ids,
+                    prompt_mask,
+                    params,
+                    self.eos,
+                    tok.pad_token_id,
+                    self.generator,
+                    a.rollout_backend,
+                    row_seeds=row_seeds,
+                )  # (n, T)
+        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
+        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
+        if a.mask_truncated_completions:
+            completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
+        ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
+        decoded = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
+        completions: list[Any] = (
+            [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
+        )
+        columns = {k: mine(k) for k in rows[0] if k not in ("prompt", "completion")}
+        counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
+        rewards = score(
+            self.reward_funcs,
+            prompts,
+            completions,
+            ids_list,
+            columns,
+            self.reward_processing_classes,
+            a.reward_errors,
+            counts,
+        )  # (n, K)
+        rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
+        advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
+        batch: Batch = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "advantages": advantages[local],  # (n,)
+        }
+        if sampling_logps is not None:
+            batch["sampling_logps"] = sampling_logps
+        if with_logps:
+            self.add_logps(batch)
+        lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
+        truncated = gather_rows(acc, truncated)  # (N,)
+        info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
+        return Rollout(batch, info, rows, rewards)
+
+    # ------------------------------------------------------------------------------------------ vLLM
+    def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample with vLLM (weights synced after every optimiser step). Returns completion ids (n, T) and the
+        engine's log-probs of the sampled tokens (n, T), both right-padded."""
+        from aha.rollout.vllm import VLLMRollout
+
+        a = self.args
+        if self.vllm is None:
+            url = a.vllm_server_base_url or f"http://{a.vllm_server_host}:{a.vllm_server_port}"
+            self.vllm = VLLMRollout(
+                self.model,
+                self.tokenizer,
+                mode=a.vllm_mode,
+                server_base_url=url if a.vllm_mode == "server" else None,
+                max_model_len=self.max_model_len(),
+                seed=a.seed,
+                gpu_memory_utilization=a.vllm_gpu_memory_utilization,
+                server_timeout=a.vllm_server_timeout,
+            )
+            self.synced_step = self.state.global_step if a.vllm_mode == "colocate" else -1
+        if self.synced_step != self.state.global_step:
+            with full_weights(self.sharded_model):
+                self.vllm.sync_weights(self.model)
+            self.synced_step = self.state.global_step
+        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]  # left padding removed
+        ids, logps = self.vllm.generate(prompts, params, row_seeds)
+        width = max(1, max(len(x) for x in ids))
+        completion_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        sampling_logps = torch.zeros(len(ids), width)  # (n, T)
+        for i, (row, lp) in enumerate(zip(ids, logps)):
+            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            sampling_logps[i, : len(lp)] = torch.tensor(lp)
+        return completion_ids.to(self.device), sampling_logps.to(self.device)
+
+    def max_model_len(self) -> int | None:
+        """The colocate engine's context length: ``vllm_max_model_length``, else ``max_prompt_length`` (prompts are
+        left-truncated to it) + ``max_completion_length``, at most the model's ``max_position_embeddings``; None (the
+        model's own limit) when prompts are not truncated. Never the first batch's width: later prompts may be
+        longer."""
+        a = self.args
+        if a.vllm_max_model_length is not None:
+            return a.vllm_max_model_length
+        if a.max_prompt_length is None:
+            return None
+        n = a.max_prompt_length + a.max_completion_length
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return min(n, limit) if isinstance(limit, int) else n
+
+
+# ---------------------------------------------------------------------------------------------- batch algebra
+def select_groups(batch: Batch, keep: torch.Tensor, g: int) -> Batch:
+    """The completions of the kept groups; keep: (P,) bool, every tensor (P*G, ...) -> (kept*G, ...)."""
+    idx = keep.to(torch.bool).repeat_interleave(g)  # (P*G,)
+    return {k: v[idx.to(v.device)] for k, v in batch.items()}  # type: ignore[return-value]
+
+
+def concat_batches(batches: list[Batch], pad_id: int) -> Batch:
+    """Concatenate rollout batches of different widths: prompts left-padded, completions right-padded."""
+    out: dict[str, torch.Tensor] = {}
+    for key in batches[0]:
+        parts = [b[key] for b in batches]  # type: ignore[literal-required]
+        if parts[0].dim() == 1:  # advantages (N,)
+            out[key] = torch.cat(parts)
+            continue
+        width = max(p.size(1) for p in parts)
+        value = pad_id if key.endswith("_ids") else 0
+        left = key.startswith("prompt")
+        out[key] = torch.cat(
+            [F.pad(p, (width - p.size(1), 0) if left else (0, width - p.size(1)), value=value) for p in parts]
+        )
+    return out  # type: ignore[return-value]
+
+
+def kept_rows(acc: Any, batch: Batch, keep: torch.Tensor, g: int, pad_id: int) -> Batch:
+    """The rows of the kept groups, keep: (P,) bool over the round's global groups; ``batch`` holds this process's
+    rows of the round (a contiguous share). Several processes: every process gets the kept rows of all of them,
+    in global order (widths padded as ``concat_batches`` pads)."""
+    if acc.num_processes == 1:
+        return select_groups(batch, keep, g)
+    local = shard(keep.numel() * g, acc.process_index, acc.num_processes)
+    idx = keep.to(torch.bool).repeat_interleave(g)[local]  # this process's rows
+    mine = {k: v[idx.to(v.device)] for k, v in batch.items()}
+    return {  # type: ignore[return-value]
+        k: gather_ragged(acc, v, pad_id if k.endswith("_ids") else 0, left=k.startswith("prompt"))
+        for k, v in mine.items()
+    }
+
+
+def even_share(acc: Any, batch: Batch) -> Batch:
+    """This process's share of a batch that every process holds whole: ceil(n / W) rows each, in rank order. When W
+    does not divide n, the last shares are topped up with copies of row 0 that carry no loss (completion mask 0,
+    advantage 0): exact for the token-level losses (dapo), one empty sequence in the sequence-averaged ones."""
+    world = acc.num_processes
+    n = batch["prompt_ids"].size(0)
+    if world == 1:
+        return batch
+    per = -(-n // world)
+    if n and per * world > n:
+        fill = per * world - n
+        extra = {k: v[:1].repeat(fill, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+        extra["completion_mask"].zero_()
+        extra["advantages"].zero_()
+        batch = {k: torch.cat([v, extra[k]]) for k, v in batch.items()}  # type: ignore[assignment]
+    part = slice(acc.process_index * per, (acc.process_index + 1) * per)
+    return {k: v[part] for k, v in batch.items()}  # type: ignore[return-value]
