@@ -18,6 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from aha.settings import check_types, require
+
 REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 SPECIAL_TOKENS = {"pad": "<|pad|>", "unk": "<|unk|>", "bos": "<|im_start|>", "eos": "<|im_end|>"}
 CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
@@ -47,26 +49,28 @@ class TinyConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        check_types(self)
         for name in (
             "hidden_size",
             "intermediate_size",
             "num_hidden_layers",
             "num_attention_heads",
-            "num_key_value_heads",
+            "max_position_embeddings",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"tiny model: {name} must be an integer >= 1, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"tiny model: hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"tiny model: num_attention_heads ({self.num_attention_heads}) must be divisible by "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
+            require(self, getattr(self, name) >= 1, name, "must be >= 1")
+        require(self, self.num_key_value_heads >= 1, "num_key_value_heads", "must be >= 1")
+        require(
+            self,
+            self.hidden_size % self.num_attention_heads == 0,
+            "hidden_size",
+            "must be divisible by num_attention_heads",
+        )
+        require(
+            self,
+            self.num_attention_heads % self.num_key_value_heads == 0,
+            "num_attention_heads",
+            "must be divisible by num_key_value_heads",
+        )
 
 
 def build_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:

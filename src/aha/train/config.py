@@ -7,7 +7,6 @@ error naming it, with a suggestion when one is close.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from aha.models.loading import hub_offline
+from aha.settings import check_types, from_dict, require
 
 
 @dataclass
@@ -102,7 +102,7 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.scale_rewards, bool):  # TRL's bool form
             self.scale_rewards = "group" if self.scale_rewards else "none"
-        self._check_types()
+        check_types(self)
         if self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
         if self.generation_batch_size is None:  # global, as in TRL: every process takes its share
@@ -114,16 +114,9 @@ class GRPOConfig:
         self._check_values()
 
     # ------------------------------------------------------------------------------------ checks
-    def _check_types(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not type_ok(value, f.type):
-                raise ValueError(f"GRPOConfig.{f.name} must be {f.type}, got {type(value).__name__} ({value!r})")
-
     def _check_values(self) -> None:
         def need(cond: bool, name: str, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"GRPOConfig.{name}: {msg} (got {getattr(self, name)!r})")
+            require(self, cond, name, msg)
 
         need(self.num_generations >= 2, "num_generations", "a group needs at least 2 completions")
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
@@ -282,31 +275,10 @@ class GRPOConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GRPOConfig:
         """Build from a mapping; unknown keys are errors with a 'did you mean'."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"GRPOConfig has no field {key!r}{hint}")
-        return cls(**values)
+        return from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def type_ok(value: Any, annotation: str) -> bool:
-    """A light check of `value` against the string annotation of a field."""
-    if value is None:
-        return "None" in annotation
-    checks = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-        "list[float]": lambda v: isinstance(v, list),
-    }
-    return any(checks[t.strip()](value) for t in annotation.split("|") if t.strip() in checks)
 
 
 def _installed(module: str) -> bool:

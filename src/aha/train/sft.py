@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from aha.data.prompts import completion_text, render_prompt
+from aha.settings import check_types, require
 from aha.train.distributed import make_accelerator, sum_all
-from aha.train.loop import OPTIMIZERS, TrainerState, TrainingLoop
+from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
 
 
@@ -50,23 +51,35 @@ class SFTConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.per_device_train_batch_size < 1:
-            raise ValueError(f"per_device_train_batch_size must be >= 1, got {self.per_device_train_batch_size}")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.lr_scheduler_type not in ("cosine", "constant", "linear", "constant_with_warmup"):
-            raise ValueError(
-                f"lr_scheduler_type {self.lr_scheduler_type!r} is not one of cosine, constant, linear, "
-                "constant_with_warmup"
-            )
-        if self.optim not in OPTIMIZERS:
-            raise ValueError(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.logging_steps < 1 or self.save_steps < 1:
-            raise ValueError("logging_steps and save_steps must be >= 1")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError(f"save_total_limit must be >= 1 (or None), got {self.save_total_limit}")
+        check_types(self)
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+            require(self, getattr(self, name) >= 1, name, "must be >= 1")
+        require(self, self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self, self.max_length >= 2, "max_length", "must be >= 2 (a prompt token and a completion token)")
+        require(
+            self,
+            self.lr_scheduler_type in ("cosine", "constant", "linear", "constant_with_warmup"),
+            "lr_scheduler_type",
+            "must be cosine, constant, linear or constant_with_warmup",
+        )
+        require(
+            self,
+            self.optim in ("adamw_torch", "adamw_torch_fused"),
+            "optim",
+            "must be adamw_torch or adamw_torch_fused",
+        )
+        require(
+            self,
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            "save_total_limit",
+            "must be >= 1 (or None)",
+        )
+        require(
+            self,
+            0 <= self.warmup_ratio < 1 and self.warmup_steps >= 0,
+            "warmup_ratio",
+            "must be in [0, 1) (and warmup_steps >= 0)",
+        )
 
 
 def tokenize_sft_row(tokenizer, row: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:

@@ -25,16 +25,15 @@ the task's parameters, ``rewards.<name or index>.*`` against the reward's parame
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from aha.train.config import GRPOConfig, type_ok
+from aha.settings import coerce, field_types, from_dict, suggest, type_of, type_ok
+from aha.train.config import GRPOConfig
 
 TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training")
 EVAL_TYPES = {
@@ -49,27 +48,6 @@ EVAL_TYPES = {
     "seed": "int",
 }
 PEFT_TYPES = {"r": "int", "lora_alpha": "int | float", "lora_dropout": "float", "target_modules": "str | list[str]"}
-FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def suggest(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def type_of(value: Any, annotation: str) -> bool:
-    if annotation == "dict":
-        return isinstance(value, dict)
-    if annotation == "any":
-        return True
-    return type_ok(value, annotation)
-
-
-def coerce(value: Any, annotation: str) -> Any:
-    """YAML 1.1 reads ``1e-5`` as a string: make it a float where a float is expected."""
-    if isinstance(value, str) and "float" in annotation and FLOAT_RE.fullmatch(value.strip()):
-        return float(value)
-    return value
 
 
 def config_class(kind: str) -> type:
@@ -80,15 +58,14 @@ def config_class(kind: str) -> type:
 
 def config_fields(kind: str) -> dict[str, str]:
     """Field name → annotation of the trainer's config."""
-    fields = {f.name: str(f.type) for f in dataclasses.fields(config_class(kind))}
-    return fields
+    return field_types(config_class(kind))
 
 
 def tiny_fields() -> dict[str, str]:
     """Option name → annotation of aha's tiny model (``model: {tiny: {...}}``)."""
     from aha.models.tiny import TinyConfig
 
-    return {f.name: str(f.type) for f in dataclasses.fields(TinyConfig)}
+    return field_types(TinyConfig)
 
 
 # ------------------------------------------------------------------------------------------ --set
@@ -507,13 +484,7 @@ def _where(spec: dict[str, Any]) -> str:
 def _sft_config(values: dict[str, Any]) -> Any:
     from aha.train.sft import SFTConfig
 
-    known = config_fields("sft")
-    for k, v in values.items():
-        if k not in known:
-            raise ValueError(f"SFTConfig has no field {k!r}{suggest(k, known)}")
-        if not type_ok(v, known[k]):
-            raise ValueError(f"SFTConfig.{k} must be {known[k]}, got {type(v).__name__} ({v!r})")
-    return SFTConfig(**values)
+    return from_dict(SFTConfig, values)
 
 
 def _check_eval(ev: Any, tok: Any, notes: list[str]) -> dict[str, Any] | None:
