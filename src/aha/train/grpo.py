@@ -226,25 +226,7 @@ class GRPOTrainer:
         return self.state
 
     def _training_loop(self) -> TrainingLoop:
-        a, acc = self.args, self.accelerator
-        out = Path(a.output_dir)
-        if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
-            out.mkdir(parents=True, exist_ok=True)
-            if self.logger is None:
-                self.logger = MetricsLogger(out / "metrics.jsonl")
-        loop = TrainingLoop(
-            self.model,
-            a,
-            phase="grpo",
-            total_steps=self.total_steps(),
-            accelerator=acc,
-            state=self.state,
-            tokenizer=self.tokenizer,
-            logger=self.logger if acc.is_main_process else None,
-            callbacks=self.callbacks,
-            owners={"batches": self.batches},
-            description="GRPO",
-        )
+        loop = TrainingLoop.of(self, phase="grpo", owners={"batches": self.batches}, description="GRPO")
         self.train_model = self.batches.sharded_model = loop.train_model
         # DDP averages gradients only through its own forward, which would rule out token_logps' fast path; so
         # the loss runs on the plain model and the window's gradients are averaged by hand before the step

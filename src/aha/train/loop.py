@@ -131,6 +131,30 @@ class TrainingLoop:
         self._task: Any = None
         self._step_start = time.perf_counter()
 
+    @classmethod
+    def of(cls, trainer: Any, *, phase: str, owners: dict[str, Stateful], description: str) -> TrainingLoop:
+        """The loop of `trainer` (GRPOTrainer, SFTTrainer: ``model``, ``args``, ``accelerator``, ``state``,
+        ``tokenizer``, ``callbacks``, ``total_steps()``); the first process writes ``OUTPUT_DIR/metrics.jsonl``
+        unless the trainer was given a ``logger``."""
+        acc, out = trainer.accelerator, Path(trainer.args.output_dir)
+        if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
+            out.mkdir(parents=True, exist_ok=True)
+            if trainer.logger is None:
+                trainer.logger = MetricsLogger(out / "metrics.jsonl")
+        return cls(
+            trainer.model,
+            trainer.args,
+            phase=phase,
+            total_steps=trainer.total_steps(),
+            accelerator=acc,
+            state=trainer.state,
+            tokenizer=trainer.tokenizer,
+            logger=trainer.logger if acc.is_main_process else None,
+            callbacks=trainer.callbacks,
+            owners=owners,
+            description=description,
+        )
+
     @property
     def done(self) -> bool:
         return self.state.global_step >= self.total

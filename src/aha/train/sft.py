@@ -14,7 +14,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -180,25 +179,9 @@ class SFTTrainer:
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainerState:
         """Train to ``total_steps()``, saving ``checkpoint-<step>`` every ``save_steps``; `resume_from_checkpoint`
         (default ``args.resume_from_checkpoint``): "auto"/True (the newest complete checkpoint) or a path."""
-        a, acc = self.args, self.accelerator
+        a = self.args
         torch.manual_seed(a.seed)
-        if acc.is_main_process:
-            Path(a.output_dir).mkdir(parents=True, exist_ok=True)
-            if self.logger is None:
-                self.logger = MetricsLogger(Path(a.output_dir) / "metrics.jsonl")
-        loop = TrainingLoop(
-            self.model,
-            a,
-            phase="sft",
-            total_steps=self.total_steps(),
-            accelerator=acc,
-            state=self.state,
-            tokenizer=self.tokenizer,
-            logger=self.logger if acc.is_main_process else None,
-            callbacks=self.callbacks,
-            owners={"batches": self.batches},
-            description=self.description,
-        )
+        loop = TrainingLoop.of(self, phase="sft", owners={"batches": self.batches}, description=self.description)
         loop.resume(a.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint)
         pad = self.tokenizer.pad_token_id
         self.model.train()
