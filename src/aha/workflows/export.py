@@ -18,11 +18,11 @@ from urllib.parse import urlparse
 from aha.models.loading import (
     MODEL_MARKERS,
     adapter_base,
-    fix_generation_config,
     hub_offline,
     is_adapter,
     load_model,
     resolve_model_path,
+    save_model,
 )
 
 
@@ -115,15 +115,11 @@ def export_model(
     out = Path(out)
     _prepare_out(out, resolved, overwrite)
     model, tok = load_model(resolved, merge_lora=merge_lora)
-    target = model.get_base_model() if adapter and not merge_lora else model
-    fix_generation_config(target, tok)
     if tok.chat_template is None:
         from aha.console import console
 
         console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
-    model.save_pretrained(out)
-    target.generation_config.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_model(model, tok, out)
     base = adapter_base(resolved) if adapter else None
     (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
     if push_to_hub:
