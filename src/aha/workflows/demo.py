@@ -33,7 +33,7 @@ from aha.train.grpo import GRPOTrainer
 from aha.train.metrics import MetricsLogger
 from aha.train.sft import SFTConfig, train_sft
 from aha.workflows.report import plot_run
-from aha.workflows.rundir import prepare_run_dir
+from aha.workflows.rundir import RUN_DIR, prepare_output
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         save_steps=10**9,
         use_cpu=True,
     )
-    run = prepare_run_dir(cfg.out, overwrite)  # only once every setting has been validated
+    run = prepare_output(cfg.out, RUN_DIR, overwrite)  # only once every setting has been validated
     (run / "config.yaml").write_text(yaml.safe_dump({"demo": asdict(cfg), "grpo": grpo_cfg.to_dict()}, sort_keys=False))
     logger = MetricsLogger(run / "metrics.jsonl")
 

@@ -137,7 +137,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
     checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
     from aha.data.load import load_rows
-    from aha.workflows.rundir import check_run_dir, prepare_run_dir
+    from aha.workflows.rundir import RUN_DIR, check_output, prepare_output
 
     start = time.perf_counter()
     seed = recipe.config.seed
@@ -161,12 +161,12 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     main = is_main_process()
     if acc is not None:
         if ckpt is None:
-            check_run_dir(recipe.output_dir, overwrite)  # every process fails alike on a bad run directory
+            check_output(recipe.output_dir, RUN_DIR, overwrite)  # every process fails alike on a bad run directory
         acc.wait_for_everyone()  # every process has read the run directory before the first one touches it
     if ckpt is not None or not main:  # continue in the existing run directory
         run = Path(recipe.output_dir)
     else:
-        run = prepare_run_dir(recipe.output_dir, overwrite)  # only once everything has been validated
+        run = prepare_output(recipe.output_dir, RUN_DIR, overwrite)  # only once everything has been validated
     logger = MetricsLogger(run / "metrics.jsonl" if main else None)
     base_dir = None
     if main:
