@@ -94,6 +94,7 @@ class OpenAIClient:
             headers=headers,
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=True,  # an API behind a redirecting proxy (307/308 keep the POST)
         )
 
     def url(self, path: str) -> str:
