@@ -53,6 +53,7 @@ def cold_start(sft_steps: int, out_dir: Path) -> float:
     """The demo's phase 1 (tiny model + cold-start SFT), saved to `out_dir`. Returns the wall time."""
     import torch
 
+    from aha.models.loading import save_model
     from aha.models.tiny import build_tiny
     from aha.tasks import get_task
     from aha.train.sft import SFTConfig, SFTTrainer
@@ -72,8 +73,7 @@ def cold_start(sft_steps: int, out_dir: Path) -> float:
     )
     rows = task.rows("sft", cfg.sft_examples, cfg.seed)
     state = SFTTrainer(model, sft_cfg, rows, tok, description="cold-start SFT").train()
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    save_model(model, tok, out_dir)
     print(
         f"cold-start SFT: {sft_steps} steps, last loss {state.log_history[-1]['loss']:.3f}, {time.perf_counter() - t0:.0f} s"
     )

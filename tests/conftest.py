@@ -22,3 +22,138 @@ def model_dir(tmp_path, small_tiny) -> str:
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     return str(tmp_path / "m")
+
+
+class FakeServer:
+    """An HTTP/1.1 server on 127.0.0.1 (port 0) in a thread, standing in for an OpenAI-compatible one.
+
+    `routes` maps ``"METHOD /path"`` to ``handler(body) -> payload`` or ``(status, payload)`` (body: the decoded
+    JSON, None for a GET). Every request is recorded in `requests` as (method, path, body, headers) and every TCP
+    connection counted in `connections`; `inflight_max` is the most requests handled at once. `script` holds what
+    the next requests get instead of their handler, one entry each: an HTTP status (answered with an error
+    payload), ``(status, headers)``, ``"drop"`` (the connection is closed without an answer) or ``("stall",
+    seconds)`` (the answer comes that late). `delay` slows every handled request down (seconds)."""
+
+    def __init__(self, routes: dict) -> None:
+        import json
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes = dict(routes)
+        self.requests: list[tuple[str, str, object, dict]] = []
+        self.script: list = []
+        self.connections = 0
+        self.inflight = self.inflight_max = 0
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a client may reuse the connection
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with outer.lock:
+                    outer.connections += 1
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                self._serve("GET", None)
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._serve("POST", json.loads(raw) if raw else None)
+
+            def _serve(self, method: str, body) -> None:
+                with outer.lock:
+                    outer.requests.append((method, self.path, body, dict(self.headers)))
+                    action = outer.script.pop(0) if outer.script else None
+                    outer.inflight += 1
+                    outer.inflight_max = max(outer.inflight_max, outer.inflight)
+                try:
+                    self._answer(method, body, action)
+                finally:
+                    with outer.lock:
+                        outer.inflight -= 1
+
+            def _answer(self, method: str, body, action) -> None:
+                if action == "drop":
+                    self.close_connection = True
+                    return
+                if isinstance(action, tuple) and action[0] == "stall":
+                    time.sleep(action[1])
+                    action = None
+                if isinstance(action, int):
+                    self._send(action, {"error": {"message": "model overloaded"}})
+                    return
+                if isinstance(action, tuple):
+                    self._send(action[0], {"error": {"message": "slow down"}}, action[1])
+                    return
+                handler = outer.routes.get(f"{method} {self.path}")
+                if handler is None:
+                    self._send(404, {"detail": "Not Found"})
+                    return
+                if outer.delay:
+                    time.sleep(outer.delay)
+                result = handler(body)
+                status, payload = result if isinstance(result, tuple) else (200, result)
+                self._send(status, payload)
+
+            def _send(self, status: int, payload, headers: dict | None = None) -> None:
+                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except OSError:  # the client gave up (a read timeout): nothing to answer
+                    self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:  # a client that went away: not a failure
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.root}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def paths(self) -> list[str]:
+        return [f"{m} {p}" for m, p, _, _ in self.requests]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_server():
+    """Start :class:`FakeServer`\\ s: ``fake_server(routes)``; each is stopped after the test."""
+    started: list[FakeServer] = []
+
+    def start(routes: dict) -> FakeServer:
+        started.append(FakeServer(routes))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()
+
+
+@pytest.fixture
+def down_url() -> str:
+    """An API root on a loopback port that nothing listens on: a server that is down."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"

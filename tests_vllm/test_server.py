@@ -17,7 +17,8 @@ from vllm_helpers import MAX_MODEL_LEN, build_model, hf_greedy, hf_logprobs, pro
 
 from aha.cli import main
 from aha.rollout import SamplingParams
-from aha.rollout.vllm import EndpointError, VLLMRollout
+from aha.rollout.server import EndpointError
+from aha.rollout.vllm import VLLMRollout
 
 NEW = 16
 START_TIMEOUT = 300.0

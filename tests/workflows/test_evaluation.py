@@ -113,6 +113,11 @@ def test_run_eval_errors(tiny_dir, tmp_path):
     (out / "notes.txt").write_text("keep")
     with pytest.raises(ValueError, match="already holds files"):
         run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=1, ks=[1]), out=out)
+    with pytest.raises(ValueError, match="not an aha eval directory"):  # --overwrite deletes only eval output
+        run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=1, ks=[1]), out=out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep"
     cfg = EvalConfig(n=1, ks=[1], limit=2, max_new_tokens=3)
-    run_eval(str(tiny_dir), "arithmetic", cfg, out=out, overwrite=True)
-    assert (out / "notes.txt").read_text() == "keep" and (out / "summary.json").exists()
+    run_eval(str(tiny_dir), "arithmetic", cfg, out=tmp_path / "ev")
+    (tmp_path / "ev" / "stale.txt").write_text("old")
+    run_eval(str(tiny_dir), "arithmetic", cfg, out=tmp_path / "ev", overwrite=True)  # an eval directory: replaced
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["samples.jsonl", "summary.json"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import aha.workflows.sampling
+import aha.rollout.engine
 from aha.cli import main
 from aha.tasks import get_task
 
@@ -46,7 +46,7 @@ def _read(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("judge", [[], ["--reward", "correctness", "format", "--min-reward", "2"]])
 def test_keeps_exactly_the_verified_completions(tmp_path, model_dir, monkeypatch, judge) -> None:
-    monkeypatch.setattr(aha.workflows.sampling, "generate_texts", _fake_generate)
+    monkeypatch.setattr(aha.rollout.engine, "generate_texts", _fake_generate)
     out = tmp_path / "s.jsonl"
     args = ["sample", "--model", model_dir, "--data", "arithmetic", "--n", str(N), "--limit", "20", "--out", str(out)]
     assert main(args + judge) == 0
@@ -66,7 +66,7 @@ def test_keeps_exactly_the_verified_completions(tmp_path, model_dir, monkeypatch
 
 
 def test_pass_rate_window_max_per_prompt_and_keep_all(tmp_path, model_dir, monkeypatch) -> None:
-    monkeypatch.setattr(aha.workflows.sampling, "generate_texts", _fake_generate)
+    monkeypatch.setattr(aha.rollout.engine, "generate_texts", _fake_generate)
     out = tmp_path / "w.jsonl"
     base = ["sample", "--model", model_dir, "--data", "arithmetic", "--n", str(N), "--limit", "20"]
     assert main([*base, "--out", str(out), "--min-pass-rate", "0.25", "--max-pass-rate", "0.75"]) == 0

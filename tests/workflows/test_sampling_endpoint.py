@@ -1,26 +1,24 @@
-"""``aha sample --endpoint``: a fake OpenAI-compatible server (stdlib, loopback, port 0) with known completions.
+"""``aha sample --endpoint``: a fake OpenAI-compatible server (tests/conftest.py: stdlib, loopback, port 0) with
+known completions.
 
 Exactly the verified completions are kept, pass rates match a hand count, the request carries the sampling
-settings and the prompt rendered with the local chat template (as token ids), the chat API is used without a
-local tokenizer, and every failure is one error naming the endpoint with a non-zero exit. No vLLM needed.
+settings and the prompt rendered with the local chat template (as token ids), the connections are kept alive
+(at most --concurrency of them), the chat API is used without a local tokenizer, and every failure is one error
+naming the endpoint with a non-zero exit. No vLLM needed.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aha.cli import main
+from aha.rollout.engine import request_seed
 from aha.tasks import get_task
-from aha.workflows.sampling import SampleConfig, request_seed
 
 N = 4
 LIMIT = 20
@@ -37,64 +35,30 @@ def _texts(question: str, n: int) -> list[str]:
     ]
 
 
-class FakeServer:
-    """/v1/completions (prompt = token ids, decoded with `tokenizer`) and /v1/chat/completions. `fail` makes every
-    request answer that HTTP status; `short` drops the last choice (a malformed answer)."""
+class Teacher:
+    """The fake server's answers: /v1/completions (prompt = token ids, decoded with `tokenizer`) and
+    /v1/chat/completions, with the completions of :func:`_texts` in any order; `short` drops the last choice
+    (a malformed answer)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.fail: int | None = None
         self.short = False
-        self.lock = threading.Lock()
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
+    def routes(self) -> dict[str, Any]:
+        return {"POST /v1/completions": self.completions, "POST /v1/chat/completions": self.chat}
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests.append((self.path, body))
-                if outer.fail is not None:
-                    self._send(outer.fail, {"error": {"message": "model overloaded"}})
-                    return
-                if self.path == "/v1/completions":
-                    text = outer.tokenizer.decode(body["prompt"], skip_special_tokens=True)
-                    choices = [{"index": j, "text": t} for j, t in enumerate(_texts(_question(text), body["n"]))]
-                elif self.path == "/v1/chat/completions":
-                    question = body["messages"][-1]["content"]
-                    texts = _texts(question, body["n"])
-                    choices = [
-                        {"index": j, "message": {"role": "assistant", "content": t}} for j, t in enumerate(texts)
-                    ]
-                else:
-                    self._send(404, {"detail": "Not Found"})
-                    return
-                if outer.short:
-                    choices = choices[:-1]
-                self._send(200, {"id": "x", "object": "text_completion", "choices": choices[::-1]})  # any order
+    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = self.tokenizer.decode(body["prompt"], skip_special_tokens=True)
+        return self._answer([{"index": j, "text": t} for j, t in enumerate(_texts(_question(text), body["n"]))])
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                raw = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        texts = _texts(body["messages"][-1]["content"], body["n"])
+        return self._answer([{"index": j, "message": {"role": "assistant", "content": t}} for j, t in enumerate(texts)])
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _answer(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.short:
+            choices = choices[:-1]
+        return {"id": "x", "object": "text_completion", "choices": choices[::-1]}  # any order
 
 
 def _question(text: str) -> str:
@@ -102,9 +66,13 @@ def _question(text: str) -> str:
 
 
 @pytest.fixture
-def server(small_tiny) -> Iterator[FakeServer]:
-    with FakeServer(small_tiny[1]) as s:
-        yield s
+def teacher(small_tiny) -> Teacher:
+    return Teacher(small_tiny[1])
+
+
+@pytest.fixture
+def server(fake_server, teacher):
+    return fake_server(teacher.routes())
 
 
 def _read(path: Path) -> list[dict]:
@@ -145,54 +113,60 @@ def test_completions_api_with_the_local_chat_template(tmp_path, model_dir, serve
     _check_output(out, seed=5)
     tok = small_tiny[1]
     rows = get_task("arithmetic").rows("train", LIMIT, 5)
-    assert len(server.requests) == LIMIT and {p for p, _ in server.requests} == {"/v1/completions"}
-    by_prompt = {tuple(b["prompt"]): b for _, b in server.requests}
+    assert len(server.requests) == LIMIT and set(server.paths()) == {"POST /v1/completions"}
+    assert server.connections <= 8  # --concurrency's default: the connections are reused
+    by_prompt = {tuple(b["prompt"]): b for _, _, b, _ in server.requests}
     for i, row in enumerate(rows):
         rendered = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         body = by_prompt[tuple(tok(rendered, add_special_tokens=False)["input_ids"])]  # the template, as token ids
         assert body["model"] == model_dir and body["n"] == N and body["max_tokens"] == 33
         assert body["temperature"] == 0.7 and body["top_p"] == 0.9
         assert body["seed"] == request_seed(5, i, N)
-    assert len({b["seed"] for _, b in server.requests}) == LIMIT
+    assert len({b["seed"] for _, _, b, _ in server.requests}) == LIMIT
+
+
+def test_concurrency_bounds_the_connections(tmp_path, model_dir, server) -> None:
+    assert main(_args(server.url, model_dir, tmp_path / "e.jsonl", "--concurrency", "2")) == 0
+    assert len(server.requests) == LIMIT and server.connections <= 2 and server.inflight_max <= 2
 
 
 def test_chat_api_without_a_local_tokenizer(tmp_path, server) -> None:
     out = tmp_path / "c.jsonl"
     assert main(_args(server.url.removesuffix("/v1"), "served-name", out)) == 0  # a bare host:port means /v1
     _check_output(out)
-    assert {p for p, _ in server.requests} == {"/v1/chat/completions"}
-    assert all(b["model"] == "served-name" and b["messages"][0]["role"] == "user" for _, b in server.requests)
+    assert set(server.paths()) == {"POST /v1/chat/completions"}
+    assert all(b["model"] == "served-name" and b["messages"][0]["role"] == "user" for _, _, b, _ in server.requests)
 
 
 def test_greedy_asks_for_one_completion_and_repeats_it(tmp_path, model_dir, server) -> None:
     out = tmp_path / "g.jsonl"
     assert main(_args(server.url, model_dir, out, "--temperature", "0")) == 0
-    assert {b["n"] for _, b in server.requests} == {1}  # vLLM refuses n > 1 with greedy sampling
+    assert {b["n"] for _, _, b, _ in server.requests} == {1}  # vLLM refuses n > 1 with greedy sampling
     rows = get_task("arithmetic").rows("train", LIMIT, 0)
     side = _read(tmp_path / "g.pass_rates.jsonl")  # the first text answers right iff (a+b) % 5 > 0
     assert [r["accepted"] for r in side] == [N * (int(r["answer"]) % 5 > 0) for r in rows]
     assert len(_read(out)) == sum(int(r["answer"]) % 5 > 0 for r in rows)  # n identical texts kept once
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_failing_request_is_retried(tmp_path, model_dir, server) -> None:
+    server.script = [503, "drop"]
+    assert main(_args(server.url, model_dir, tmp_path / "r.jsonl", "--retries", "2", "--concurrency", "1")) == 0
+    assert len(server.requests) == LIMIT + 2
+    _check_output(tmp_path / "r.jsonl")
 
 
-def test_errors_name_the_endpoint_and_exit_non_zero(tmp_path, model_dir, server, capsys) -> None:
+def test_errors_name_the_endpoint_and_exit_non_zero(tmp_path, model_dir, server, teacher, down_url, capsys) -> None:
     out = tmp_path / "x.jsonl"
-    down = f"http://127.0.0.1:{_free_port()}/v1"
-    assert main(_args(down, model_dir, out)) == 1
+    assert main(_args(down_url, model_dir, out, "--retries", "0")) == 1
     err = capsys.readouterr().err
-    assert err.count("error:") == 1 and down in err and "cannot connect" in err and "Traceback" not in err
+    assert err.count("error:") == 1 and down_url in err and "cannot connect" in err and "Traceback" not in err
 
-    server.fail = 503
-    assert main(_args(server.url, model_dir, out)) == 1
+    server.script = [503] * 2
+    assert main(_args(server.url, model_dir, out, "--retries", "1", "--concurrency", "1")) == 1
     err = capsys.readouterr().err
-    assert server.url in err and "HTTP 503" in err and "model overloaded" in err
+    assert server.url in err and "HTTP 503" in err and "model overloaded" in err and "after 2 attempts" in err
 
-    server.fail, server.short = None, True
+    teacher.short = True
     assert main(_args(server.url, model_dir, out)) == 1
     assert f"asked for {N} completions" in capsys.readouterr().err
 
@@ -203,10 +177,12 @@ def test_errors_name_the_endpoint_and_exit_non_zero(tmp_path, model_dir, server,
     assert "exclusive" in capsys.readouterr().err
     assert main(_args(server.url, "m", out, "--tokenizer", str(tmp_path / "nope"))) == 1
     assert "nope does not exist" in capsys.readouterr().err
+    assert main(_args(server.url, model_dir, out, "--batch-size", "8")) == 1
+    assert "--batch-size is for in-process sampling" in capsys.readouterr().err
+    local = ["sample", "--model", model_dir, "--data", "arithmetic", "--out", str(out)]
+    assert main([*local, "--timeout", "5", "--retries", "1"]) == 1
+    assert "--timeout, --retries: only with --endpoint" in capsys.readouterr().err
+    for flag, value in (("--concurrency", "0"), ("--timeout", "0"), ("--retries", "-1")):
+        assert main(_args(server.url, model_dir, out, flag, value)) == 1
+        assert f"{flag} must be" in capsys.readouterr().err
     assert not out.exists()  # no failure left an output behind
-
-
-def test_request_seeds_are_distinct_streams() -> None:
-    n = SampleConfig().n
-    seeds = {request_seed(s, i, n) + j for s in range(3) for i in range(50) for j in range(n)}
-    assert len(seeds) == 3 * 50 * n

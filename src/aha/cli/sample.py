@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="number of prompts (default: 100 of a task, a whole file)")
     p.add_argument("--split", default="train", help="a built-in task's split (default: train)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="generation batch size (default: 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="in-process (fast, hf): generation batch size (default: 64)"
+    )
     p.add_argument(
         "--reward",
         dest="rewards",
@@ -81,13 +83,26 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--api-key", default=None, help="with --endpoint: bearer token (default: $OPENAI_API_KEY when it is set)"
     )
-    t.add_argument("--concurrency", type=int, default=8, help="with --endpoint: requests in flight (default: 8)")
-    t.add_argument("--timeout", type=float, default=600.0, help="with --endpoint: seconds per request (default: 600)")
+    t.add_argument("--concurrency", type=int, default=None, help="with --endpoint: requests in flight (default: 8)")
+    t.add_argument(
+        "--timeout", type=float, default=None, help="with --endpoint: seconds to wait for an answer (default: 600)"
+    )
+    t.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="with --endpoint: retries of a failed connection or an HTTP 429/5xx answer, with backoff (default: 3)",
+    )
+
+
+ENDPOINT_ONLY = ("tokenizer", "api_key", "concurrency", "timeout", "retries")
 
 
 def run(args: argparse.Namespace) -> int:
     from aha.console import console
-    from aha.workflows.sampling import SampleConfig, check_out, run_sample
+    from aha.rollout.server import EndpointError
+    from aha.workflows.rundir import check_output
+    from aha.workflows.sampling import OUTPUT, SampleConfig, run_sample
 
     cfg = SampleConfig(
         n=args.n,
@@ -101,41 +116,40 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         split=args.split,
         seed=args.seed,
-        batch_size=args.batch_size,
         rewards=list(args.rewards),
         min_reward=args.min_reward,
     )
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
     cfg.validate()
-    check_out(args.out, args.overwrite)  # before loading the model
+    check_output(args.out, OUTPUT, args.overwrite, sources=[args.data])  # before loading the model
     if args.endpoint is not None and args.backend != "fast":
         raise ValueError("--endpoint and --backend are exclusive: the endpoint is the teacher")
-    if args.endpoint is None and (args.tokenizer is not None or args.api_key is not None):
-        raise ValueError("--tokenizer and --api-key are for --endpoint")
+    given = [f"--{name.replace('_', '-')}" for name in ENDPOINT_ONLY if getattr(args, name) is not None]
+    if args.endpoint is None and given:
+        raise ValueError(f"{', '.join(given)}: only with --endpoint")
+    for flag, value, ok, need in (
+        ("--concurrency", args.concurrency, lambda v: v >= 1, "at least 1"),
+        ("--timeout", args.timeout, lambda v: v > 0, "> 0 seconds"),
+        ("--retries", args.retries, lambda v: v >= 0, ">= 0"),
+    ):
+        if value is not None and not ok(value):
+            raise ValueError(f"{flag} must be {need}, got {value}")
+    if args.batch_size is not None and (args.endpoint is not None or args.backend == "vllm"):
+        raise ValueError("--batch-size is for in-process sampling (--backend fast or hf): vLLM and servers batch")
     if args.backend != "vllm" and args.vllm_dtype != "auto":
         raise ValueError("--vllm-dtype is for --backend vllm")
-    from aha.rollout.server import EndpointError
 
-    model = tok = teacher = None
+    engine = None
     try:
-        if args.endpoint is not None:
-            teacher = _endpoint_teacher(args)
-            tok = teacher.tokenizer
-        elif args.backend == "vllm":
-            teacher = _vllm_teacher(args)
-            tok = teacher.tokenizer
-        else:
-            from aha.models.loading import load_recipe_model
-
-            model, tok = load_recipe_model(args.model, args.seed)
-        summary = run_sample(
-            model, tok, args.data, args.out, cfg, overwrite=args.overwrite, teacher=teacher, backend=args.backend
-        )
+        engine = _engine(args, cfg)
+        summary = run_sample(engine, args.data, args.out, cfg, overwrite=args.overwrite)
     except EndpointError as e:
         print(f"aha sample: error: endpoint {e}", file=sys.stderr)
         return 1
     finally:
-        if hasattr(teacher, "close"):
-            teacher.close()
+        if engine is not None:
+            engine.close()
     console.print(
         f"{summary['prompts']} prompts × {cfg.n}: {summary['accepted']} accepted "
         f"(mean pass rate {summary['mean_pass_rate']:.3f}); {summary['prompts_in_range']} prompts in the pass-rate "
@@ -145,10 +159,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint_teacher(args: argparse.Namespace):
-    """The --endpoint teacher, with the local tokenizer when there is one (--tokenizer, or --model as a directory)."""
+def _engine(args: argparse.Namespace, cfg):
+    """The engine --endpoint, --backend and --model say: a server, an in-process vLLM engine or the local model."""
+    if args.endpoint is not None:
+        return _endpoint_engine(args)
+    if args.backend == "vllm":
+        return _vllm_engine(args)
+    from aha.models.loading import load_recipe_model
+    from aha.rollout.engine import LocalEngine
+
+    model, tok = load_recipe_model(args.model, args.seed)
+    return LocalEngine(model, tok, backend=args.backend, batch_size=cfg.batch_size)
+
+
+def _endpoint_engine(args: argparse.Namespace):
+    """The --endpoint engine, with the local tokenizer when there is one (--tokenizer, or --model as a directory)."""
     from aha.models.loading import load_tokenizer, resolve_model_path
-    from aha.workflows.sampling import EndpointTeacher
+    from aha.rollout.server import EndpointEngine, OpenAIClient
 
     source = args.tokenizer
     if source is None and Path(args.model).expanduser().is_dir():
@@ -159,18 +186,22 @@ def _endpoint_teacher(args: argparse.Namespace):
             raise FileNotFoundError(f"--tokenizer {source} does not exist")
         tok = load_tokenizer(resolve_model_path(source))
     key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY") or None
-    return EndpointTeacher(
-        args.endpoint, args.model, tok, api_key=key, timeout=args.timeout, concurrency=args.concurrency
-    )
+    options = {"concurrency": args.concurrency, "read_timeout": args.timeout, "retries": args.retries}
+    client = OpenAIClient(args.endpoint, api_key=key, **{k: v for k, v in options.items() if v is not None})
+    try:
+        return EndpointEngine(client, args.model, tok)
+    except BaseException:
+        client.close()
+        raise
 
 
-def _vllm_teacher(args: argparse.Namespace):
+def _vllm_engine(args: argparse.Namespace):
     """--backend vllm: a model directory goes to the engine as is; an adapter is merged into its base first."""
     from aha.models.loading import is_adapter, load_model, load_tokenizer, resolve_model_path
-    from aha.workflows.sampling import VLLMTeacher
+    from aha.rollout.vllm import VLLMRollout
 
     path = resolve_model_path(args.model)
     if is_adapter(path):
         model, tok = load_model(path, merge_lora=True)
-        return VLLMTeacher(model, tok, seed=args.seed, dtype=args.vllm_dtype)
-    return VLLMTeacher(path, load_tokenizer(path), seed=args.seed, dtype=args.vllm_dtype)
+        return VLLMRollout(model, tok, mode="colocate", seed=args.seed, dtype=args.vllm_dtype)
+    return VLLMRollout(path, load_tokenizer(path), mode="colocate", seed=args.seed, dtype=args.vllm_dtype)

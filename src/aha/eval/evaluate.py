@@ -6,11 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from aha.data.prompts import encode_prompts, eos_ids, render_prompt
 from aha.rewards.builtin import STYLES
-from aha.rollout.sampler import SamplingParams, sample
+from aha.rollout.engine import generate_texts
+from aha.rollout.sampler import SamplingParams
 
 
 @dataclass
@@ -25,35 +23,6 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def generate_texts(
-    model,
-    tokenizer,
-    prompts: list[Any],
-    params: SamplingParams,
-    *,
-    batch_size: int = 128,
-    seed: int = 0,
-    backend: str = "fast",
-) -> tuple[list[str], list[int], list[bool]]:
-    """Completions for `prompts` (rendered with the chat template when conversational).
-    Returns (texts, token lengths, truncated flags)."""
-    device = next(model.parameters()).device
-    eos = eos_ids(tokenizer, model)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    texts, lengths, truncated = [], [], []
-    for s in range(0, len(prompts), batch_size):
-        chunk = [render_prompt(tokenizer, p) for p in prompts[s : s + batch_size]]
-        ids, mask = encode_prompts(tokenizer, chunk, device=device)
-        comp = sample(model, ids, mask, params, eos, tokenizer.pad_token_id, generator=gen, backend=backend)
-        for row in comp.tolist():
-            ended = next((i for i, t in enumerate(row) if t in eos), None)
-            n = len(row) if ended is None else ended + 1
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
-            lengths.append(n)
-            truncated.append(ended is None)
-    return texts, lengths, truncated
 
 
 def evaluate(

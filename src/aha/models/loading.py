@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -88,15 +89,40 @@ def load_model(path: str | Path, *, merge_lora: bool = False, dtype=None):
     return model, tok
 
 
-def fix_generation_config(model, tokenizer) -> None:
-    """Make ``generation_config`` stop on the tokenizer's EOS (plus any EOS it already had) and pad."""
+def save_model(model, tokenizer, out: str | Path, *, state_dict: dict[str, Any] | None = None) -> Path:
+    """Write a directory that ``from_pretrained`` (transformers, peft, vLLM) loads: the model's weights and config
+    (a PEFT model: its adapter, with ``save_pretrained``; `state_dict`: these weights instead of the module's, e.g.
+    gathered from FSDP shards), the tokenizer, and the generation config with the EOS fix below. Returns `out`.
+
+    The saved ``generation_config.json`` stops on every id in :func:`aha.data.prompts.eos_ids` (the tokenizer's EOS
+    plus any the model's config already had) and pads with the tokenizer's pad token. aha's samplers stop on those
+    ids, so every consumer of a saved directory (``generate``, ``pipeline("text-generation")``, a vLLM engine)
+    stops where training and sampling stopped; without it a chat model whose config names only its base EOS runs
+    on past the end of its turn. The fix is a union, so saving twice changes nothing, and it is made on a copy:
+    the model in memory is left as it was."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+    gen = _generation_config(model, tokenizer)
+    if gen is not None:
+        gen.save_pretrained(out)
+    return out
+
+
+def _generation_config(model, tokenizer):
+    """A copy of the model's generation config (a PEFT model's is its base's) that stops on the tokenizer's EOS
+    too; None for a model without one."""
     from aha.data.prompts import eos_ids
 
+    if getattr(model, "generation_config", None) is None:
+        return None
+    gen = copy.deepcopy(model.generation_config)
     ids = eos_ids(tokenizer, model)
-    gen = model.generation_config
     gen.eos_token_id = ids[0] if len(ids) == 1 else ids
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[0]
+    return gen
 
 
 def hub_offline(probe: bool = False) -> bool:
@@ -119,13 +145,11 @@ def hub_unreachable() -> bool:
 
 def load_recipe_model(spec: str | dict[str, Any], seed: int = 0) -> tuple[Any, Any]:
     """(model, tokenizer) for a recipe's model: the tiny model built fresh, or a directory / Hub id loaded
-    with :func:`aha.workflows.export.load_model` (an adapter is merged into its base before training)."""
+    with :func:`load_model` (an adapter is merged into its base before training)."""
     if isinstance(spec, dict):
         from aha.models.tiny import build_tiny
 
         sizes = {"seed": seed, **spec["tiny"]}
         return build_tiny(**sizes)
-    from aha.models.loading import is_adapter, load_model, resolve_model_path
-
     model, tok = load_model(spec, merge_lora=is_adapter(resolve_model_path(spec)))
     return model, tok

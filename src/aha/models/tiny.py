@@ -18,6 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from aha.models.loading import save_model
 from aha.settings import check_types, require
 
 REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -127,7 +128,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: TinyConfig | None = 
 
 
 def build_tiny(out_dir: str | Path | None = None, config: TinyConfig | None = None, **sizes):
-    """Build tokenizer + model; save both with ``save_pretrained`` when `out_dir` is given.
+    """Build tokenizer + model; save both (:func:`aha.models.loading.save_model`) when `out_dir` is given.
 
     Keyword arguments override TinyConfig fields (e.g. ``hidden_size=64``).
     Returns (model, tokenizer).
@@ -144,10 +145,7 @@ def build_tiny(out_dir: str | Path | None = None, config: TinyConfig | None = No
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, cfg)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        save_model(model, tokenizer, out_dir)
     return model, tokenizer
 
 

@@ -11,9 +11,10 @@ Colocate
     then resets the prefix cache, whose KV blocks were computed with the old weights.
 
 Server
-    An OpenAI-compatible ``vllm serve`` at ``server_base_url``; each row is one ``/v1/completions`` request with
-    the prompt as token ids, ``return_token_ids`` and ``logprobs=0`` (sent concurrently, so the server batches
-    them). vLLM 0.32 has no endpoint that receives tensors over HTTP without a GPU transfer backend (its
+    An OpenAI-compatible ``vllm serve`` at ``server_base_url``, through :class:`aha.rollout.server.OpenAIClient`
+    (kept-alive connections, timeouts, retries; every failure one ``EndpointError``); each row is one
+    ``/v1/completions`` request with the prompt as token ids, ``return_token_ids`` and ``logprobs=0`` (up to
+    :data:`SERVER_CONCURRENCY` in flight, so the server batches them). vLLM 0.32 has no endpoint that receives tensors over HTTP without a GPU transfer backend (its
     ``/update_weights`` RL API needs an NCCL/IPC weight-transfer engine), so ``sync_weights`` writes the weights as
     safetensors to ``weights_dir`` (a directory the server can read: same machine or shared storage) and asks the
     server to reload them through the dev-mode RPC endpoint, ``POST /collective_rpc`` with ``reload_weights``
@@ -27,6 +28,12 @@ Log-probs
     drawn from. With top_p=1, top_k=0, min_p=0 and no repetition penalty that is ``log_softmax(logits /
     temperature)``, exactly what the GRPO trainer computes; greedy rows (temperature 0) get ``log_softmax(logits)``.
     A server returns what its ``--logprobs-mode`` says (vLLM's default is the raw, unscaled log-probs).
+
+Completions
+    :meth:`VLLMRollout.complete` makes it a :class:`aha.rollout.engine.CompletionEngine` (``aha sample --backend
+    vllm``): prompts rendered and tokenised as in-process sampling does, completion j of prompt i seeded with
+    ``request_seed(seed, i, n) + j`` as the endpoint engine seeds a ``vllm serve`` request, so both give the same
+    samples.
 """
 
 from __future__ import annotations
@@ -36,20 +43,22 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from aha.data.prompts import render_prompt
+from aha.models.loading import save_model
+from aha.rollout.engine import Prompt, request_seed
 from aha.rollout.sampler import SamplingParams
-from aha.rollout.server import EndpointError, check_base_url, http_json
+from aha.rollout.server import EndpointError, OpenAIClient
 
 MODES = ("colocate", "server")
+SERVER_CONCURRENCY = 32  # server mode: requests in flight
 
 
 def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -121,10 +130,8 @@ class VLLMRollout:
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.eos_token_ids = self._eos_ids(model_dir_or_model, tokenizer)
-        self.server_timeout = server_timeout  # server mode: how long to wait for /health (TRL's vllm_server_timeout)
-        self.request_timeout = request_timeout  # server mode: seconds per HTTP request
-        self.api_key = api_key
         self.llm: Any = None
+        self.client: OpenAIClient | None = None
         self._own_dirs: list[str] = []
         self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         if mode == "server":
@@ -135,13 +142,22 @@ class VLLMRollout:
                     f"VLLMRollout mode='server' takes no engine options ({', '.join(sorted(engine_kwargs))}): "
                     "pass them to `vllm serve`"
                 )
-            self.base_url = check_base_url(server_base_url)
-            self._wait_for_server()
-            self.served_model = self._served_model(model_dir_or_model)
+            self.client = OpenAIClient(
+                server_base_url,
+                api_key=api_key,
+                read_timeout=request_timeout,
+                concurrency=SERVER_CONCURRENCY,
+                what="server_base_url",
+            )
+            try:
+                self.client.wait_ready(server_timeout)  # a server may still be loading (TRL's vllm_server_timeout)
+                self.served_model = self._served_model(model_dir_or_model)
+            except BaseException:
+                self.client.close()
+                raise
             return
         if server_base_url is not None:
             raise ValueError("VLLMRollout server_base_url is for mode='server'; mode='colocate' runs its own engine")
-        self.base_url = None
         self._start_engine(model_dir_or_model, max_model_len, gpu_memory_utilization, engine_kwargs)
 
     # ------------------------------------------------------------------------------------ set-up
@@ -168,7 +184,7 @@ class VLLMRollout:
             kwargs.setdefault("dtype", _torch_dtype_name(source))  # the engine computes as the trainer does
             path = tempfile.mkdtemp(prefix="aha-vllm-model-")
             self._own_dirs.append(path)
-            self._save_model(source, path)
+            save_model(_merged_copy(source) if _is_peft(source) else source, self.tokenizer, path)
         else:
             path = str(source)
             hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
@@ -194,34 +210,18 @@ class VLLMRollout:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def _save_model(self, model: torch.nn.Module, path: str) -> None:
-        """A loadable directory for the engine: config, merged weights, tokenizer, generation config."""
-        if _is_peft(model):
-            model = _merged_copy(model)
-        model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-
-    def _wait_for_server(self) -> None:
-        """Poll ``/health`` until it answers, for at most ``server_timeout`` seconds (a server may still be
-        loading when training starts)."""
-        deadline = time.monotonic() + self.server_timeout
-        while True:
-            try:
-                http_json(f"{self.base_url}/health", timeout=min(10.0, self.server_timeout), api_key=self.api_key)
-                return
-            except EndpointError as e:
-                if time.monotonic() >= deadline:
-                    raise EndpointError(f"{e} (still failing after {self.server_timeout:g} s)") from None
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-
     def _served_model(self, requested: Any) -> str:
-        listing = http_json(f"{self.base_url}/v1/models", timeout=self.request_timeout, api_key=self.api_key)
-        ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+        assert self.client is not None
+        listing = self.client.get("models")
+        data = listing.get("data") if isinstance(listing, dict) else None
+        ids = [m.get("id") for m in data or [] if isinstance(m, dict)]
         if isinstance(requested, (str, Path)) and str(requested) in ids:
             return str(requested)
         if len(ids) == 1:
             return ids[0]
-        raise ValueError(f"VLLMRollout: the server at {self.base_url} serves {ids}; pass one of them as the model")
+        raise ValueError(
+            f"VLLMRollout: the server at {self.client.server_url} serves {ids}; pass one of them as the model"
+        )
 
     # ------------------------------------------------------------------------------------ generation
     def generate(
@@ -281,28 +281,36 @@ class VLLMRollout:
         }
 
     def _generate_server(self, prompt_ids, params: SamplingParams, seeds) -> list[tuple[list[int], list[float]]]:
-        url = f"{self.base_url}/v1/completions"
+        if self.client is None:
+            raise RuntimeError("VLLMRollout: the client is closed")
+        url = self.client.url("completions")
         common = {"model": self.served_model, **self._sampling_fields(params), "return_token_ids": True}
-
-        def one(i: int) -> tuple[list[int], list[float]]:
-            body = {**common, "prompt": prompt_ids[i]}
-            if seeds[i] is not None:
-                body["seed"] = int(seeds[i])
-            answer = http_json(url, body, timeout=self.request_timeout, api_key=self.api_key)
+        bodies = []
+        for prompt, seed in zip(prompt_ids, seeds):
+            bodies.append({**common, "prompt": prompt} | ({} if seed is None else {"seed": int(seed)}))
+        rows = []
+        for answer in self.client.post_many("completions", bodies):
             try:
                 choice = answer["choices"][0]
                 ids = choice["token_ids"]
                 lps = choice["logprobs"]["token_logprobs"]
             except (KeyError, IndexError, TypeError):
                 raise EndpointError(
-                    f"{url}: the answer has no choices[0].token_ids / logprobs.token_logprobs (is it vLLM?)"
+                    f"{url}: the answer has no choices[0].token_ids / logprobs.token_logprobs (is it vLLM?)", url=url
                 ) from None
             if ids is None or lps is None or len(ids) != len(lps):
-                raise EndpointError(f"{url}: token_ids and token_logprobs do not line up")
-            return self._cut(ids, lps)
+                raise EndpointError(f"{url}: token_ids and token_logprobs do not line up", url=url)
+            rows.append(self._cut(ids, lps))
+        return rows
 
-        with ThreadPoolExecutor(max_workers=min(32, len(prompt_ids))) as pool:
-            return list(pool.map(one, range(len(prompt_ids))))
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
+        """`n` completions per prompt, as texts (see "Completions" in the module docstring)."""
+        tok = self.tokenizer
+        ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        rep = [x for x in ids for _ in range(n)]
+        seeds = [request_seed(seed, i, n) + j for i in range(len(ids)) for j in range(n)]
+        out, _ = self.generate(rep, params, row_seeds=seeds)
+        return [tok.decode(row, skip_special_tokens=True) for row in out]
 
     # ------------------------------------------------------------------------------------ weights
     def sync_weights(self, model: torch.nn.Module) -> None:
@@ -335,20 +343,28 @@ class VLLMRollout:
         save_file({n: t.to("cpu").contiguous().clone() for n, t in weights}, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, self.weights_dir / "model.safetensors")
         body = {"method": "reload_weights", "kwargs": {"weights_path": str(self.weights_dir.resolve())}}
+        if self.client is None:
+            raise RuntimeError("VLLMRollout: the client is closed")
         try:
-            http_json(f"{self.base_url}/collective_rpc", body, timeout=self.request_timeout, api_key=self.api_key)
-            http_json(f"{self.base_url}/reset_prefix_cache", {}, timeout=self.request_timeout, api_key=self.api_key)
+            self.client.post("/collective_rpc", body)
+            self.client.post("/reset_prefix_cache", {})
         except EndpointError as e:
-            if "HTTP 404" in str(e):
+            if e.status == 404:
                 raise EndpointError(
                     f"{e}\nVLLMRollout.sync_weights in server mode needs vLLM's dev-mode endpoints "
-                    "(/collective_rpc, /reset_prefix_cache): start the server with VLLM_SERVER_DEV_MODE=1"
+                    "(/collective_rpc, /reset_prefix_cache): start the server with VLLM_SERVER_DEV_MODE=1",
+                    url=e.url,
+                    status=e.status,
                 ) from None
             raise
 
     # ------------------------------------------------------------------------------------ end
     def close(self) -> None:
-        """Free the engine (colocate) and the temporary directories this object made. Idempotent."""
+        """Free the engine (colocate) or the client's connections (server) and the temporary directories this
+        object made. Idempotent."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         if self.llm is not None:
             engine = getattr(self.llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)

@@ -5,7 +5,8 @@ its newest checkpoint ends (on CPU, same seed) with bit-identical weights and th
 was never interrupted. What goes in it is the sum of its owners' state (:class:`aha.train.loop.TrainingLoop`
 collects them); this module only writes and reads the directory:
 
-- ``model.safetensors`` (or ``adapter_model.safetensors`` for PEFT) + tokenizer, via ``save_pretrained``;
+- ``model.safetensors`` (or ``adapter_model.safetensors`` for PEFT), tokenizer and generation config, via
+  :func:`aha.models.loading.save_model` (so a checkpoint loads as a model);
 - ``optimizer.pt``: optimizer and LR scheduler state dicts;
 - ``rng_state.pt``: the process's RNGs: python ``random``, numpy, torch CPU (+CUDA);
 - ``loop_state.pt``: the loop's logging window and the owners' state (the trainer's data order, sampling generator,
@@ -29,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from aha.models.loading import save_model
 
 MARKER = "checkpoint_complete.json"
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -124,8 +127,7 @@ def write_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
+    save_model(model, tokenizer, tmp, state_dict=state_dict)
     for name, obj in files.items():
         torch.save(obj, tmp / name)
     (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aha.data.prompts import eos_ids
 from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
+from aha.models.loading import save_model
 from aha.rewards.scoring import load_reward_models
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, make_accelerator
@@ -247,17 +248,11 @@ class GRPOTrainer:
         return f"reward {flight.info['reward']:.3f}"
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
-        """Model (or adapter), tokenizer and generation config, with ``save_pretrained`` (on the first process
-        only; the others wait for it)."""
+        """Model (or adapter), tokenizer and generation config (``aha.models.loading.save_model``), on the first
+        process only; the others wait for it."""
         weights = full_state_dict(self.accelerator, self.train_model)  # FSDP: gathered on every process
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return
-        out = Path(output_dir or self.args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, state_dict=weights)
-        self.tokenizer.save_pretrained(out)
-        gen = getattr(self.model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(out)
+        save_model(self.model, self.tokenizer, output_dir or self.args.output_dir, state_dict=weights)
         self.accelerator.wait_for_everyone()

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from aha.console import console
 from aha.eval.evaluate import EvalResult, evaluate
+from aha.models.loading import save_model
 from aha.models.tiny import build_tiny, num_parameters
 from aha.rewards import get as get_reward
 from aha.tasks import get_task
@@ -33,7 +34,7 @@ from aha.train.grpo import GRPOTrainer
 from aha.train.metrics import MetricsLogger
 from aha.train.sft import SFTConfig, SFTTrainer
 from aha.workflows.report import plot_run
-from aha.workflows.rundir import prepare_run_dir
+from aha.workflows.rundir import RUN_DIR, prepare_output
 
 
 @dataclass
@@ -101,7 +102,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         save_steps=10**9,
         use_cpu=True,
     )
-    run = prepare_run_dir(cfg.out, overwrite)  # only once every setting has been validated
+    run = prepare_output(cfg.out, RUN_DIR, overwrite)  # only once every setting has been validated
     (run / "config.yaml").write_text(yaml.safe_dump({"demo": asdict(cfg), "grpo": grpo_cfg.to_dict()}, sort_keys=False))
     logger = MetricsLogger(run / "metrics.jsonl")
 
@@ -124,8 +125,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         logging_steps=cfg.logging_steps,
     )
     SFTTrainer(model, sft_cfg, sft_rows, tok, logger=logger, description="cold-start SFT").train()
-    model.save_pretrained(run / "sft")
-    tok.save_pretrained(run / "sft")
+    save_model(model, tok, run / "sft")
 
     held_out = task.rows("eval", cfg.eval_size, cfg.seed)
     ev = dict(

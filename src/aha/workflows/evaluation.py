@@ -23,15 +23,16 @@ from typing import Any
 
 from aha.data.answers import parse_reasoning
 from aha.data.prompts import render_prompt
-from aha.eval.evaluate import generate_texts
 from aha.eval.metrics import ANSWER_FORMATS, Verifier, detect_format, maj_at_k, pass_at_k
+from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
+from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "target", "solution", "output")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 DEFAULT_TASK_ROWS = 100
-OUT_FILES = ("samples.jsonl", "summary.json", "comparison.json", "compare")
+EVAL_DIR = OutputKind("an aha eval directory", markers=("samples.jsonl",))  # + summary.json, compare/, comparison.json
 
 
 @dataclass
@@ -221,23 +222,6 @@ def evaluate_model(model, tok, rows, verifier: Verifier, cfg: EvalConfig, label:
     return records, metrics
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty `out` unless `overwrite`; then only eval's own files are replaced."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} already holds files; choose another directory or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUT_FILES:
-        p = out / name
-        if p.is_dir():
-            import shutil
-
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
 def _write(out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "samples.jsonl").open("w") as f:
@@ -288,8 +272,8 @@ def run_eval(
     cfg.validate()
     paths = [resolve_model_path(model)] + ([resolve_model_path(compare)] if compare else [])
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out_dir} already holds files; choose another directory or pass --overwrite")
+    if out_dir is not None:
+        check_output(out_dir, EVAL_DIR, overwrite, sources=[*paths, data])
     rows, verifier = load_eval_data(data, cfg.limit, cfg.seed, cfg.answer_format)
     results = []
     for label, path in zip(("model", "compare"), paths):
@@ -309,7 +293,7 @@ def run_eval(
         del m
     comparison = compare_records(results[0][0], results[1][0], cfg.n) if compare else None
     if out_dir is not None:
-        prepare_out(out_dir, overwrite)
+        prepare_output(out_dir, EVAL_DIR, overwrite, sources=[*paths, data])
         _write(out_dir, *results[0])
         if compare:
             _write(out_dir / "compare", *results[1])

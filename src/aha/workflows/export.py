@@ -10,7 +10,6 @@ refers to aha.
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,12 +17,15 @@ from urllib.parse import urlparse
 from aha.models.loading import (
     MODEL_MARKERS,
     adapter_base,
-    fix_generation_config,
     hub_offline,
     is_adapter,
     load_model,
     resolve_model_path,
+    save_model,
 )
+from aha.workflows.rundir import OutputKind, prepare_output
+
+MODEL_DIR = OutputKind("a model directory", markers=MODEL_MARKERS)
 
 
 def check_push(repo_id: str) -> str:
@@ -59,20 +61,6 @@ def push_folder(folder: Path, repo_id: str, token: str, timeout: float = 5.0) ->
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"push to {repo_id} failed: {msg}; the export is in {folder}") from None
     return f"{constants.ENDPOINT}/{repo_id}"
-
-
-def _prepare_out(out: Path, source: str, overwrite: bool) -> None:
-    if Path(source).exists() and out.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
-        raise ValueError(f"--out {out} would overwrite the model being exported")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"--out {out} already holds files; choose another directory or pass --overwrite")
-        if not any((out / m).exists() for m in MODEL_MARKERS):
-            raise ValueError(f"--out {out} is not a model directory; refusing to delete it even with --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def model_card(name: str, base: str | None, adapter: bool) -> str:
@@ -112,18 +100,13 @@ def export_model(
     adapter = is_adapter(resolved)
     if merge_lora and not adapter:
         raise ValueError(f"--merge-lora: {resolved} is not a LoRA adapter (no adapter_config.json)")
-    out = Path(out)
-    _prepare_out(out, resolved, overwrite)
+    out = prepare_output(out, MODEL_DIR, overwrite, sources=[resolved])
     model, tok = load_model(resolved, merge_lora=merge_lora)
-    target = model.get_base_model() if adapter and not merge_lora else model
-    fix_generation_config(target, tok)
     if tok.chat_template is None:
         from aha.console import console
 
         console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
-    model.save_pretrained(out)
-    target.generation_config.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_model(model, tok, out)
     base = adapter_base(resolved) if adapter else None
     (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
     if push_to_hub:

@@ -305,12 +305,14 @@ def run_training_stage(config: dict[str, Any], out: Path, stage_dir: Path, plot:
 def run_sample_stage(config: dict[str, Any], out: Path, stage_dir: Path) -> dict[str, Any]:
     """Rejection-sample with the stage's model into ``stage_dir/samples.jsonl``."""
     from aha.models.loading import load_recipe_model
+    from aha.rollout.engine import LocalEngine
     from aha.workflows.sampling import run_sample
 
     cfg = _sample_config(config)
     model, tok = load_recipe_model(_concrete(config["model"], out, None, None), cfg.seed)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_sample(model, tok, config["dataset"], stage_dir / "samples.jsonl", cfg, overwrite=True)
+    engine = LocalEngine(model, tok, batch_size=cfg.batch_size)
+    summary = run_sample(engine, config["dataset"], stage_dir / "samples.jsonl", cfg, overwrite=True)
     if not summary["kept"]:
         raise ValueError(f"stage {stage_dir.name}: no completion was accepted: nothing to fine-tune on")
     (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -331,13 +333,9 @@ def _row(stage: Stage, summary: dict[str, Any], previous: dict[str, Any] | None)
 
 
 def prepare_out(out: Path, raw: dict[str, Any], overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ValueError(f"--out {out} holds files but no {MARKER}: not a pipeline directory; choose another")
-    if overwrite and (out / MARKER).is_file():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from aha.workflows.rundir import OutputKind, prepare_output
+
+    prepare_output(out, OutputKind("a pipeline directory", markers=(MARKER,), resumes=True), overwrite)
     _write_atomic(out / MARKER, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 

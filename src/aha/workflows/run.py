@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from aha.console import console
-from aha.models.loading import load_recipe_model
+from aha.models.loading import load_recipe_model, save_model
 from aha.train.distributed import is_main_process, make_accelerator, world_size
 from aha.train.metrics import MetricsLogger
 from aha.workflows.recipe import Recipe, check_columns
@@ -34,11 +34,7 @@ def _save(recipe: Recipe, model: Any, tok: Any, run: Path, base_dir: Path | None
     returns the directories written."""
     out = {"model": str(run / "model")}
     if not saved:
-        model.save_pretrained(run / "model")
-        tok.save_pretrained(run / "model")
-        gen = getattr(model, "generation_config", None)
-        if gen is not None:
-            gen.save_pretrained(run / "model")
+        save_model(model, tok, run / "model")
     adapter_cfg = run / "model" / "adapter_config.json"
     if base_dir is not None and adapter_cfg.is_file():  # point the adapter at the saved tiny base
         cfg = json.loads(adapter_cfg.read_text())
@@ -48,10 +44,7 @@ def _save(recipe: Recipe, model: Any, tok: Any, run: Path, base_dir: Path | None
 
 
 def _merge(model: Any, tok: Any, run: Path) -> str:
-    merged = model.merge_and_unload()
-    merged.save_pretrained(run / "merged")
-    tok.save_pretrained(run / "merged")
-    return str(run / "merged")
+    return str(save_model(model.merge_and_unload(), tok, run / "merged"))
 
 
 def prepare_eval(recipe: Recipe, tok: Any) -> tuple[list[dict[str, Any]], Any]:
@@ -142,7 +135,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
     checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
     from aha.data.load import load_rows
-    from aha.workflows.rundir import check_run_dir, prepare_run_dir
+    from aha.workflows.rundir import RUN_DIR, check_output, prepare_output
 
     start = time.perf_counter()
     seed = recipe.config.seed
@@ -166,20 +159,18 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     main = is_main_process()
     if acc is not None:
         if ckpt is None:
-            check_run_dir(recipe.output_dir, overwrite)  # every process fails alike on a bad run directory
+            check_output(recipe.output_dir, RUN_DIR, overwrite)  # every process fails alike on a bad run directory
         acc.wait_for_everyone()  # every process has read the run directory before the first one touches it
     if ckpt is not None or not main:  # continue in the existing run directory
         run = Path(recipe.output_dir)
     else:
-        run = prepare_run_dir(recipe.output_dir, overwrite)  # only once everything has been validated
+        run = prepare_output(recipe.output_dir, RUN_DIR, overwrite)  # only once everything has been validated
     logger = MetricsLogger(run / "metrics.jsonl" if main else None)
     base_dir = None
     if main:
         (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
         if recipe.peft is not None and isinstance(recipe.model, dict):  # the adapter needs a base on disk
-            base_dir = run / "base"
-            model.save_pretrained(base_dir)
-            tok.save_pretrained(base_dir)
+            base_dir = save_model(model, tok, run / "base")
     before = _logged_before(run) if ckpt is not None and main else None
     if main and recipe.eval is not None and recipe.eval["before"] and before is None:
         before = evaluate_recipe(recipe, model, tok, eval_data, "eval (before)")

@@ -13,8 +13,10 @@ Output (``out``, JSON lines): one line per kept completion ``{"prompt": [...mess
 the pass rate is within ``[min_pass_rate, max_pass_rate]`` (only those prompts' samples are kept) and how
 many lines were kept.
 
-Teachers: the model in this process (aha's ``fast`` sampler or transformers' ``hf`` generate), an in-process vLLM
-engine (:class:`VLLMTeacher`), or any OpenAI-compatible server such as ``vllm serve`` (:class:`EndpointTeacher`).
+Generation: any :class:`aha.rollout.engine.CompletionEngine`: the model in this process
+(:class:`aha.rollout.engine.LocalEngine`: aha's ``fast`` sampler or transformers' ``hf`` generate), an in-process
+vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`), or an OpenAI-compatible server such as ``vllm serve``
+(:class:`aha.rollout.server.EndpointEngine`), whichever the caller built.
 """
 
 from __future__ import annotations
@@ -22,19 +24,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from typing import Any
 
 from aha.data.prompts import render_prompt
-from aha.eval.evaluate import generate_texts
 from aha.eval.metrics import Verifier, detect_format
+from aha.rollout.engine import CompletionEngine
 from aha.rollout.sampler import SamplingParams
+from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
 KEEP = ("correct", "all")
-BACKENDS = ("fast", "hf")  # in-process sampling of the local model; vLLM and endpoints are teachers below
 DEFAULT_ROWS = 100
 DROP_COLUMNS = ("prompt", "completion", "raw_answer")
 
@@ -54,7 +54,7 @@ class SampleConfig:
     limit: int | None = None  # prompts (default: 100 for a task, all rows of a file)
     split: str = "train"  # a built-in task's split
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 64  # rows per generation batch of the local model (LocalEngine)
     rewards: list[Any] = field(default_factory=list)  # reward specs (names, dicts); empty: the verifier
     min_reward: float = 1.0  # with rewards: accepted when the weighted sum is >= this
 
@@ -77,11 +77,16 @@ class SampleConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
 
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+
+OUTPUT = OutputKind("a JSON-lines file", suffix=".jsonl", sidecars=(".pass_rates.jsonl",))
+
 
 def sidecar_path(out: str | Path) -> Path:
     """``x.jsonl`` → ``x.pass_rates.jsonl`` (next to the output)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.pass_rates.jsonl")
+    return OUTPUT.paths(Path(out))[1]
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -182,122 +187,6 @@ def select(
     return lines, rates
 
 
-# ---- teachers ----------------------------------------------------------------------------------------
-
-
-class Teacher(Protocol):
-    """Generates for :func:`sample_rows` instead of the local model: ``cfg.n`` consecutive completions per prompt
-    (prompts are message lists, or plain strings for a tokenizer without a chat template)."""
-
-    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]: ...
-
-
-def request_seed(seed: int, prompt_index: int, n: int) -> int:
-    """The seed of prompt `prompt_index`'s request; its j-th completion draws with ``request_seed(...) + j``, which
-    is what vLLM does for a seeded request with ``n`` > 1, so every (prompt, sample) has a stream of its own."""
-    return (int(seed) * 1_000_003 + prompt_index * n) % 2**31
-
-
-def _as_messages(prompt: Any) -> list[dict[str, str]]:
-    return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
-
-
-@dataclass
-class EndpointTeacher:
-    """A teacher behind an OpenAI-compatible API (``vllm serve``, an inference provider, ...) at `url`, its API
-    root (``http://127.0.0.1:8000/v1``; a bare ``http://host:port`` means ``/v1`` there).
-
-    With a local `tokenizer`, each prompt is rendered with its chat template, exactly as in-process sampling
-    renders it, and sent to ``/completions`` as token ids: the served model sees the same tokens as the local one
-    (no server-side template, no second BOS), and the verifier knows whether the template pre-fills ``<think>``.
-    Without one, the messages go to ``/chat/completions`` and the server applies its own template. One request per
-    prompt (``n`` completions, ``seed`` = :func:`request_seed`; greedy: one completion, used ``n`` times),
-    `concurrency` at a time. Every failure (bad URL,
-    server down, HTTP error, malformed answer) is one :class:`aha.rollout.server.EndpointError` naming the URL.
-    """
-
-    url: str
-    model: str
-    tokenizer: Any = None
-    api_key: str | None = None
-    timeout: float = 600.0
-    concurrency: int = 8
-
-    def __post_init__(self) -> None:
-        parsed = urlparse(self.url) if isinstance(self.url, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"--endpoint must be an http(s):// URL such as http://127.0.0.1:8000/v1, got {self.url!r}")
-        self.url = self.url.rstrip("/")
-        if parsed.path in ("", "/"):
-            self.url += "/v1"
-        if not self.model:
-            raise ValueError("--model: the endpoint needs the served model's name")
-        if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
-
-    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]:
-        from aha.data.prompts import render_prompt
-        from aha.rollout.server import EndpointError, http_json
-
-        chat = self.tokenizer is None
-        url = f"{self.url}/{'chat/completions' if chat else 'completions'}"
-        greedy = cfg.temperature == 0  # one greedy completion repeated n times: vLLM refuses n > 1 when greedy
-        common = {
-            "model": self.model,
-            "n": 1 if greedy else cfg.n,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_tokens": cfg.max_new_tokens,
-        }
-
-        def one(i: int) -> list[str]:
-            body = {**common, "seed": request_seed(cfg.seed, i, cfg.n)}
-            if chat:
-                body["messages"] = _as_messages(prompts[i])
-            else:
-                text = render_prompt(self.tokenizer, prompts[i])
-                body["prompt"] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            answer = http_json(url, body, timeout=self.timeout, api_key=self.api_key)
-            try:
-                choices = sorted(answer["choices"], key=lambda c: c.get("index", 0))
-                texts = [c["message"]["content"] if chat else c["text"] for c in choices]
-            except (KeyError, TypeError, AttributeError):
-                raise EndpointError(
-                    f"{url}: the answer has no choices[].{'message.content' if chat else 'text'}"
-                ) from None
-            if len(texts) != common["n"] or not all(isinstance(t, str) for t in texts):
-                raise EndpointError(f"{url}: asked for {common['n']} completions of prompt {i}, got {len(texts)}")
-            return texts * cfg.n if greedy else texts
-
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            return [t for texts in pool.map(one, range(len(prompts))) for t in texts]
-
-
-class VLLMTeacher:
-    """The model in an in-process vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`, colocate): prompts rendered
-    and tokenised as in-process sampling does, completion j of prompt i seeded as :class:`EndpointTeacher` seeds it
-    (so a local engine and a ``vllm serve`` of the same model give the same samples)."""
-
-    def __init__(self, model: Any, tokenizer: Any, *, seed: int = 0, **engine_kwargs: Any) -> None:
-        from aha.rollout.vllm import VLLMRollout
-
-        self.tokenizer = tokenizer
-        self.rollout = VLLMRollout(model, tokenizer, mode="colocate", seed=seed, **engine_kwargs)
-
-    def complete(self, prompts: list[Any], cfg: SampleConfig) -> list[str]:
-        from aha.data.prompts import render_prompt
-
-        ids = [self.tokenizer(render_prompt(self.tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
-        rep = [x for x in ids for _ in range(cfg.n)]
-        seeds = [request_seed(cfg.seed, i, cfg.n) + j for i in range(len(ids)) for j in range(cfg.n)]
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-        out, _ = self.rollout.generate(rep, params, row_seeds=seeds)
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in out]
-
-    def close(self) -> None:
-        self.rollout.close()
-
-
 # ---- running -----------------------------------------------------------------------------------------
 
 
@@ -310,73 +199,44 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def check_out(out: str | Path, overwrite: bool) -> Path:
-    """The output path; an existing output (or sidecar) is refused unless `overwrite`."""
-    path = Path(out)
-    if path.suffix != ".jsonl":
-        raise ValueError(f"--out {path}: the output is a .jsonl file")
-    for p in (path, sidecar_path(path)):
-        if p.exists() and not overwrite:
-            raise ValueError(f"--out: {p} already exists; choose another file or pass --overwrite")
-    return path
-
-
 def sample_rows(
-    model: Any,
-    tok: Any,
-    rows: list[dict[str, Any]],
-    verifier: Verifier,
-    cfg: SampleConfig,
-    teacher: Teacher | None = None,
-    backend: str = "fast",
+    engine: CompletionEngine, rows: list[dict[str, Any]], verifier: Verifier, cfg: SampleConfig
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Generate ``cfg.n`` completions per row (with `teacher`, else the local `model` and aha's sampler
-    `backend`), judge and select them. `tok` may be None only with a teacher (an endpoint's chat API)."""
+    """Generate ``cfg.n`` completions per row with `engine`, judge and select them."""
+    tok = engine.tokenizer
     prompts = [r["prompt"] for r in rows]
     if tok is not None and getattr(tok, "chat_template", None) is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
     prefilled = tok is not None and render_prompt(tok, prompts[0]).rstrip().endswith(("<think>", "<reasoning>"))
     verifier = replace(verifier, prefilled=prefilled)
-    if teacher is not None:
-        texts = teacher.complete(prompts, cfg)
-    else:
-        if backend not in BACKENDS:
-            raise ValueError(f"sample: unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-        rep = [p for p in prompts for _ in range(cfg.n)]
-        was_training = model.training
-        model.eval()
-        texts, _, _ = generate_texts(model, tok, rep, params, batch_size=cfg.batch_size, seed=cfg.seed, backend=backend)
-        model.train(was_training)
+    texts = engine.complete(prompts, cfg.n, cfg.sampling(), cfg.seed)
     if len(texts) != len(rows) * cfg.n:
-        raise ValueError(f"sample: the teacher returned {len(texts)} completions for {len(rows)} prompts × {cfg.n}")
+        raise ValueError(f"sample: the engine returned {len(texts)} completions for {len(rows)} prompts × {cfg.n}")
     accepted = judge(rows, texts, verifier, cfg, tok)
     return select(rows, texts, accepted, cfg)
 
 
 def run_sample(
-    model: Any,
-    tok: Any,
+    engine: CompletionEngine,
     data: str | dict[str, Any],
     out: str | Path,
     cfg: SampleConfig,
     overwrite: bool = False,
-    teacher: Teacher | None = None,
-    backend: str = "fast",
 ) -> dict[str, Any]:
-    """Sample (with `teacher` when given, else `model`), verify and write `out` plus its pass-rate sidecar;
-    returns a summary."""
+    """Sample with `engine`, verify and write `out` plus its pass-rate sidecar (an old output is replaced only
+    once the new one is ready); returns a summary."""
     cfg.validate()
     if cfg.rewards:
         from aha.rewards import resolve
 
         for spec in cfg.rewards:
             resolve(spec)  # unknown names and bad parameters fail before any generation
-    path = check_out(out, overwrite)
+    sources = [data] if isinstance(data, str) else [data["path"]] if "path" in data else []
+    path = check_output(out, OUTPUT, overwrite, sources=sources)
     start = time.perf_counter()
-    rows, verifier = load_sample_data(data, cfg, tok)
-    lines, rates = sample_rows(model, tok, rows, verifier, cfg, teacher=teacher, backend=backend)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, verifier = load_sample_data(data, cfg, engine.tokenizer)
+    lines, rates = sample_rows(engine, rows, verifier, cfg)
+    prepare_output(path, OUTPUT, overwrite, sources=sources)
     _write_jsonl(sidecar_path(path), rates)
     _write_jsonl(path, lines)
     n_in = sum(r["in_range"] for r in rates)

@@ -1,0 +1,92 @@
+"""Completion engines: prompts in, completion texts out. ``aha sample`` generates through one, whichever it is:
+the model in this process (:class:`LocalEngine`, aha's sampler), an in-process vLLM engine
+(:class:`aha.rollout.vllm.VLLMRollout`) or an OpenAI-compatible server (:class:`aha.rollout.server.EndpointEngine`).
+
+The contract (:class:`CompletionEngine`): ``complete(prompts, n, params, seed)`` returns ``n`` consecutive
+completions per prompt, texts without special tokens. A prompt is a list of chat messages, rendered with the
+engine's `tokenizer` chat template, or a plain string (for a tokenizer without one); an engine whose `tokenizer`
+is None leaves the rendering to its server. Seeds: the vLLM engine and the endpoint draw completion j of prompt i
+with seed ``request_seed(seed, i, n) + j`` (so a local vLLM engine and a ``vllm serve`` of the same model give
+the same samples); the local sampler draws its whole call from one generator seeded with `seed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from aha.data.prompts import encode_prompts, eos_ids, render_prompt
+from aha.rollout.sampler import BACKENDS, SamplingParams, sample
+
+Prompt = str | list[dict[str, str]]
+
+
+class CompletionEngine(Protocol):
+    """What ``aha sample`` generates with; see the module docstring."""
+
+    tokenizer: Any  # the local tokenizer prompts are rendered with; None: the server renders them
+
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+def request_seed(seed: int, prompt_index: int, n: int) -> int:
+    """The seed of prompt `prompt_index`'s request; its j-th completion draws with ``request_seed(...) + j``, which
+    is what vLLM does for a seeded request with ``n`` > 1, so every (prompt, sample) has a stream of its own."""
+    return (int(seed) * 1_000_003 + prompt_index * n) % 2**31
+
+
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: list[Any],
+    params: SamplingParams,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    backend: str = "fast",
+) -> tuple[list[str], list[int], list[bool]]:
+    """Completions for `prompts` (rendered with the chat template when conversational).
+    Returns (texts, token lengths, truncated flags)."""
+    device = next(model.parameters()).device
+    eos = eos_ids(tokenizer, model)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    texts, lengths, truncated = [], [], []
+    for s in range(0, len(prompts), batch_size):
+        chunk = [render_prompt(tokenizer, p) for p in prompts[s : s + batch_size]]
+        ids, mask = encode_prompts(tokenizer, chunk, device=device)
+        comp = sample(model, ids, mask, params, eos, tokenizer.pad_token_id, generator=gen, backend=backend)
+        for row in comp.tolist():
+            ended = next((i for i, t in enumerate(row) if t in eos), None)
+            n = len(row) if ended is None else ended + 1
+            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+            lengths.append(n)
+            truncated.append(ended is None)
+    return texts, lengths, truncated
+
+
+class LocalEngine:
+    """The model in this process, sampled by aha's `backend` (``fast``: its KV-cache loop; ``hf``: transformers'
+    generate), `batch_size` rows at a time (in eval mode: :func:`aha.rollout.sampler.sample` sees to it)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, backend: str = "fast", batch_size: int = 64) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown sampling backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.batch_size = batch_size
+
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
+        rep = [p for p in prompts for _ in range(n)]
+        texts, _, _ = generate_texts(
+            self.model, self.tokenizer, rep, params, batch_size=self.batch_size, seed=seed, backend=self.backend
+        )
+        return texts
+
+    def close(self) -> None:
+        """Nothing to free: the model is the caller's."""
