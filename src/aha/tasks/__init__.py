@@ -5,8 +5,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from aha.data.answers import extract_answer
-from aha.data.prompts import completion_text
 from aha.tasks.arithmetic import Arithmetic
 from aha.tasks.base import Task
 from aha.tasks.coding import Coding
@@ -29,4 +27,4 @@ def get_task(name: str, **params: Any) -> Task:
         raise ValueError(f"task {name!r}: {e}") from None
 
 
-__all__ = ["TASKS", "Task", "completion_text", "extract_answer", "get_task"]
+__all__ = ["TASKS", "Task", "get_task"]

@@ -16,7 +16,7 @@ import random
 from typing import Any
 
 from aha.data.answers import extract_answer
-from aha.tasks.base import Task
+from aha.tasks.base import Task, task_row
 
 GUESS_THOUGHT = "easy"
 
@@ -74,7 +74,7 @@ class Arithmetic(Task):
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for rng, (a, b) in self.draws(split, n, seed, self._draw, f"digits={self.digits}"):
-            row: dict[str, Any] = {"prompt": [{"role": "user", "content": f"{a}+{b}"}], "answer": str(a + b)}
+            trace = None
             if split == "sft":
                 # A `guess_fraction` of the cold-start traces answer without working it out: the model
                 # then starts from a mix of habits, and RL has to discover which one earns the reward.
@@ -82,10 +82,8 @@ class Arithmetic(Task):
                     thought, said = GUESS_THOUGHT, sum_without_carry(a, b)
                 else:
                     thought, said = column_trace(a, b), a + b
-                row["completion"] = [
-                    {"role": "assistant", "content": f"<think>{thought}</think><answer>{said}</answer>"}
-                ]
-            out.append(row)
+                trace = f"<think>{thought}</think><answer>{said}</answer>"
+            out.append(task_row(f"{a}+{b}", str(a + b), trace))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:

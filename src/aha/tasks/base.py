@@ -11,6 +11,15 @@ from typing import Any
 SPLITS = ("sft", "train", "eval")
 
 
+def task_row(question: str, answer: str, trace: str | None = None, **columns: Any) -> dict[str, Any]:
+    """One task row in TRL's conversational form: the question as the user's message, the ground truth, the task's
+    other columns, and (the ``sft`` split) the worked-out `trace` as the assistant's completion."""
+    row: dict[str, Any] = {"prompt": [{"role": "user", "content": question}], "answer": answer, **columns}
+    if trace is not None:
+        row["completion"] = [{"role": "assistant", "content": trace}]
+    return row
+
+
 def in_eval_split(key: str, eval_fraction: float) -> bool:
     """Stable hash partition of the problem space: a problem is held out iff this is True.
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aha.tasks.base import SPLITS, Task, in_eval_split
+from aha.tasks.base import SPLITS, Task, in_eval_split, task_row
 
 Gen = Callable[[random.Random], Any]
 
@@ -190,15 +190,8 @@ class Coding(Task):
             tests = "\n".join(f"assert f({a!r}) == {f(a)!r}" for a in args)
             solution = family.solution.format(k=k)
             question = INSTRUCTIONS.format(what=family.question.format(k=k))
-            row: dict[str, Any] = {
-                "prompt": [{"role": "user", "content": question}],
-                "answer": solution,
-                "tests": tests,
-            }
-            if split == "sft":
-                trace = f"<think>{family.thought.format(k=k)}</think>\n```python\n{solution}\n```"
-                row["completion"] = [{"role": "assistant", "content": trace}]
-            out.append(row)
+            trace = f"<think>{family.thought.format(k=k)}</think>\n```python\n{solution}\n```"
+            out.append(task_row(question, solution, trace if split == "sft" else None, tests=tests))
         return out
 
     def is_correct(self, completion: str, answer: str, tests: str | None = None, **columns: Any) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aha.data.answers import extract_answer
 from aha.data.prompts import completion_text
-from aha.tasks.base import Task
+from aha.tasks.base import Task, task_row
 
 MAX_EXPRESSION_CHARS = 256
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
@@ -197,15 +197,8 @@ class Countdown(Task):
                 f"Using the numbers {shown}, write an expression that equals {target}. "
                 "You may use + - * / and parentheses, and each number at most once."
             )
-            row: dict[str, Any] = {
-                "prompt": [{"role": "user", "content": question}],
-                "answer": str(target),
-                "numbers": shown,
-            }
-            if split == "sft":
-                trace = f"<think>{' '.join(steps)}</think><answer>{expression}</answer>"
-                row["completion"] = [{"role": "assistant", "content": trace}]
-            out.append(row)
+            trace = f"<think>{' '.join(steps)}</think><answer>{expression}</answer>"
+            out.append(task_row(question, str(target), trace if split == "sft" else None, numbers=shown))
         return out
 
     def is_correct(

@@ -20,7 +20,7 @@ from typing import Any
 
 from aha.data.answers import extract_answer
 from aha.data.prompts import completion_text
-from aha.tasks.base import Task
+from aha.tasks.base import Task, task_row
 
 TOWNS = ["Millbrook", "Ashford", "Lakeside", "Greenvale", "Stonebridge", "Riverton", "Oakhurst"]
 EVENTS = ["spring fair", "book sale", "charity run", "food festival", "art show", "music night"]
@@ -145,14 +145,9 @@ class Summarize(Task):
             return doc, (doc, facts)
 
         for _, (doc, facts) in self.draws(split, n, seed, draw):
-            row: dict[str, Any] = {
-                "prompt": [{"role": "user", "content": f"Summarize the following text.\n\n{doc}"}],
-                "answer": str(self.ideal_length),
-                "ideal_length": self.ideal_length,
-            }
-            if split == "sft":
-                row["completion"] = [{"role": "assistant", "content": self._trace(facts)}]
-            out.append(row)
+            question = f"Summarize the following text.\n\n{doc}"
+            trace = self._trace(facts) if split == "sft" else None
+            out.append(task_row(question, str(self.ideal_length), trace, ideal_length=self.ideal_length))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aha.data.answers import extract_answer, gsm8k_answer, normalize_number
-from aha.tasks.base import Task
+from aha.tasks.base import Task, task_row
 
 NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Carlos", "he"), ("Mei", "she"), ("Ravi", "he")]
 ITEMS = ["apples", "stickers", "marbles", "cookies", "pencils", "books", "shells", "cards"]
@@ -174,15 +174,8 @@ class WordProblems(Task):
             return question, (question, steps, answer)
 
         for _, (question, steps, answer) in self.draws(split, n, seed, draw, f"max_value={self.max_value}"):
-            row: dict[str, Any] = {
-                "prompt": [{"role": "user", "content": question}],
-                "answer": str(answer),
-                "solution": solution_text(steps, answer),
-            }
-            if split == "sft":
-                trace = f"<think>{think_text(steps)}</think><answer>{answer}</answer>"
-                row["completion"] = [{"role": "assistant", "content": trace}]
-            out.append(row)
+            trace = f"<think>{think_text(steps)}</think><answer>{answer}</answer>" if split == "sft" else None
+            out.append(task_row(question, str(answer), trace, solution=solution_text(steps, answer)))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
