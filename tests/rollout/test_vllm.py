@@ -143,3 +143,13 @@ def test_bad_settings(small_tiny) -> None:
         VLLMRollout("x", tok, mode="server", server_base_url="localhost:8000")
     with pytest.raises(ValueError, match="takes no engine options \\(dtype\\)"):
         VLLMRollout("x", tok, mode="server", server_base_url="http://127.0.0.1:9", dtype="float32")
+
+
+def test_an_option_of_the_other_mode_is_refused(small_tiny):
+    tok = small_tiny[1]
+    with pytest.raises(ValueError, match=r"mode='server' does not use gpu_memory_utilization, max_model_len"):
+        VLLMRollout(
+            "x", tok, mode="server", server_base_url="http://127.0.0.1:9", max_model_len=64, gpu_memory_utilization=0.5
+        )
+    with pytest.raises(ValueError, match=r"mode='colocate' does not use api_key, server_timeout"):
+        VLLMRollout("x", tok, mode="colocate", server_timeout=3, api_key="k")

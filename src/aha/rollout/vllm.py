@@ -111,15 +111,33 @@ class VLLMRollout:
         server_base_url: str | None = None,
         max_model_len: int | None = None,
         seed: int = 0,
-        gpu_memory_utilization: float = 0.3,
-        server_timeout: float = 240.0,
-        request_timeout: float = 600.0,
+        gpu_memory_utilization: float | None = None,
+        server_timeout: float | None = None,
+        request_timeout: float | None = None,
         weights_dir: str | Path | None = None,
         api_key: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        """Colocate takes `max_model_len`, `gpu_memory_utilization` (default 0.3) and vLLM engine options; server
+        takes `server_base_url`, `server_timeout` (default 240 s to answer /health), `request_timeout` (600 s),
+        `weights_dir` and `api_key`. An option of the other mode is refused, naming it."""
         if mode not in MODES:
             raise ValueError(f"VLLMRollout mode must be one of {', '.join(MODES)}, got {mode!r}")
+        other = (
+            {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization}
+            if mode == "server"
+            else {"server_timeout": server_timeout, "request_timeout": request_timeout, "weights_dir": weights_dir}
+            | {"api_key": api_key}
+        )
+        given = sorted(k for k, v in other.items() if v is not None)
+        if given:
+            raise ValueError(
+                f"VLLMRollout mode={mode!r} does not use {', '.join(given)} (options of mode="
+                f"{'colocate' if mode == 'server' else 'server'!r}); leave {'it' if len(given) == 1 else 'them'} unset"
+            )
+        gpu_memory_utilization = 0.3 if gpu_memory_utilization is None else gpu_memory_utilization
+        server_timeout = 240.0 if server_timeout is None else server_timeout
+        request_timeout = 600.0 if request_timeout is None else request_timeout
         if tokenizer is None or getattr(tokenizer, "eos_token_id", None) is None:
             raise ValueError("VLLMRollout needs a tokenizer with an eos_token (completions end at it)")
         if max_model_len is not None and max_model_len < 1:

@@ -355,17 +355,12 @@ class RolloutSource:
 
         a = self.args
         if self.vllm is None:
-            url = a.vllm_server_base_url or f"http://{a.vllm_server_host}:{a.vllm_server_port}"
-            self.vllm = VLLMRollout(
-                self.model,
-                self.tokenizer,
-                mode=a.vllm_mode,
-                server_base_url=url if a.vllm_mode == "server" else None,
-                max_model_len=self.max_model_len(),
-                seed=a.seed,
-                gpu_memory_utilization=a.vllm_gpu_memory_utilization,
-                server_timeout=a.vllm_server_timeout,
-            )
+            if a.vllm_mode == "server":
+                url = a.vllm_server_base_url or f"http://{a.vllm_server_host}:{a.vllm_server_port}"
+                mode = {"server_base_url": url, "server_timeout": a.vllm_server_timeout}
+            else:
+                mode = {"max_model_len": self.max_model_len(), "gpu_memory_utilization": a.vllm_gpu_memory_utilization}
+            self.vllm = VLLMRollout(self.model, self.tokenizer, mode=a.vllm_mode, seed=a.seed, **mode)
             self.synced_step = self.state.global_step if a.vllm_mode == "colocate" else -1
         if self.synced_step != self.state.global_step:
             with full_weights(self.sharded_model):
