@@ -203,24 +203,34 @@ def test_bad_values_leave_no_directory(tmp_path, capsys) -> None:
     assert "--seed" in capsys.readouterr().err
 
 
-def test_threads_and_missing_recipe(tmp_path, monkeypatch) -> None:
-    seen = []
+def test_cli_passes_set_threads_and_no_plot(tmp_path, monkeypatch) -> None:
+    seen = {}
 
-    def fake_run_pipeline(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        raise RuntimeError("stop")
+    def fake_run_pipeline(recipe, sets, out, plot, overwrite):
+        seen.update(sets=sets, out=out, plot=plot, overwrite=overwrite, threads=torch.get_num_threads())
+        raise ValueError("stop")
 
     before = torch.get_num_threads()
     monkeypatch.setattr(aha.workflows.pipeline, "run_pipeline", fake_run_pipeline)
+    argv = ["demo", "--out", str(tmp_path / "t"), "--grpo-steps", "3", "--set", "stages.grpo.training.top_p=0.9"]
     try:
-        with pytest.raises(RuntimeError, match="stop"):
-            run_demo(out=str(tmp_path / "t"), threads=before + 1)
+        assert main([*argv, "--no-plot", "--threads", str(before + 1)]) == 1
     finally:
         torch.set_num_threads(before)
-    assert seen == [before + 1]
+    assert seen == {
+        "sets": ["stages.grpo.training.max_steps=3", "stages.grpo.training.top_p=0.9"],  # options, then --set
+        "out": str(tmp_path / "t"),
+        "plot": False,
+        "overwrite": False,
+        "threads": before + 1,
+    }
+
+
+def test_run_demo_refusals(tmp_path) -> None:
     with pytest.raises(ValueError, match="--threads must be >= 0"):
         run_demo(out=str(tmp_path / "t"), threads=-1)
     with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
         run_demo(recipe=tmp_path / "nope.yaml")
     with pytest.raises(ValueError, match="needs the held-out evaluation"):
         run_demo(sets=["eval=null"], out=str(tmp_path / "t"))
+    assert not (tmp_path / "t").exists()
