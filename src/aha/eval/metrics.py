@@ -20,10 +20,12 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aha.data.answers import ANSWER_FORMATS, completion_answer, normalize_number, reference_answer
-from aha.tasks import Task
+
+if TYPE_CHECKING:
+    from aha.tasks import Task
 
 VERIFIER_FORMATS = ("task", *ANSWER_FORMATS)
 
