@@ -34,44 +34,40 @@ WINDOW = 10  # moving-average window (steps)
 TOOLS = ("aha", "trl")
 
 
-def demo_config():
-    from aha.workflows.demo import DemoConfig
+def demo_stages() -> dict:
+    """The demo pipeline (recipes/demo.yaml) as `aha demo` runs it: its model and its two stages' settings."""
+    from aha.workflows.demo import RECIPE
+    from aha.workflows.pipeline import build_stages, plan, read_pipeline
 
-    return DemoConfig()
+    raw = read_pipeline(RECIPE)
+    sft, grpo = plan(raw, build_stages(raw))
+    return {"model": raw["model"], "sft": sft, "grpo": grpo}
 
 
-def demo_rows(cfg, steps: int) -> list[dict]:
-    """The demo's GRPO prompts: the same task, split, count and seed as ``run_demo``."""
-    from aha.tasks import get_task
+def demo_rows(demo: dict) -> list[dict]:
+    """The demo's GRPO prompts: its GRPO stage's dataset."""
+    from aha.data.load import load_rows
 
-    task = get_task("arithmetic", digits=cfg.digits, guess_fraction=cfg.guess_fraction)
-    return task.rows("train", max(1000, steps * cfg.prompts_per_step), cfg.seed)
+    return load_rows(demo["grpo"]["dataset"])
 
 
 # ------------------------------------------------------------------------------------------- SFT
 def cold_start(sft_steps: int, out_dir: Path) -> float:
-    """The demo's phase 1 (tiny model + cold-start SFT), saved to `out_dir`. Returns the wall time."""
+    """The demo's cold-start stage (tiny model + SFT, its settings but `sft_steps`), saved to `out_dir`.
+    Returns the wall time."""
     import torch
 
-    from aha.models.loading import save_model
-    from aha.models.tiny import build_tiny
-    from aha.tasks import get_task
+    from aha.data.load import load_rows
+    from aha.models.loading import load_recipe_model, save_model
     from aha.train.sft import SFTConfig, SFTTrainer
 
-    cfg = demo_config()
+    demo = demo_stages()
+    training = demo["sft"]["training"]
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    task = get_task("arithmetic", digits=cfg.digits, guess_fraction=cfg.guess_fraction)
-    model, tok = build_tiny(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers, seed=cfg.seed)
-    sft_cfg = SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=cfg.sft_learning_rate,
-        per_device_train_batch_size=cfg.sft_batch_size,
-        max_steps=sft_steps,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-    )
-    rows = task.rows("sft", cfg.sft_examples, cfg.seed)
+    torch.manual_seed(training["seed"])
+    model, tok = load_recipe_model(demo["model"], training["seed"])
+    sft_cfg = SFTConfig(**{**training, "max_steps": sft_steps, "output_dir": str(out_dir)})
+    rows = load_rows(demo["sft"]["dataset"])
     state = SFTTrainer(model, sft_cfg, rows, tok, description="cold-start SFT").train()
     save_model(model, tok, out_dir)
     print(
@@ -92,29 +88,25 @@ def worker(tool: str, model_dir: str, steps: int, threads: int, result: str) -> 
     from aha.rewards import get as get_reward
     from grpo_vs_trl import HPARAMS
 
-    cfg = demo_config()
-    torch.manual_seed(cfg.seed)
+    demo = demo_stages()
+    grpo = demo["grpo"]["training"]
+    torch.manual_seed(grpo["seed"])
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    data = Dataset.from_list(demo_rows(cfg, steps))
+    data = Dataset.from_list(demo_rows(demo))
     rewards = [get_reward("correctness"), get_reward("format")]
     out_dir = tempfile.mkdtemp(prefix=f"reward_curve_{tool}_")
     hp = dict(
         HPARAMS,
         output_dir=out_dir,
         max_steps=steps,
-        max_completion_length=cfg.max_completion_length,
+        max_completion_length=grpo["max_completion_length"],
         gradient_checkpointing=False,
-        seed=cfg.seed,
+        seed=grpo["seed"],
     )
     # the demo's GRPO settings are grpo_vs_trl.py's demo workload; fail loudly if either drifts
-    demo_hp = dict(
-        learning_rate=cfg.grpo_learning_rate,
-        num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.num_generations * cfg.prompts_per_step,
-        temperature=cfg.temperature,
-        beta=cfg.beta,
-    )
+    keys = ("learning_rate", "num_generations", "per_device_train_batch_size", "temperature", "beta")
+    demo_hp = {k: grpo[k] for k in keys}
     assert all(hp[k] == v for k, v in demo_hp.items()), (demo_hp, hp)
     t0 = time.perf_counter()
     if tool == "aha":
@@ -226,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    sft_steps = demo_config().sft_steps if args.sft_steps is None else args.sft_steps
+    sft_steps = demo_stages()["sft"]["training"]["max_steps"] if args.sft_steps is None else args.sft_steps
     t0 = time.perf_counter()
     print(f"machine at start: {load()}")
     with tempfile.TemporaryDirectory(prefix="reward_curve_") as tmp_name:

@@ -41,7 +41,8 @@ def test_eval_cli_on_a_file_default_k(models, tmp_path, capsys):
     ("extra", "message"),
     [
         (["--k", "1,16"], "--k 16 is larger than --n 8"),
-        (["--data", "BAD"], "no answer column (expected one of answer"),
+        (["--data", "BAD"], "no answer column in"),
+        (["--data", "arithmetc"], "not a built-in task (did you mean arithmetic?)"),
         (["--model", "MISSING"], "does not exist"),
         (["--out", "FULL"], "already holds files"),
     ],
@@ -62,4 +63,8 @@ def test_eval_cli_errors(models, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("aha eval: error:") and message in err[-1]
     if "no answer column" in message:
-        assert "columns found: question, label" in err[-1]
+        assert (
+            "bad.jsonl" in err[-1]
+            and "expected one of answer," in err[-1]
+            and "its columns: question, label" in err[-1]
+        )

@@ -10,7 +10,7 @@ import pytest
 from aha.cli import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-GRPO_RECIPES = ["demo", "smoltldr", "gsm8k", "openr1-math", "r1-zero", "countdown"]
+GRPO_RECIPES = ["demo-grpo", "smoltldr", "gsm8k", "openr1-math", "r1-zero", "countdown"]
 SMALL = "{tiny: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2}}"
 FAST = [
     f"model={SMALL}",
@@ -22,7 +22,8 @@ FAST = [
 ]
 # the dataset swap each recipe's header documents (demo and countdown already use a built-in task)
 DATASET = {r: "dataset={task: arithmetic, n: 64}" for r in ("smoltldr", "gsm8k", "openr1-math", "r1-zero")}
-DATASET |= {"demo": "dataset.n=64", "countdown": "dataset.n=64"}
+DATASET |= {"demo-grpo": "dataset.n=64", "countdown": "dataset.n=64"}
+PIPELINE_RECIPES = ["demo", "r1-pipeline-tiny"]
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -30,7 +31,14 @@ def _sets(items: list[str]) -> list[str]:
 
 
 def test_all_recipes_are_tested() -> None:
-    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*GRPO_RECIPES, "demo-sft", "r1-pipeline-tiny"])
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*GRPO_RECIPES, "demo-sft", *PIPELINE_RECIPES])
+
+
+@pytest.mark.parametrize("name", PIPELINE_RECIPES)
+def test_pipeline_dry_run(name: str, capsys) -> None:
+    assert main(["pipeline", str(RECIPES / f"{name}.yaml"), "--dry-run"]) == 0
+    stages = __import__("yaml").safe_load(capsys.readouterr().out)["stages"]
+    assert stages[0]["trainer"] == "sft" and stages[1]["trainer"] == "grpo" and stages[1]["rewards"]
 
 
 @pytest.mark.parametrize("name", GRPO_RECIPES)
@@ -51,7 +59,7 @@ def test_dry_run_says_what_it_cannot_check(capsys) -> None:
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_tiny_substitution_runs(name: str, tmp_path: Path) -> None:
     out = tmp_path / name
-    extra = ["eval.dataset.n=8", "eval.samples=1"] if name in ("demo", "countdown") else []
+    extra = ["eval.dataset.n=8", "eval.samples=1"] if name in ("demo-grpo", "countdown") else []
     argv = ["train", str(RECIPES / f"{name}.yaml"), *_sets([*FAST, DATASET[name], *extra])]
     assert main([*argv, "--out", str(out), "--no-plot"]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -61,7 +69,7 @@ def test_tiny_substitution_runs(name: str, tmp_path: Path) -> None:
     assert (
         model_dir / ("adapter_config.json" if name in ("smoltldr", "gsm8k", "countdown") else "config.json")
     ).is_file()
-    if name in ("demo", "countdown"):
+    if name in ("demo-grpo", "countdown"):
         assert "greedy_accuracy" in summary["eval"] and (out / "eval" / "summary.json").is_file()
 
 
@@ -75,7 +83,7 @@ def test_sft_dry_run_and_run(tmp_path: Path, capsys) -> None:
     assert summary["trainer"] == "sft" and summary["steps"] == 2
     assert (tmp_path / "sft" / "report.md").is_file()
     # phase 2 from the phase-1 run directory
-    grpo = ["train", str(RECIPES / "demo.yaml"), *_sets([*FAST[1:], "dataset.n=16", "eval=null"])]
+    grpo = ["train", str(RECIPES / "demo-grpo.yaml"), *_sets([*FAST[1:], "dataset.n=16", "eval=null"])]
     assert main([*grpo, "--set", f"model={tmp_path / 'sft'}", "--out", str(tmp_path / "grpo"), "--no-plot"]) == 0
 
 
@@ -83,7 +91,7 @@ def test_run_dir_is_not_clobbered(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    argv = ["train", str(RECIPES / "demo.yaml"), *_sets([*FAST, "dataset.n=8", "eval=null"]), "--out", str(out)]
+    argv = ["train", str(RECIPES / "demo-grpo.yaml"), *_sets([*FAST, "dataset.n=8", "eval=null"]), "--out", str(out)]
     assert main(argv) == 1
     assert "already holds files" in capsys.readouterr().err
 
@@ -91,13 +99,13 @@ def test_run_dir_is_not_clobbered(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("recipe", "sets", "message"),
     [
-        ("demo", ["rewards=[corectness]"], "unknown reward 'corectness' (did you mean correctness"),
-        ("demo", ["rewards.correctness.value=abc"], "parameter 'value' must be float"),
+        ("demo-grpo", ["rewards=[corectness]"], "unknown reward 'corectness' (did you mean correctness"),
+        ("demo-grpo", ["rewards.correctness.value=abc"], "parameter 'value' must be float"),
         ("countdown", ["dataset={task: arithmetic, n: 8}"], "needs the dataset column 'numbers'"),
-        ("demo", ["dataset.task=arithmetc"], "unknown task 'arithmetc' (did you mean arithmetic"),
-        ("demo", ["training.learnig_rate=1e-5"], "no field 'learnig_rate' (did you mean 'learning_rate'?)"),
-        ("demo", ["modle=tiny"], "unknown recipe key 'modle' (did you mean 'model'?)"),
-        ("demo", ["training.num_generations=many"], "training.num_generations must be int"),
+        ("demo-grpo", ["dataset.task=arithmetc"], "unknown task 'arithmetc' (did you mean arithmetic"),
+        ("demo-grpo", ["training.learnig_rate=1e-5"], "no field 'learnig_rate' (did you mean 'learning_rate'?)"),
+        ("demo-grpo", ["modle=tiny"], "unknown recipe key 'modle' (did you mean 'model'?)"),
+        ("demo-grpo", ["training.num_generations=many"], "training.num_generations must be int"),
         ("demo-sft", [], "for trainer 'sft', not 'grpo'; run it with `aha sft`"),
     ],
 )

@@ -1,9 +1,10 @@
 import json
 import logging
+import re
 
 import pytest
 
-from aha.data.load import load_rows
+from aha.data.load import data_spec, load_rows, resolve_spec, task_of
 
 GSM = [
     {"question": "What is 2+2?", "answer": "2+2 = <<2+2=4>>4\n#### 4"},
@@ -51,13 +52,96 @@ def test_plain_prompt_and_raw_answer(gsm_file):
 def test_math_boxed(tmp_path):
     path = write_jsonl(
         tmp_path / "math.jsonl",
-        [{"problem": "half?", "solution": r"It is $\boxed{\frac{1}{2}}$."}, {"problem": "p", "solution": r"\boxed{3}"}],
+        [
+            {"problem": "half?", "solution": r"It is $\boxed{\frac{1}{2}}$."},
+            {"problem": "p", "solution": r"\boxed{3}"},
+            {"problem": "free", "solution": r"\frac{2}{3}"},  # no \boxed: the answer as written
+            {"problem": "cut", "solution": r"so \boxed{\frac{1}{2}"},  # unbalanced: dropped
+        ],
     )
     rows = load_rows(
         {"path": str(path), "prompt_column": "problem", "answer_column": "solution", "answer_format": "math"}
     )
-    assert [r["answer"] for r in rows] == [r"\frac{1}{2}", "3"]
+    assert [r["answer"] for r in rows] == [r"\frac{1}{2}", "3", r"\frac{2}{3}"]
     assert rows[0]["solution"] == r"It is $\boxed{\frac{1}{2}}$."
+
+
+def test_gsm8k_plain_numbers_are_answers(tmp_path):
+    path = write_jsonl(
+        tmp_path / "n.jsonl", [{"q": "a", "a": "1,000"}, {"q": "b", "a": "#### 7"}, {"q": "c", "a": "x"}]
+    )
+    rows = load_rows({"path": str(path), "prompt_column": "q", "answer_column": "a", "answer_format": "gsm8k"})
+    assert [r["answer"] for r in rows] == ["1000", "7"]
+
+
+AUTO = {"prompt_column": "auto", "answer_column": "auto", "answer_format": "auto"}
+
+
+def test_auto_detects_columns_and_format(gsm_file, tmp_path):
+    rows = load_rows({"path": str(gsm_file), **AUTO})
+    assert [r["answer"] for r in rows] == ["4", "1234"]  # gsm8k detected; the row with no #### is dropped
+    assert rows[0]["prompt"] == "What is 2+2?"
+    assert resolve_spec({"path": str(gsm_file), **AUTO}) == {
+        "path": str(gsm_file),
+        "prompt_column": "question",
+        "answer_column": "answer",
+        "answer_format": "gsm8k",
+    }
+    # the first of PROMPT_COLUMNS / ANSWER_COLUMNS present wins: "prompt" before "input", "answer" before "solution"
+    both = write_jsonl(tmp_path / "b.jsonl", [{"input": "i", "prompt": "p", "solution": r"\boxed{2}", "answer": "x"}])
+    resolved = resolve_spec({"path": both, **AUTO})
+    assert (resolved["prompt_column"], resolved["answer_column"], resolved["answer_format"]) == (
+        "prompt",
+        "answer",
+        "math",
+    )
+    spec = {"task": "arithmetic", "n": 3}
+    assert resolve_spec(spec) is spec  # nothing to detect
+    with pytest.raises(ValueError, match=r"no prompt column in .*b2.jsonl.*or set prompt_column\); its columns: text"):
+        load_rows({"path": write_jsonl(tmp_path / "b2.jsonl", [{"text": "t"}]), **AUTO})
+    with pytest.raises(ValueError, match="answer_format must be one of gsm8k, math, auto or null"):
+        load_rows({"path": str(gsm_file), **AUTO, "answer_format": "latex"})
+
+
+def test_data_spec_strings(tmp_path):
+    assert data_spec("arithmetic") == {"task": "arithmetic", "split": "eval", "n": 100, "seed": 0}
+    assert data_spec("arithmetic:digits=3,guess_fraction=0.5", limit=7, seed=2, task_split="train") == {
+        "task": "arithmetic",
+        "digits": 3,
+        "guess_fraction": 0.5,
+        "split": "train",
+        "n": 7,
+        "seed": 2,
+    }
+    assert data_spec("countdown", split="sft")["split"] == "sft"
+    local = str(tmp_path / "gsm.jsonl")
+    assert data_spec(local, limit=5) == {"path": local, **AUTO, "max_samples": 5}
+    assert data_spec("openai/gsm8k:main") == {"path": "openai/gsm8k", "name": "main", "split": "test", **AUTO}
+    assert data_spec("HuggingFaceH4/MATH-500", split="train")["split"] == "train"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("arithmetc", "not a built-in task (did you mean arithmetic?)"),
+        ("arithmetic:digits", "task parameters are key=value pairs, got 'digits'"),
+        ("arithmetic:n=3", "'n' is not a parameter of task 'arithmetic'"),
+        ("/owner", "no such file or directory"),
+        ("", "expected a task name, a data file or a Hub id"),
+    ],
+)
+def test_data_spec_errors(text, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
+        load_rows(data_spec(text))
+
+
+def test_data_spec_limit_and_task_params():
+    with pytest.raises(ValueError, match="limit must be an integer >= 1"):
+        data_spec("arithmetic", limit=0)
+    with pytest.raises(ValueError, match="digits"):
+        load_rows(data_spec("arithmetic:digits=0"))
+    assert task_of({"task": "arithmetic", "digits": 3, "n": 5, "split": "eval"}).digits == 3
+    assert task_of({"task": "countdown", "params": {"count": 3}}).count == 3
 
 
 def test_other_formats_and_directory(tmp_path):
@@ -197,5 +281,7 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
     spec = {"path": "openai/gsm8k", "name": "main", "split": "test", "prompt_column": "question"}
     rows = load_rows({**spec, "answer_column": "answer", "answer_format": "gsm8k"})
     assert rows[0]["answer"] == "5" and calls == [("openai/gsm8k", "main", "test", {})]
+    rows = load_rows(data_spec("openai/gsm8k:main"))  # a --data string: test split, columns detected
+    assert rows[0]["answer"] == "5" and rows[0]["prompt"] == "q" and calls[-1][:3] == ("openai/gsm8k", "main", "test")
     with pytest.raises(ValueError, match="nobody/nothing"):
         load_rows({"path": "nobody/nothing"})

@@ -1,8 +1,9 @@
+import json
 from itertools import combinations
 
 import pytest
 
-from aha.eval.metrics import Verifier, detect_format, extract_number, last_boxed, maj_at_k, majority_vote, pass_at_k
+from aha.eval.metrics import Verifier, maj_at_k, majority_vote, pass_at_k, verified_rows
 
 
 @pytest.mark.parametrize(
@@ -58,23 +59,20 @@ def test_maj_at_k():
 
 def test_gsm8k_verifier():
     v = Verifier("gsm8k")
-    assert v.truth("She pays 3 * 24 = 72.\n#### 1,072") == "1072"
     text = "<think>3*24=72, plus 1000</think>The answer is $1,072."
-    assert v.extract(text) == "1072" and v.is_correct(text, "1072")
+    assert v.extract(text) == "1072" and v.is_correct(text, "1072") and v.is_correct(text, "1,072")
     assert v.is_correct("<answer>72.0</answer>", "72")
     assert not v.is_correct("<answer>73</answer>", "72")
     assert not v.is_correct("<think>72 is tempting", "72")  # truncated thought: no answer
-    assert extract_number("#### 5") == "5"
     assert v.extract("no number here") is None
 
 
 def test_math_verifier():
     v = Verifier("math")
-    assert v.truth(r"so $x = \boxed{\frac{1}{2}}$.") == r"\frac{1}{2}"
-    assert last_boxed(r"\boxed{\frac{a}{b}} and \boxed{x^{2}}") == "x^{2}"
     assert v.is_correct(r"<think>half</think>It is $\boxed{0.5}$", r"\frac{1}{2}")
     assert v.is_correct(r"<answer>\frac12</answer>", r"\frac{1}{2}")
     assert not v.is_correct(r"<think>hm</think>\boxed{2}", r"\frac{1}{2}")
+    assert not v.is_correct("<think>never ends", r"\frac{1}{2}")
 
 
 def test_task_verifier_and_prefill():
@@ -82,15 +80,62 @@ def test_task_verifier_and_prefill():
 
     v = Verifier("task", get_task("arithmetic"))
     assert v.is_correct("<think>x</think><answer>85</answer>", "85") and v.extract("<answer>85</answer>") == "85"
-    with pytest.raises(ValueError):
+    assert not v.is_correct("<think>x</think>85", "85")  # the task wants the <answer> block
+    with pytest.raises(ValueError, match="needs a built-in task"):
         Verifier("task")
+    with pytest.raises(ValueError, match="must be one of task, gsm8k, math"):
+        Verifier("latex")
     # the chat template opened the thought: a completion with no tags is an unfinished thought
     assert Verifier("gsm8k", prefilled=True).extract("thinking about 72") is None
     assert Verifier("gsm8k", prefilled=None).extract("thinking about 72") == "72"
 
 
-def test_detect_format():
-    assert detect_format(["a #### 3", "b #### 4"]) == "gsm8k"
-    assert detect_format([r"\boxed{3}", "x"]) == "math"
-    assert detect_format(["3", "-4.5", "1,000"]) == "gsm8k"
-    assert detect_format([r"\frac{1}{2}", "3"]) == "math"
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_verified_rows_detects_columns_and_format(tmp_path):
+    auto = {"prompt_column": "auto", "answer_column": "auto", "answer_format": "auto"}
+    gsm = _write_jsonl(
+        tmp_path / "a.jsonl", [{"question": "2+2?", "answer": "#### 4"}, {"question": "q", "answer": "7"}]
+    )
+    rows, v = verified_rows({"path": gsm, **auto})
+    assert v.format == "gsm8k" and [r["answer"] for r in rows] == ["4", "7"]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "2+2?"}]  # plain text: one user message
+    (tmp_path / "m.csv").write_text('problem,solution\n"Half of 1?","It is $\\boxed{\\frac{1}{2}}$"\n')
+    rows, v = verified_rows({"path": str(tmp_path / "m.csv"), **auto})
+    assert v.format == "math" and rows[0]["answer"] == r"\frac{1}{2}"
+    # an answer format given overrides the detection; no answer_format at all means auto
+    rows, v = verified_rows({"path": gsm, **auto}, answer_format="math")
+    assert v.format == "math" and [r["answer"] for r in rows] == ["#### 4", "7"]
+    rows, v = verified_rows({"path": gsm, "prompt_column": "question", "answer_column": "answer"})
+    assert v.format == "gsm8k" and rows[0]["answer"] == "4"
+
+
+def test_verified_rows_of_a_task():
+    rows, v = verified_rows({"task": "arithmetic", "digits": 1, "split": "eval", "n": 5, "seed": 2})
+    assert len(rows) == 5 and v.format == "task" and v.task.digits == 1
+    from aha.tasks import get_task
+
+    assert rows == get_task("arithmetic", digits=1).rows("eval", 5, 2)
+    words = {"task": "wordproblems", "n": 3}
+    rows, v = verified_rows(words, answer_format="gsm8k")  # graded as GSM8K numbers instead of by the task
+    assert v.format == "gsm8k" and rows[0]["answer"] == get_task("wordproblems").rows("train", 3, 0)[0]["answer"]
+    with pytest.raises(ValueError, match="not gsm8k answers"):
+        verified_rows({"task": "coding", "n": 3}, answer_format="gsm8k")
+
+
+def test_verified_rows_errors(tmp_path):
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "label": "3", "id": 1}])
+    auto = {"prompt_column": "auto", "answer_column": "auto"}
+    with pytest.raises(ValueError, match="no answer column in .*bad.jsonl.*its columns: question, label, id"):
+        verified_rows({"path": bad, **auto})
+    with pytest.raises(ValueError, match="grading needs answer_column"):
+        verified_rows({"path": bad, "prompt_column": "question"})
+    with pytest.raises(ValueError, match="answer format 'task' needs a built-in task, not data"):
+        verified_rows({"path": bad, **auto}, answer_format="task")
+    with pytest.raises(ValueError, match="answer format must be one of task, gsm8k, math"):
+        verified_rows({"task": "arithmetic"}, answer_format="latex")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        verified_rows("arithmetic")

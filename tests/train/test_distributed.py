@@ -146,7 +146,7 @@ def test_aha_train_under_torchrun_writes_one_run_directory(tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", AHA_NO_PROGRESS="1")
-    recipe = Path(__file__).parents[2] / "recipes" / "demo.yaml"
+    recipe = Path(__file__).parents[2] / "recipes" / "demo-grpo.yaml"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     cmd += ["--master_addr", "127.0.0.1", "-m", "aha.cli", "train", str(recipe), "--out", str(out), "--no-plot"]
     for s in ("training.max_steps=2", "training.max_completion_length=8", "eval.dataset.n=4", "eval.samples=2"):

@@ -32,7 +32,7 @@ def test_set_dotted_paths_are_typed() -> None:
 
 
 def test_set_text_with_a_colon_stays_text() -> None:
-    r = read_recipe(RECIPES / "demo.yaml")
+    r = read_recipe(RECIPES / "demo-grpo.yaml")
     apply_set(r, "dataset.system_prompt=Answer: in tags", "grpo")
     assert r["dataset"]["system_prompt"] == "Answer: in tags"
 
@@ -53,7 +53,7 @@ def test_set_text_with_a_colon_stays_text() -> None:
     ],
 )
 def test_set_errors_name_the_key(assignment: str, message: str) -> None:
-    r = read_recipe(RECIPES / "demo.yaml")
+    r = read_recipe(RECIPES / "demo-grpo.yaml")
     with pytest.raises(ValueError, match="--set") as e:
         apply_set(r, assignment, "grpo")
     assert message in str(e.value)
@@ -78,7 +78,7 @@ def test_missing_recipe_and_unknown_top_key(tmp_path: Path) -> None:
 def test_empty_local_dataset(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        load_recipe(RECIPES / "demo.yaml", [f"dataset.path={tmp_path / 'empty.jsonl'}"])
+        load_recipe(RECIPES / "demo-grpo.yaml", [f"dataset.path={tmp_path / 'empty.jsonl'}"])
 
 
 def test_needed_columns_from_signatures(tmp_path: Path) -> None:
@@ -96,8 +96,8 @@ def test_local_file_columns_are_checked(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": f"{i}+1", "target": str(i + 1)}) for i in range(4)) + "\n")
     with pytest.raises(ValueError, match="reward 'correctness' needs the dataset column 'answer'.*has: prompt, target"):
-        load_recipe(RECIPES / "demo.yaml", [f"dataset.path={data}"])
-    recipe = load_recipe(RECIPES / "demo.yaml", [f"dataset.path={data}", "dataset.answer_column=target"])
+        load_recipe(RECIPES / "demo-grpo.yaml", [f"dataset.path={data}"])
+    recipe = load_recipe(RECIPES / "demo-grpo.yaml", [f"dataset.path={data}", "dataset.answer_column=target"])
     assert recipe.dataset["answer_column"] == "target"
 
 
@@ -135,7 +135,7 @@ def test_lora_trains_only_the_adapter_and_merges(tmp_path: Path, monkeypatch) ->
         "training.num_generations=4",
         "training.per_device_train_batch_size=8",
     ]
-    recipe = load_recipe(RECIPES / "demo.yaml", sets, out=str(tmp_path / "run"), merge=True)
+    recipe = load_recipe(RECIPES / "demo-grpo.yaml", sets, out=str(tmp_path / "run"), merge=True)
     summary = rr.run_recipe(recipe, plot=False)
     assert 0 < summary["trainable_parameters"] < summary["parameters"]
 

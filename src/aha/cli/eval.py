@@ -102,7 +102,8 @@ def comparison_tables(a: dict[str, Any], b: dict[str, Any], comparison: dict[str
 
 
 def run(args: argparse.Namespace) -> int:
-    from aha.workflows.evaluation import EvalConfig, run_eval
+    from aha.eval.evaluate import EvalConfig
+    from aha.workflows.evaluation import run_eval
 
     ks = args.k if args.k is not None else [k for k in (1, 4, 8) if k <= max(args.n, 1)]
     cfg = EvalConfig(
@@ -111,12 +112,19 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
         seed=args.seed,
         batch_size=args.batch_size,
-        answer_format=args.answer_format,
     )
-    result = run_eval(args.model, args.data, cfg, out=args.out, overwrite=args.overwrite, compare=args.compare)
+    result = run_eval(
+        args.model,
+        args.data,
+        cfg,
+        limit=args.limit,
+        answer_format=args.answer_format,
+        out=args.out,
+        overwrite=args.overwrite,
+        compare=args.compare,
+    )
     console = Console(soft_wrap=False)
     if result["comparison"] is not None:
         for table in comparison_tables(result["summary"], result["compare"], result["comparison"]):

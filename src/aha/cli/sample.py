@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="completion length limit (default: 256)")
     p.add_argument("--limit", type=int, default=None, help="number of prompts (default: 100 of a task, a whole file)")
-    p.add_argument("--split", default="train", help="a built-in task's split (default: train)")
+    p.add_argument("--split", default=None, help="the split (default: a task's train split, a Hub data set's test)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--batch-size", type=int, default=None, help="in-process (fast, hf): generation batch size (default: 64)"

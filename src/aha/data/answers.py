@@ -22,17 +22,29 @@ the chat template) with nothing but whitespace before it, followed by a non-empt
 single ``<answer>…</answer>`` with nothing but whitespace after it, or free text with no answer tags.
 An empty thought (``<think></think>``, Qwen3's non-thinking mode) is allowed, as the format reward allows it.
 
-Final answers out of reference solutions: GSM8K's ``#### 72`` and MATH's ``\\boxed{…}``.
+Final answers, one function per source, the same for training rewards, tasks, the data loader and the evaluator:
+
+* a completion's ``<answer>…</answer>`` block: :func:`extract_answer`;
+* a completion's answer for grading in a format (:func:`completion_answer`): ``tag`` the ``<answer>`` block;
+  ``gsm8k`` the last number of the answer part (its ``\\boxed{}``, else its ``####`` tail, else all of it);
+  ``math`` the answer part's last ``\\boxed{}``, else the answer part itself;
+* a reference solution's answer (:func:`reference_answer`): ``gsm8k`` its ``#### 72`` line, or the whole text
+  when it is a plain number; ``math`` its last ``\\boxed{…}``, or the whole text when it has no ``\\boxed``
+  (:func:`detect_answer_format` picks the format of a column of them);
+* numbers compare as canonical strings (:func:`normalize_number`): ``$1,234.00`` and ``1234`` are the same answer.
 
 >>> gsm8k_answer("48/2 = <<48/2=24>>24\\n#### 1,234")
 '1234'
 >>> boxed_answer(r"so $x = \\boxed{\\frac{1}{2}}$.")
 '\\\\frac{1}{2}'
+>>> completion_answer("<think>3*24=72</think>The answer is $1,072.", "gsm8k")
+'1072'
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 OPEN_RE = re.compile(r"<(think|reasoning)>")
@@ -124,16 +136,20 @@ def parse_reasoning(text: str, prefilled: bool | None = None) -> Reasoning:
     )
 
 
-_NUMBER_RE = re.compile(r"^[-+]?\d+(?:\.\d+)?$")
+_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:\d+(?:\.\d+)?|\.\d+)$")
+# a number as written in running text: thousands groups (1,234) only when every group has three digits, and a
+# sign only where it cannot be a minus between two terms (5-3 holds the numbers 5 and 3)
+NUMBER_RE = re.compile(r"(?:(?<![\w)\]])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?:(?<![\w)\]])-)?\.\d+")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\b")
 
 
 def normalize_number(text: str) -> str:
     """A number as written by people, canonical: ``"$1,234.00"`` -> ``"1234"``, ``"-0.50"`` -> ``"-0.5"``,
-    ``"+7"`` -> ``"7"``. Text that is not a plain number comes back stripped but otherwise unchanged."""
+    ``"+7"`` -> ``"7"``, ``".5"`` -> ``"0.5"``. Text that is not a plain number comes back stripped but otherwise
+    unchanged."""
     s = text.strip()
     t = s.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    if not _NUMBER_RE.match(t):
+    if not _PLAIN_NUMBER_RE.match(t):
         return s
     sign = "-" if t.startswith("-") else ""
     t = t.lstrip("+-")
@@ -202,3 +218,68 @@ def extract_answer(text: str) -> str | None:
     """The content of the last ``<answer>…</answer>`` block, stripped; None when there is none."""
     found = ANSWER_BLOCK_RE.findall(text)
     return found[-1].strip() if found else None
+
+
+def is_number(text: str) -> bool:
+    """Is `text` a plain number once normalised (``1,234``, ``$72``, ``-0.5``; not ``1/2`` nor ``1e3``)?"""
+    return bool(_PLAIN_NUMBER_RE.match(normalize_number(text)))
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in `text`, canonical (``"so 3 apples cost $1,072."`` -> ``"1072"``); None if none."""
+    found = NUMBER_RE.findall(text)
+    return normalize_number(found[-1]) if found else None
+
+
+ANSWER_FORMATS = ("gsm8k", "math")  # formats of reference solutions (and of the completions graded against them)
+COMPLETION_FORMATS = ("tag", *ANSWER_FORMATS)
+
+
+def completion_answer(text: str, fmt: str, prefilled: bool | None = None) -> str | None:
+    """The final answer of a completion, for grading in format `fmt` (see the module doc); None when it has none.
+
+    ``gsm8k`` and ``math`` read the answer part :func:`parse_reasoning` finds (`prefilled`: see there), so a
+    thought cut off by the token limit has no answer, whatever numbers it holds."""
+    if fmt == "tag":
+        return extract_answer(text)
+    if fmt not in ANSWER_FORMATS:
+        raise ValueError(f"answer format must be one of {', '.join(COMPLETION_FORMATS)}, got {fmt!r}")
+    answer = parse_reasoning(text, prefilled).answer
+    if not answer:
+        return None
+    if fmt == "math":
+        return boxed_answer(answer) or answer
+    tail = answer.rsplit("####", 1)[1] if "####" in answer else None
+    for candidate in (boxed_answer(answer), tail, answer):
+        number = last_number(candidate) if candidate else None
+        if number is not None:
+            return number
+    return None
+
+
+def reference_answer(text: str, fmt: str) -> str | None:
+    """The final answer of a reference solution in format `fmt` (see the module doc); None when it has none
+    (e.g. a GSM8K-style text with neither ``####`` nor a plain number, or an unbalanced ``\\boxed{``)."""
+    text = str(text)
+    if fmt == "gsm8k":
+        if "####" in text:
+            return gsm8k_answer(text)
+        return normalize_number(text) if is_number(text) else None
+    if fmt == "math":
+        if _BOXED_RE.search(text):
+            return boxed_answer(text)
+        return text.strip() or None
+    raise ValueError(f"answer format must be one of {', '.join(ANSWER_FORMATS)}, got {fmt!r}")
+
+
+def detect_answer_format(answers: Sequence[str]) -> str:
+    """``gsm8k`` when reference answers carry ``####`` or are all plain numbers, ``math`` otherwise (``\\boxed{}``
+    solutions or free-form answers, compared by math-verify)."""
+    answers = [str(a) for a in answers]
+    if any("####" in a for a in answers):
+        return "gsm8k"
+    if any(_BOXED_RE.search(a) for a in answers):
+        return "math"
+    if answers and all(is_number(a) for a in answers):
+        return "gsm8k"
+    return "math"

@@ -14,26 +14,102 @@ Each row keeps its original columns, with ``prompt`` (from `prompt_column`; ``[s
 `system_prompt` is given) and, when `answer_column` is given, ``answer`` (the normalised final answer as a
 string; it replaces an original ``answer`` column). Rows whose answer cannot be extracted, and rows whose
 prompt is longer than `max_prompt_length` tokens, are dropped (never truncated), and the count is logged.
+
+``auto`` detects, from the data: `prompt_column` (the first of PROMPT_COLUMNS the data has), `answer_column`
+(the first of ANSWER_COLUMNS) and `answer_format` (:func:`aha.data.answers.detect_answer_format` on the answer
+column); :func:`resolve_spec` returns the spec with them filled in.
+
+:func:`data_spec` parses the command line's ``--data`` strings into a spec: a built-in task (``arithmetic``,
+``arithmetic:digits=3``; its held-out ``eval`` split unless told otherwise), a local ``.jsonl``/``.json``/``.csv``/
+``.parquet`` file or directory of them, or a Hub data set ``owner/name[:config]`` (its ``test`` split); files and
+Hub data sets have their columns and answer format detected.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aha.data.answers import boxed_answer, gsm8k_answer
+from aha.data.answers import ANSWER_FORMATS, detect_answer_format, reference_answer
 from aha.data.prompts import is_conversational, render_prompt
 
 log = logging.getLogger(__name__)
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-ANSWER_FORMATS: dict[str, Callable[[str], str | None]] = {"gsm8k": gsm8k_answer, "math": boxed_answer}
+AUTO = "auto"  # a column or answer format detected from the data
+PROMPT_COLUMNS = ("prompt", "question", "problem", "query", "input")
+ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "target", "solution", "output")
+DEFAULT_TASK_ROWS = 100  # rows of a task named by a --data string without a limit
 COMMON_KEYS = {"split", "max_samples", "shuffle_seed", "system_prompt", "max_prompt_length"}
 FILE_KEYS = COMMON_KEYS | {"path", "name", "prompt_column", "answer_column", "answer_format"}
 TASK_KEYS = COMMON_KEYS | {"task", "n", "seed", "params"}
+
+
+def spec_name(spec: Any) -> str:
+    """How messages name a spec's data: ``task 'arithmetic'`` or ``data 'gsm.jsonl'``."""
+    if isinstance(spec, dict) and "task" in spec:
+        return f"task {spec['task']!r}"
+    if isinstance(spec, dict) and "path" in spec:
+        return f"data {spec['path']!r}"
+    return "data"
+
+
+def data_spec(
+    text: str, *, split: str | None = None, task_split: str = "eval", limit: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """The spec of a ``--data`` string (see the module doc). `split`: the split to read (default: `task_split` for a
+    task, ``test`` for a Hub data set); `limit`: at most this many rows (a task: exactly, default
+    DEFAULT_TASK_ROWS); `seed`: a task's draw."""
+    from aha.tasks import TASKS
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"--data: expected a task name, a data file or a Hub id, got {text!r}")
+    _check_int("limit", limit, 1)
+    name, _, params = text.partition(":")
+    if name in TASKS:
+        spec: dict[str, Any] = {"task": name}
+        for item in filter(None, (x.strip() for x in params.split(","))):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise ValueError(f"--data {text}: task parameters are key=value pairs, got {item!r}")
+            if key in TASK_KEYS:
+                raise ValueError(f"--data {text}: {key!r} is not a parameter of task {name!r}")
+            try:
+                spec[key] = json.loads(value)
+            except json.JSONDecodeError:
+                spec[key] = value
+        return {**spec, "split": split or task_split, "n": limit or DEFAULT_TASK_ROWS, "seed": seed}
+    detected = {"prompt_column": AUTO, "answer_column": AUTO, "answer_format": AUTO}
+    limits = {"max_samples": limit} if limit is not None else {}
+    if is_local(text):
+        return {"path": text, **({"split": split} if split else {}), **detected, **limits}
+    if text.count("/") != 1 or not all(text.partition(":")[0].split("/")):
+        close = difflib.get_close_matches(name, TASKS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(
+            f"--data {text}: not a built-in task{hint} ({', '.join(sorted(TASKS))}), a data file "
+            f"({', '.join(sorted(BUILDERS))}) nor a Hub data set (owner/name[:config])"
+        )
+    path, _, config = text.partition(":")
+    return {"path": path, **({"name": config} if config else {}), "split": split or "test", **detected, **limits}
+
+
+def task_of(spec: dict[str, Any]) -> Any:
+    """The built-in task of a task spec, with its parameters (top-level keys and ``params``)."""
+    from aha.tasks import get_task
+
+    params = dict(spec.get("params") or {})
+    if not isinstance(params, dict):
+        raise ValueError(f"data: params must be a mapping of task parameters, got {spec['params']!r}")
+    extra = {k: v for k, v in spec.items() if k not in TASK_KEYS}
+    if set(extra) & set(params):
+        raise ValueError(f"data: task parameter(s) {', '.join(sorted(set(extra) & set(params)))} given twice")
+    return get_task(str(spec["task"]), **params, **extra)
 
 
 def _check_int(key: str, value: Any, minimum: int) -> None:
@@ -143,19 +219,10 @@ def _finish(rows: list[dict[str, Any]], where: str, cause: str) -> list[dict[str
 
 
 def _task_rows(spec: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
-    from aha.tasks import get_task
-
-    params = dict(spec.get("params") or {})
-    if not isinstance(params, dict):
-        raise ValueError(f"data: params must be a mapping of task parameters, got {spec['params']!r}")
-    extra = {k: v for k, v in spec.items() if k not in TASK_KEYS}
-    if set(extra) & set(params):
-        raise ValueError(f"data: task parameter(s) {', '.join(sorted(set(extra) & set(params)))} given twice")
-    params.update(extra)
     n, seed, split = spec.get("n", 1000), spec.get("seed", 0), spec.get("split", "train")
     _check_int("n", n, 1)
     _check_int("seed", seed, 0)
-    task = get_task(str(spec["task"]), **params)
+    task = task_of(spec)
     rows = task.rows(split, n, seed)
     where = f"task {spec['task']!r} split {split!r}"
     if spec.get("shuffle_seed") is not None:
@@ -173,6 +240,60 @@ def _task_rows(spec: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
     return _finish(out, where, " (all prompts longer than max_prompt_length)" if filters.too_long else "")
 
 
+def _check_file_spec(spec: dict[str, Any]) -> None:
+    unknown = sorted(set(spec) - FILE_KEYS)
+    if unknown:
+        raise ValueError(f"data: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(FILE_KEYS))}")
+    fmt = spec.get("answer_format")
+    if fmt is not None and fmt not in (*ANSWER_FORMATS, AUTO):
+        raise ValueError(f"data: answer_format must be one of {', '.join(ANSWER_FORMATS)}, {AUTO} or null, got {fmt!r}")
+    if fmt is not None and spec.get("answer_column") is None:
+        raise ValueError(f"data: answer_format {fmt!r} needs answer_column (the column holding the solutions)")
+
+
+def _resolve(spec: dict[str, Any], ds: Any, where: str) -> dict[str, Any]:
+    """`spec` with its ``auto`` columns and answer format detected in `ds`; every column checked to exist."""
+    out, columns = dict(spec), list(ds.column_names)
+    for key, default, candidates in (
+        ("prompt_column", "prompt", PROMPT_COLUMNS),
+        ("answer_column", None, ANSWER_COLUMNS),
+    ):
+        col = out.get(key, default)
+        if col == AUTO:
+            col = next((c for c in candidates if c in columns), None)
+            if col is None:
+                what = key.split("_")[0]
+                raise ValueError(
+                    f"data: no {what} column in {where} (expected one of {', '.join(candidates)}, or set {key}); "
+                    f"its columns: {', '.join(columns)}"
+                )
+            out[key] = col
+        if col is not None and col not in columns:
+            raise ValueError(f"data: {key} {col!r} not found in {where}; its columns: {', '.join(columns)}")
+    if out.get("answer_format") == AUTO:
+        out["answer_format"] = detect_answer_format([str(v) for v in ds[out["answer_column"]] if v is not None])
+    return out
+
+
+def resolve_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` with its ``auto`` columns and answer format filled in (the data is read to detect them); a task
+    spec, or one with nothing to detect, comes back as it is."""
+    if (
+        not isinstance(spec, dict)
+        or "path" not in spec
+        or AUTO
+        not in (
+            spec.get("prompt_column"),
+            spec.get("answer_column"),
+            spec.get("answer_format"),
+        )
+    ):
+        return spec
+    _check_file_spec(spec)
+    ds, where = _load_dataset(spec)
+    return _resolve(spec, ds, where)
+
+
 def load_rows(spec: dict[str, Any], tokenizer: Any = None) -> list[dict[str, Any]]:
     """Rows for training or evaluation from `spec` (see the module docstring). `tokenizer` is needed only
     for `max_prompt_length`. Bad input raises one ValueError or FileNotFoundError naming the culprit."""
@@ -187,29 +308,22 @@ def load_rows(spec: dict[str, Any], tokenizer: Any = None) -> list[dict[str, Any
     if "task" in spec:
         return _task_rows(spec, tokenizer)
 
-    unknown = sorted(set(spec) - FILE_KEYS)
-    if unknown:
-        raise ValueError(f"data: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(FILE_KEYS))}")
-    fmt = spec.get("answer_format")
-    if fmt is not None and fmt not in ANSWER_FORMATS:
-        raise ValueError(f"data: answer_format must be one of {', '.join(ANSWER_FORMATS)} or null, got {fmt!r}")
-    prompt_col, answer_col = spec.get("prompt_column", "prompt"), spec.get("answer_column")
-    if fmt is not None and answer_col is None:
-        raise ValueError(f"data: answer_format {fmt!r} needs answer_column (the column holding the solutions)")
+    _check_file_spec(spec)
     filters = _Filters(spec, tokenizer, str(spec["path"]))  # checks max_prompt_length before any loading
 
     ds, where = _load_dataset(spec)
     filters.where = where
-    columns = list(ds.column_names)
-    for key, col in (("prompt_column", prompt_col), ("answer_column", answer_col)):
-        if col is not None and col not in columns:
-            raise ValueError(f"data: {key} {col!r} not found in {where}; its columns: {', '.join(columns)}")
     if len(ds) == 0:
         raise ValueError(f"data: {where} is empty")
+    spec = _resolve(spec, ds, where)
+    prompt_col, answer_col, fmt = (
+        spec.get("prompt_column", "prompt"),
+        spec.get("answer_column"),
+        spec.get("answer_format"),
+    )
     if spec.get("shuffle_seed") is not None:
         ds = ds.shuffle(seed=spec["shuffle_seed"])
 
-    extract = ANSWER_FORMATS[fmt] if fmt is not None else None
     out: list[dict[str, Any]] = []
     no_answer = 0
     for raw in ds:
@@ -222,7 +336,7 @@ def load_rows(spec: dict[str, Any], tokenizer: Any = None) -> list[dict[str, Any
         row["prompt"] = prompt
         if answer_col is not None:
             value = row[answer_col]
-            answer = extract(str(value)) if extract is not None and value is not None else value
+            answer = reference_answer(str(value), fmt) if fmt is not None and value is not None else value
             if answer is None:
                 no_answer += 1
                 continue

@@ -1,4 +1,4 @@
-"""Estimators (pass@k, maj@k) and answer verifiers (built-in task, GSM8K, MATH) for ``aha eval``.
+"""Estimators (pass@k, maj@k) and the answer verifier (built-in task, GSM8K, MATH) of every evaluation.
 
 pass@k is the unbiased estimator of Chen et al. (2021): with ``n`` samples of which ``c`` are correct,
 ``pass@k = 1 - C(n-c, k) / C(n, k)``, the probability that at least one of ``k`` samples drawn without
@@ -7,21 +7,27 @@ replacement from the ``n`` is correct.
 maj@k is a majority vote over the extracted answers of the *first* ``k`` samples: samples with no
 extracted answer do not vote; the most frequent answer wins, and a tie goes to the answer that occurred
 first (lowest sample index). The question counts as solved when that answer's first sample is correct.
+
+A :class:`Verifier` grades a completion against a row's reference answer: a built-in task's own check, GSM8K's
+exact numeric match of the completion's last number, or MATH's math-verify equivalence; the answers are read by
+:mod:`aha.data.answers`. :func:`verified_rows` loads the rows of a data spec with the verifier that grades them
+(``aha eval``, ``aha sample`` and a recipe's ``eval:`` section all use it).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aha.data.answers import extract_answer, parse_reasoning
+from aha.data.answers import ANSWER_FORMATS, completion_answer, normalize_number, reference_answer
 
-ANSWER_FORMATS = ("task", "gsm8k", "math")
-NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+if TYPE_CHECKING:
+    from aha.tasks import Task
+
+VERIFIER_FORMATS = ("task", *ANSWER_FORMATS)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,69 +59,7 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
     return i is not None and bool(correct[i])
 
 
-# ---- answers ---------------------------------------------------------------------------------------
-
-
-def last_boxed(text: str) -> str | None:
-    r"""Content of the last ``\boxed{…}`` (or ``\fbox{…}``) with balanced braces; None when absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j].strip()
-    return None
-
-
-def gsm8k_truth(answer: str) -> str:
-    """The final answer of a GSM8K solution (``… #### 72``), or the string itself when it has none."""
-    tail = answer.split("####")[-1].strip()
-    return tail.replace(",", "").replace("$", "").strip()
-
-
-def math_truth(solution: str) -> str:
-    r"""The final answer of a MATH solution (its last ``\boxed{}``), or the string itself."""
-    boxed = last_boxed(solution)
-    return boxed if boxed is not None else solution.strip()
-
-
-def _to_number(s: str) -> float | None:
-    try:
-        return float(s.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def extract_number(text: str, prefilled: bool | None = None) -> str | None:
-    """The last number of the completion's answer (``<answer>``, ``\\boxed{}``, ``####`` or free text after
-    the thought), normalised: no thousands separators, no trailing ``.0``."""
-    ans = parse_reasoning(text, prefilled).answer
-    for candidate in (last_boxed(ans), ans.split("####")[-1] if "####" in ans else None, ans):
-        if candidate:
-            nums = NUMBER_RE.findall(candidate)
-            if nums:
-                value = _to_number(nums[-1])
-                if value is None:
-                    continue
-                return str(int(value)) if value.is_integer() else repr(value)
-    return None
-
-
-def extract_math(text: str, prefilled: bool | None = None) -> str | None:
-    r"""The completion's final answer for MATH-style grading: last ``\boxed{}`` of the answer part, else
-    the answer part itself (``<answer>`` content or free text after the thought)."""
-    ans = parse_reasoning(text, prefilled).answer
-    boxed = last_boxed(ans) if ans else None
-    out = boxed if boxed is not None else ans
-    return out.strip() or None
+# ---- verifying ---------------------------------------------------------------------------------------
 
 
 def math_equal(pred: str, truth: str) -> bool:
@@ -133,51 +77,67 @@ def math_equal(pred: str, truth: str) -> bool:
 
 @dataclass
 class Verifier:
-    """Extracts a completion's answer and judges it against a row's ground truth, for one format."""
+    """Extracts a completion's answer and judges it against a row's reference answer, for one format."""
 
     format: str
-    task: object | None = None  # a built-in aha Task for format "task"
+    task: Task | None = None  # a built-in aha Task for format "task"
     prefilled: bool | None = None  # the chat template opens the thought (see parse_reasoning)
 
     def __post_init__(self) -> None:
-        if self.format not in ANSWER_FORMATS:
-            raise ValueError(f"answer format must be one of {ANSWER_FORMATS}, got {self.format!r}")
+        if self.format not in VERIFIER_FORMATS:
+            raise ValueError(f"answer format must be one of {', '.join(VERIFIER_FORMATS)}, got {self.format!r}")
         if self.format == "task" and self.task is None:
             raise ValueError("answer format 'task' needs a built-in task")
 
-    def truth(self, raw: str) -> str:
-        """The ground truth as compared: GSM8K's ``####`` tail, MATH's last ``\\boxed{}``."""
-        raw = str(raw)
-        return {"task": raw.strip(), "gsm8k": gsm8k_truth(raw), "math": math_truth(raw)}[self.format]
-
     def extract(self, completion: str) -> str | None:
-        if self.format == "gsm8k":
-            return extract_number(completion, self.prefilled)
-        if self.format == "math":
-            return extract_math(completion, self.prefilled)
-        return extract_answer(completion)
+        """The completion's final answer as graded (a task's: its ``<answer>`` block)."""
+        return completion_answer(completion, "tag" if self.format == "task" else self.format, self.prefilled)
 
     def is_correct(self, completion: str, truth: str, row: dict[str, Any] | None = None) -> bool:
         if self.format == "task":  # the task's own verifier, with the row's other columns when given
+            assert self.task is not None
             if row is not None:
-                return self.task.check(completion, {**row, "answer": truth})  # type: ignore[union-attr]
-            return bool(self.task.is_correct(completion, truth))  # type: ignore[union-attr]
+                return self.task.check(completion, {**row, "answer": truth})
+            return bool(self.task.is_correct(completion, truth))
         got = self.extract(completion)
         if got is None:
             return False
         if self.format == "gsm8k":
-            a, b = _to_number(got), _to_number(truth)
-            return a is not None and b is not None and a == b  # floats hold integers exactly up to 2**53
-        return math_equal(got, truth)
+            return got == normalize_number(str(truth))
+        return math_equal(got, str(truth))
 
 
-def detect_format(answers: Sequence[str]) -> str:
-    """``gsm8k`` when answers carry ``####`` or are all numbers, ``math`` otherwise (``\\boxed{}`` or
-    free-form, judged by math-verify)."""
-    if any("####" in a for a in answers):
-        return "gsm8k"
-    if any("\\boxed" in a for a in answers):
-        return "math"
-    if answers and all(_to_number(a.strip().replace("$", "")) is not None for a in answers):
-        return "gsm8k"
-    return "math"
+def _as_messages(prompt: Any) -> Any:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def verified_rows(
+    spec: dict[str, Any], tokenizer: Any = None, answer_format: str | None = None
+) -> tuple[list[dict[str, Any]], Verifier]:
+    """The rows of the :func:`aha.data.load.load_rows` spec `spec` and the verifier that grades completions of them.
+
+    A built-in task is graded by its own verifier, a file or Hub data set by its ``answer_format`` (``auto`` when
+    not given: detected from its answers); `answer_format` overrides both (``task`` only for a task). Each row has
+    a chat ``prompt`` (a plain-text question becomes one user message) and ``answer``, the reference answer as
+    compared (a task's answer, or the one :func:`aha.data.answers.reference_answer` reads)."""
+    from aha.data.load import AUTO, load_rows, resolve_spec, spec_name, task_of
+
+    if answer_format not in (None, *VERIFIER_FORMATS):
+        raise ValueError(f"answer format must be one of {', '.join(VERIFIER_FORMATS)}, got {answer_format!r}")
+    if not isinstance(spec, dict) or "task" in spec:
+        rows = load_rows(spec, tokenizer)  # a spec that is not a mapping fails here, with the loader's message
+        verifier = Verifier("task", task_of(spec)) if answer_format in (None, "task") else Verifier(answer_format)
+        if verifier.format != "task":  # the task's answers, read as `answer_format` references
+            for row in rows:
+                row["answer"] = reference_answer(str(row["answer"]), verifier.format)
+                if row["answer"] is None:
+                    raise ValueError(f"{spec_name(spec)}: its answers are not {verifier.format} answers")
+    else:
+        if answer_format == "task":
+            raise ValueError(f"answer format 'task' needs a built-in task, not {spec_name(spec)}")
+        if not spec.get("answer_column"):
+            raise ValueError(f"{spec_name(spec)}: grading needs answer_column (the reference answers, or auto)")
+        spec = resolve_spec({**spec, "answer_format": answer_format or spec.get("answer_format") or AUTO})
+        rows = load_rows(spec, tokenizer)
+        verifier = Verifier(spec["answer_format"])
+    return [{**r, "prompt": _as_messages(r["prompt"]), "answer": str(r["answer"])} for r in rows], verifier

@@ -12,6 +12,7 @@ the same samples); the local sampler draws its whole call from one generator see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -47,9 +48,11 @@ def generate_texts(
     batch_size: int = 128,
     seed: int = 0,
     backend: str = "fast",
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[str], list[int], list[bool]]:
-    """Completions for `prompts` (rendered with the chat template when conversational).
-    Returns (texts, token lengths, truncated flags)."""
+    """Completions for `prompts` (rendered with the chat template when conversational), in batches of
+    `batch_size` drawing from one generator seeded `seed`; `on_batch(size)` after each batch.
+    Returns (texts, token lengths with the EOS, truncated flags)."""
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -64,6 +67,8 @@ def generate_texts(
             texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
             lengths.append(n)
             truncated.append(ended is None)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return texts, lengths, truncated
 
 

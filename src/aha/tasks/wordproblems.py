@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from aha.data.answers import extract_answer, gsm8k_answer, normalize_number
+from aha.data.answers import extract_answer, normalize_number, reference_answer
 from aha.tasks.base import Task, task_row
 
 NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Carlos", "he"), ("Mei", "she"), ("Ravi", "he")]
@@ -184,5 +184,5 @@ class WordProblems(Task):
         got = extract_answer(completion)
         if got is None:
             return False
-        truth = gsm8k_answer(answer) if "####" in str(answer) else normalize_number(str(answer))
+        truth = reference_answer(str(answer), "gsm8k")
         return truth is not None and normalize_number(got) == truth

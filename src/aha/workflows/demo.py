@@ -10,171 +10,171 @@
    think, but completions that work it out are right more often, so their advantages are positive:
    the model learns to think before it answers — the "aha" in miniature;
 5. evaluate again and print before → after.
+
+It is the pipeline recipe ``recipes/demo.yaml`` (a ``cold-start`` SFT stage and a ``grpo`` stage, the held-out
+evaluation after each), run by :func:`aha.workflows.pipeline.run_pipeline` into its pipeline directory, then the
+comparison of the two evaluations (its ``summary.json``: ``<metric>_before`` / ``_after``) as a table and as bars
+(``plots/held_out.png``). Each demo
+option is a ``--set`` override of that recipe (:data:`OPTIONS` lists the keys it sets), so the demo is a smoke
+test of the pipeline and nothing it accepts is ignored.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
 from rich.table import Table
 
-from aha.console import console
-from aha.eval.evaluate import EvalResult, evaluate
-from aha.models.loading import save_model
-from aha.models.tiny import build_tiny, num_parameters
-from aha.rewards import get as get_reward
-from aha.tasks import get_task
-from aha.train.config import GRPOConfig
-from aha.train.grpo import GRPOTrainer
-from aha.train.metrics import MetricsLogger
-from aha.train.sft import SFTConfig, SFTTrainer
-from aha.workflows.report import plot_run
-from aha.workflows.rundir import RUN_DIR, prepare_output
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "demo.yaml"  # in aha's source tree, next to src/
 
 
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"
-    seed: int = 0
-    digits: int = 2
-    guess_fraction: float = 0.6
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    sft_steps: int = 400
-    sft_examples: int = 20_000
-    sft_learning_rate: float = 2e-3
-    sft_batch_size: int = 64
-    grpo_steps: int = 150
-    grpo_learning_rate: float = 2e-5
-    num_generations: int = 8
-    prompts_per_step: int = 8
-    max_completion_length: int = 40
-    temperature: float = 1.0
-    beta: float = 0.0
-    eval_size: int = 300
-    eval_samples: int = 4
-    logging_steps: int = 10
-    threads: int = 0  # 0: torch's default
+@dataclass(frozen=True)
+class DemoOption:
+    """``aha demo --<name>``: sets each of `keys` (pipeline ``--set`` keys) to its value."""
+
+    name: str
+    type: type
+    help: str
+    keys: tuple[str, ...]
 
 
-def _table(before: EvalResult, after: EvalResult) -> Table:
+OPTIONS = (
+    DemoOption(
+        "seed",
+        int,
+        "random seed for everything: model, data draws, training, evaluation",
+        ("training.seed", "eval.seed", "eval.dataset.seed", "stages.*.dataset.seed"),
+    ),
+    DemoOption("digits", int, "digits of the addition task", ("eval.dataset.digits", "stages.*.dataset.digits")),
+    DemoOption(
+        "guess_fraction",
+        float,
+        "fraction of cold-start traces that are quick guesses forgetting the carry",
+        ("stages.cold-start.dataset.guess_fraction",),
+    ),
+    DemoOption("hidden_size", int, "tiny model width", ("model.tiny.hidden_size",)),
+    DemoOption("num_hidden_layers", int, "tiny model depth", ("model.tiny.num_hidden_layers",)),
+    DemoOption("sft_steps", int, "cold-start SFT optimiser steps", ("stages.cold-start.training.max_steps",)),
+    DemoOption("sft_examples", int, "cold-start traces drawn", ("stages.cold-start.dataset.n",)),
+    DemoOption("sft_learning_rate", float, "cold-start learning rate", ("stages.cold-start.training.learning_rate",)),
+    DemoOption(
+        "sft_batch_size", int, "cold-start traces per step", ("stages.cold-start.training.per_device_train_batch_size",)
+    ),
+    DemoOption("grpo_steps", int, "GRPO optimiser steps", ("stages.grpo.training.max_steps",)),
+    DemoOption("grpo_learning_rate", float, "GRPO learning rate", ("stages.grpo.training.learning_rate",)),
+    DemoOption("grpo_prompts", int, "GRPO training prompts drawn", ("stages.grpo.dataset.n",)),
+    DemoOption(
+        "num_generations", int, "completions per prompt (GRPO group)", ("stages.grpo.training.num_generations",)
+    ),
+    DemoOption(
+        "grpo_batch_size",
+        int,
+        "completions per GRPO step (prompts per step × num_generations)",
+        ("stages.grpo.training.per_device_train_batch_size",),
+    ),
+    DemoOption(
+        "max_completion_length",
+        int,
+        "completion tokens, in GRPO and in the evaluation",
+        ("stages.grpo.training.max_completion_length", "eval.max_new_tokens"),
+    ),
+    DemoOption(
+        "temperature",
+        float,
+        "sampling temperature, in GRPO and in the evaluation",
+        ("stages.grpo.training.temperature", "eval.temperature"),
+    ),
+    DemoOption("beta", float, "GRPO KL coefficient", ("stages.grpo.training.beta",)),
+    DemoOption("eval_size", int, "held-out problems", ("eval.dataset.n",)),
+    DemoOption("eval_samples", int, "sampled completions per held-out problem (pass@1)", ("eval.samples",)),
+    DemoOption("logging_steps", int, "steps between metrics lines", ("training.logging_steps",)),
+)
+
+
+def demo_sets(values: dict[str, Any]) -> list[str]:
+    """The pipeline ``--set`` overrides of the demo options in `values` (name → value; None: the recipe's)."""
+    by_name = {o.name: o for o in OPTIONS}
+    unknown = sorted(set(values) - set(by_name))
+    if unknown:
+        raise ValueError(f"demo: unknown option(s) {', '.join(unknown)}; options: {', '.join(by_name)}")
+    sets = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        kind = by_name[name].type
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise ValueError(f"demo: --{name.replace('_', '-')} must be {by_name[name].type.__name__}, got {value!r}")
+        sets += [f"{key}={value}" for key in by_name[name].keys]
+    return sets
+
+
+ROWS = (  # label, summary key, shown as a percentage
+    ("greedy accuracy", "accuracy", True),
+    ("sampled pass@1", "pass1", True),
+    ("format rate", "format", True),
+    ("mean length (tokens)", "length", False),
+)
+
+
+def before_after_table(summary: dict[str, Any]) -> Table:
+    """The held-out comparison: cold start → after GRPO → change (from the pipeline's ``summary.json``)."""
+    missing = [
+        f"{key}_{when}" for _, key, _ in ROWS for when in ("before", "after") if summary.get(f"{key}_{when}") is None
+    ]
+    if missing:
+        raise ValueError(f"demo: the pipeline's summary lacks {', '.join(missing)}: were both stages evaluated?")
     t = Table(title="Held-out evaluation: cold start → after GRPO")
     t.add_column("metric")
     t.add_column("cold start", justify="right")
     t.add_column("after GRPO", justify="right")
     t.add_column("change", justify="right")
-    for name, key, pct in (
-        ("greedy accuracy", "accuracy", True),
-        ("sampled pass@1", "pass1", True),
-        ("format rate", "format_rate", True),
-        ("mean length (tokens)", "mean_length", False),
-    ):
-        b, a = getattr(before, key), getattr(after, key)
+    for label, key, pct in ROWS:
+        b, a = summary[f"{key}_before"], summary[f"{key}_after"]
         f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.1f}")
         d = f"{100 * (a - b):+.1f} pts" if pct else f"{a - b:+.1f}"
-        t.add_row(name, f(b), f(a), d)
+        t.add_row(label, f(b), f(a), d)
     return t
 
 
-def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    task = get_task("arithmetic", digits=cfg.digits, guess_fraction=cfg.guess_fraction)
-    grpo_cfg = GRPOConfig(
-        output_dir=str(cfg.out),
-        seed=cfg.seed,
-        learning_rate=cfg.grpo_learning_rate,
-        lr_scheduler_type="constant",
-        max_steps=cfg.grpo_steps,
-        num_generations=cfg.num_generations,
-        per_device_train_batch_size=cfg.num_generations * cfg.prompts_per_step,
-        max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        beta=cfg.beta,
-        logging_steps=cfg.logging_steps,
-        save_steps=10**9,
-        use_cpu=True,
-    )
-    run = prepare_output(cfg.out, RUN_DIR, overwrite)  # only once every setting has been validated
-    (run / "config.yaml").write_text(yaml.safe_dump({"demo": asdict(cfg), "grpo": grpo_cfg.to_dict()}, sort_keys=False))
-    logger = MetricsLogger(run / "metrics.jsonl")
+def run_demo(
+    options: dict[str, Any] | None = None,
+    sets: list[str] = (),
+    out: str = "runs/demo",
+    *,
+    recipe: str | Path = RECIPE,
+    overwrite: bool = False,
+    plot: bool = True,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Run (or resume) the demo pipeline with the demo `options` and then the `sets` overrides into `out`; print
+    and return its summary. `threads` > 0: torch's CPU threads."""
+    import torch
 
-    model, tok = build_tiny(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers, seed=cfg.seed)
-    console.print(
-        f"[bold]1. tiny model[/bold]: LlamaForCausalLM, {num_parameters(model) / 1e6:.2f} M parameters, "
-        f"{len(tok)}-token character vocabulary"
-    )
-    console.print(
-        f"[bold]2. cold start[/bold]: SFT for {cfg.sft_steps} steps on {cfg.sft_examples} traces "
-        f"({100 * cfg.guess_fraction:.0f}% of them quick guesses that forget to carry)"
-    )
-    sft_rows = task.rows("sft", cfg.sft_examples, cfg.seed)
-    sft_cfg = SFTConfig(
-        output_dir=str(run / "sft"),
-        learning_rate=cfg.sft_learning_rate,
-        per_device_train_batch_size=cfg.sft_batch_size,
-        max_steps=cfg.sft_steps,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-    )
-    SFTTrainer(model, sft_cfg, sft_rows, tok, logger=logger, description="cold-start SFT").train()
-    save_model(model, tok, run / "sft")
+    from aha.console import console
+    from aha.workflows.pipeline import read_pipeline, run_pipeline
 
-    held_out = task.rows("eval", cfg.eval_size, cfg.seed)
-    ev = dict(
-        n_samples=cfg.eval_samples, temperature=cfg.temperature, max_new_tokens=cfg.max_completion_length, seed=cfg.seed
-    )
-    before = evaluate(model, tok, held_out, task.check, **ev)
-    console.print(
-        f"[bold]3. held-out[/bold] ({cfg.eval_size} problems never trained on): greedy accuracy "
-        f"{100 * before.accuracy:.1f}%, sampled pass@1 {100 * before.pass1:.1f}%"
-    )
+    if not Path(recipe).is_file():
+        raise FileNotFoundError(
+            f"demo: the pipeline recipe {recipe} does not exist (recipes/ ships with aha's source tree): "
+            "pass --recipe PATH/demo.yaml"
+        )
+    if threads < 0:
+        raise ValueError(f"demo: --threads must be >= 0, got {threads}")
+    all_sets = [*demo_sets(options or {}), *sets]
+    if not isinstance(read_pipeline(recipe, all_sets).get("eval"), dict):
+        raise ValueError("demo: the comparison needs the held-out evaluation (the recipe's eval: section)")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    summary = run_pipeline(recipe, all_sets, out, plot=plot, overwrite=overwrite)
+    console.print(before_after_table(summary))
+    run = Path(summary["out"])
+    if plot:  # the comparison as bars: RUN/plots/held_out.png
+        from aha.workflows.report import draw_before_after
 
-    console.print(
-        f"[bold]4. GRPO[/bold]: {cfg.grpo_steps} steps × {cfg.prompts_per_step} prompts × "
-        f"{cfg.num_generations} completions, rewards: correctness + format"
-    )
-    trainer = GRPOTrainer(
-        model,
-        [get_reward("correctness"), get_reward("format")],
-        grpo_cfg,
-        task.rows("train", max(1000, cfg.grpo_steps * cfg.prompts_per_step), cfg.seed),
-        processing_class=tok,
-    )
-    trainer.logger = logger  # one metrics.jsonl for the whole run, lines tagged phase=sft / phase=grpo
-    trainer.train()
-    trainer.save_model(run / "model")
-
-    after = evaluate(model, tok, held_out, task.check, **ev)
-    console.print(_table(before, after))
-    summary = {
-        "accuracy_before": before.accuracy,
-        "accuracy_after": after.accuracy,
-        "pass1_before": before.pass1,
-        "pass1_after": after.pass1,
-        "format_before": before.format_rate,
-        "format_after": after.format_rate,
-        "length_before": before.mean_length,
-        "length_after": after.mean_length,
-        "grpo_steps": cfg.grpo_steps,
-        "sft_steps": cfg.sft_steps,
-        "eval_size": cfg.eval_size,
-        "seed": cfg.seed,
-        "parameters": num_parameters(model),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plots = plot_run(run)  # RUN/plots/*.png and RUN/report.md
-    console.print(f"plots: {len(plots)} PNGs in {run / 'plots'}, report in {run / 'report.md'}")
-    console.print(
-        f"run directory: {run}  (model in {run / 'model'}, metrics in {run / 'metrics.jsonl'}); "
-        f"{summary['seconds']:.0f} s"
-    )
+        (run / "plots").mkdir(exist_ok=True)
+        draw_before_after(summary, run / "plots" / "held_out.png")
+    final = run / summary["stages"][-1]["stage"] / "model"
+    console.print(f"pipeline directory: {run} (final model in {final})")
     return summary

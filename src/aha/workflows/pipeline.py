@@ -18,7 +18,10 @@ of :class:`aha.workflows.sampling.SampleConfig` and a ``dataset`` (a data spec o
 
 ``DIR/<i>-<name>/`` holds stage i (a run directory, or ``samples.jsonl`` + its pass rates); ``stage_done.json``,
 written last, marks it finished. Re-running on the same DIR skips finished stages (their settings must be
-unchanged) and redoes the first unfinished one. ``DIR/summary.json`` holds the held-out accuracy after every stage.
+unchanged) and redoes the first unfinished one. ``DIR/summary.json`` holds the held-out numbers after every stage
+(``stages``: greedy accuracy, sampled pass@1, the greedy completions' format rate and mean length, steps, seconds),
+the first evaluation against the last (``accuracy_before``/``_after``, ``pass1_…``, ``format_…``, ``length_…``)
+and the seconds of all stages.
 """
 
 from __future__ import annotations
@@ -319,17 +322,29 @@ def run_sample_stage(config: dict[str, Any], out: Path, stage_dir: Path) -> dict
     return summary
 
 
+HELD_OUT = ("accuracy", "pass1", "format", "length")  # a training stage's summary.json <key>_after (workflows.run)
+
+
 def _row(stage: Stage, summary: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
     row: dict[str, Any] = {"stage": stage.dirname, "kind": stage.kind, "seconds": summary.get("seconds")}
     if stage.kind == "sample":
         row |= {"kept": summary["kept"], "mean_pass_rate": summary["mean_pass_rate"]}
-        for k in ("accuracy", "pass1", "format"):  # the model is unchanged
+        for k in HELD_OUT:  # the model is unchanged
             row[k] = (previous or {}).get(k)
     else:
-        row |= {"accuracy": summary.get("accuracy_after"), "pass1": summary.get("pass1_after")}
-        row["format"] = summary.get("format_after")
+        row |= {k: summary.get(f"{k}_after") for k in HELD_OUT}
         row |= {k: summary[k] for k in ("steps", "reward", "loss") if k in summary}
     return row
+
+
+def before_after(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``<metric>_before`` / ``_after`` for each HELD_OUT metric: the first held-out evaluation (the starting
+    model's, or the first evaluated stage's) against the last; empty when fewer than two stages were evaluated."""
+    evaluated = [r for r in rows if r.get("kind") != "sample" and r.get("accuracy") is not None]
+    if len(evaluated) < 2:
+        return {}
+    first, last = evaluated[0], evaluated[-1]
+    return {f"{k}_{when}": r.get(k) for k in HELD_OUT for when, r in (("before", first), ("after", last))}
 
 
 def prepare_out(out: Path, raw: dict[str, Any], overwrite: bool) -> None:
@@ -347,11 +362,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def fmt(v: Any) -> str:
         return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
+    columns = ("stage", "kind", *HELD_OUT, "seconds")
     table = Table(title="held-out accuracy after each stage")
-    for col in ("stage", "kind", "accuracy", "pass1", "format", "seconds"):
+    for col in columns:
         table.add_column(col, justify="left" if col in ("stage", "kind") else "right")
     for r in rows:
-        table.add_row(*(fmt(r.get(c)) for c in ("stage", "kind", "accuracy", "pass1", "format", "seconds")))
+        table.add_row(*(fmt(r.get(c)) for c in columns))
     console.print(table)
 
 
@@ -389,13 +405,13 @@ def run_pipeline(
         else:
             summary = run_training_stage(config, run_dir, stage_dir, plot)
             if not rows and summary.get("accuracy_before") is not None:  # the starting model's accuracy
-                new.append({"stage": "0-start", "kind": "-", "accuracy": summary["accuracy_before"]})
-                new[-1] |= {"pass1": summary.get("pass1_before"), "format": summary.get("format_before")}
+                new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
         new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
         rows += new
         _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")
         _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "\n")
-    result = {"pipeline": str(path), "out": str(run_dir), "stages": rows}
+    result = {"pipeline": str(path), "out": str(run_dir), "stages": rows, **before_after(rows)}
+    result["seconds"] = round(sum(r.get("seconds") or 0.0 for r in rows), 1)
     _write_atomic(run_dir / "summary.json", json.dumps(result, indent=2) + "\n")
     print_table(rows)
     return result

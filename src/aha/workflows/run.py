@@ -49,30 +49,16 @@ def _merge(model: Any, tok: Any, run: Path) -> str:
 
 def prepare_eval(recipe: Recipe, tok: Any) -> tuple[list[dict[str, Any]], Any]:
     """The eval rows and their verifier (loaded before training, so a bad eval spec fails early)."""
-    from aha.data.load import load_rows
-    from aha.eval.metrics import Verifier, detect_format
+    from aha.eval.metrics import verified_rows
 
     ev = recipe.eval
     assert ev is not None
-    spec = ev["dataset"]
-    rows = load_rows(spec, tok)
-    if "task" in spec:
-        from aha.data.load import TASK_KEYS
-        from aha.tasks import get_task
-
-        params = {**(spec.get("params") or {}), **{k: v for k, v in spec.items() if k not in TASK_KEYS}}
-        verifier = Verifier("task", get_task(spec["task"], **params))
-    else:
-        fmt = ev["answer_format"] or spec.get("answer_format") or detect_format([str(r["answer"]) for r in rows])
-        verifier = Verifier(fmt)
-    if "answer" not in rows[0]:
-        raise ValueError(f"eval: the eval dataset has no answer column (has: {sorted(rows[0])})")
-    return [{**r, "answer": str(r["answer"])} for r in rows], verifier
+    return verified_rows(ev["dataset"], tok, ev["answer_format"])
 
 
 def evaluate_recipe(recipe: Recipe, model: Any, tok: Any, data: tuple[list[dict[str, Any]], Any], label: str):
     """Greedy accuracy, pass@1 (and @k), format rate and lengths on the recipe's eval rows."""
-    from aha.workflows.evaluation import EvalConfig, evaluate_model
+    from aha.eval.evaluate import EvalConfig, evaluate
 
     ev = recipe.eval
     assert ev is not None
@@ -88,17 +74,22 @@ def evaluate_recipe(recipe: Recipe, model: Any, tok: Any, data: tuple[list[dict[
         seed=ev["seed"],
         batch_size=ev["batch_size"],
     )
-    cfg.validate()
-    was_training = model.training
-    model.eval()
-    _, metrics = evaluate_model(model, tok, rows, verifier, cfg, label=label)
-    model.train(was_training)
-    metrics["n_questions"] = len(rows)
+    _, metrics = evaluate(model, tok, rows, verifier, cfg, label=label)
     return metrics
 
 
+# summary.json's before/after numbers: greedy accuracy, sampled pass@1, and the greedy completions' format rate
+# and mean length (the numbers `aha demo` shows)
+BEFORE_AFTER = (
+    ("accuracy", "greedy_accuracy"),
+    ("pass1", "pass@1"),
+    ("format", "greedy_format_rate"),
+    ("length", "greedy_mean_length"),
+)
+
+
 def _before_after(summary: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]) -> None:
-    for key, metric in (("accuracy", "greedy_accuracy"), ("pass1", "pass@1"), ("format", "format_rate")):
+    for key, metric in BEFORE_AFTER:
         summary[f"{key}_after"] = after.get(metric)
         if before is not None:
             summary[f"{key}_before"] = before.get(metric)

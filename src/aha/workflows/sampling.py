@@ -1,9 +1,10 @@
 """Rejection sampling (R1 phase 3, and distillation): sample n completions per prompt, verify them, keep the
 accepted ones as an SFT dataset.
 
-Data: a built-in task (``arithmetic`` or ``arithmetic:digits=3``; its ``train`` split by default and its own
-verifier), a local GSM8K/MATH-style file (verified by :class:`aha.eval.metrics.Verifier`), or a
-:func:`aha.data.load.load_rows` spec mapping (what a pipeline's ``sample`` stage gives). With ``rewards`` a
+Data: a ``--data`` string (:func:`aha.data.load.data_spec`): a built-in task (``arithmetic`` or
+``arithmetic:digits=3``; its ``train`` split by default and its own verifier), a local GSM8K/MATH-style file or a
+Hub data set (verified by :class:`aha.eval.metrics.Verifier`); or a :func:`aha.data.load.load_rows` spec mapping
+(what a pipeline's ``sample`` stage gives). :func:`aha.eval.metrics.verified_rows` loads both. With ``rewards`` a
 completion is accepted when its weighted summed reward is at least ``min_reward`` instead.
 
 Output (``out``, JSON lines): one line per kept completion ``{"prompt": [...messages], "completion":
@@ -29,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from aha.data.prompts import render_prompt
-from aha.eval.metrics import Verifier, detect_format
+from aha.eval.metrics import Verifier, verified_rows
 from aha.rollout.engine import CompletionEngine
 from aha.rollout.sampler import SamplingParams
 from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
 KEEP = ("correct", "all")
-DEFAULT_ROWS = 100
-DROP_COLUMNS = ("prompt", "completion", "raw_answer")
+DROP_COLUMNS = ("prompt", "completion")
 
 
 @dataclass
@@ -52,7 +52,7 @@ class SampleConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     limit: int | None = None  # prompts (default: 100 for a task, all rows of a file)
-    split: str = "train"  # a built-in task's split
+    split: str | None = None  # None: a built-in task's train split, a Hub data set's test split
     seed: int = 0
     batch_size: int = 64  # rows per generation batch of the local model (LocalEngine)
     rewards: list[Any] = field(default_factory=list)  # reward specs (names, dicts); empty: the verifier
@@ -95,32 +95,15 @@ def sidecar_path(out: str | Path) -> Path:
 def load_sample_data(
     data: str | dict[str, Any], cfg: SampleConfig, tokenizer: Any = None
 ) -> tuple[list[dict[str, Any]], Verifier]:
-    """Rows (``prompt``, ``answer`` and the row's other columns) and the verifier that judges them."""
-    from aha.data.load import TASK_KEYS, load_rows
-    from aha.tasks import get_task
+    """Rows (``prompt``, ``answer`` and the row's other columns) and the verifier that judges them: `data` is a
+    ``--data`` string (:func:`aha.data.load.data_spec`; a task's ``cfg.split``, by default ``train``) or a
+    :func:`aha.data.load.load_rows` spec; at most ``cfg.limit`` rows."""
+    from aha.data.load import data_spec
 
-    if isinstance(data, dict):
-        rows = load_rows(data, tokenizer)
-        if "task" in data:
-            params = {**(data.get("params") or {}), **{k: v for k, v in data.items() if k not in TASK_KEYS}}
-            verifier = Verifier("task", get_task(str(data["task"]), **params))
-        else:
-            if "answer" not in rows[0]:
-                raise ValueError(f"sample: the data {data.get('path')!r} needs an answer column (answer_column)")
-            fmt = data.get("answer_format") or detect_format([str(r["answer"]) for r in rows])
-            verifier = Verifier(fmt)
-    else:
-        from aha.workflows.evaluation import load_eval_data, task_from_spec
-
-        task = task_from_spec(data)
-        if task is not None:
-            rows, verifier = task.rows(cfg.split, cfg.limit or DEFAULT_ROWS, cfg.seed), Verifier("task", task)
-        else:
-            rows, verifier = load_eval_data(data, cfg.limit, cfg.seed)
-    rows = rows[: cfg.limit] if cfg.limit else rows
-    if not rows:
-        raise ValueError("sample: no prompts")
-    return [{**r, "answer": str(r["answer"])} for r in rows], verifier
+    if isinstance(data, str):
+        data = data_spec(data, split=cfg.split, task_split="train", limit=cfg.limit, seed=cfg.seed)
+    rows, verifier = verified_rows(data, tokenizer)
+    return rows[: cfg.limit] if cfg.limit else rows, verifier
 
 
 # ---- judging -----------------------------------------------------------------------------------------

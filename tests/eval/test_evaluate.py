@@ -1,0 +1,139 @@
+"""The evaluator: metrics from scripted completions, its seeding scheme, and a real tiny model end to end."""
+
+import pytest
+
+import aha.eval.evaluate as evaluate_mod
+from aha.eval.evaluate import EvalConfig, evaluate
+from aha.rollout.engine import generate_texts
+from aha.eval.metrics import Verifier
+from aha.models.tiny import build_tiny
+from aha.rollout.sampler import SamplingParams
+from aha.tasks import get_task
+
+SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(**SIZES)
+
+
+def _rows(questions: dict[str, str]) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in questions.items()]
+
+
+def _scripted(monkeypatch, script: dict[str, list[str]], calls: list | None = None) -> None:
+    """generate_texts answers question q with script[q][0] when greedy, else script[q][i] for its i-th sample."""
+    seen: dict[str, int] = {}
+
+    def fake(model, tok, prompts, params, *, batch_size, seed, on_batch=None, backend="fast"):
+        if calls is not None:
+            calls.append((params.greedy, seed, batch_size, len(prompts)))
+        texts = []
+        for p in prompts:
+            q = p[-1]["content"]
+            if params.greedy:
+                texts.append(script[q][0])
+            else:
+                seen[q] = seen.get(q, 0) + 1
+                texts.append(script[q][seen[q] - 1])
+        on_batch(len(prompts))
+        return texts, [len(t) for t in texts], ["never ends" in t for t in texts]
+
+    monkeypatch.setattr(evaluate_mod, "generate_texts", fake)
+
+
+def test_metrics_from_scripted_completions(tiny, monkeypatch):
+    """Known pass@k, maj@k, format rate, lengths and truncation; GSM8K grading of free text."""
+    model, tok = tiny
+    script = {
+        "q1": ["<think>a</think>7", "<think>b</think>8", "<think>c</think>8", "<think>d</think>7"],
+        "q2": ["<think>x</think>The answer is 1,000.", "9", "<think>never ends", "<answer>1000</answer>"],
+    }
+    _scripted(monkeypatch, script)
+    records, m = evaluate(
+        model, tok, _rows({"q1": "7", "q2": "1000"}), Verifier("gsm8k"), EvalConfig(n=4, ks=[1, 2, 4])
+    )
+    assert m["greedy_accuracy"] == 1.0 and m["n_questions"] == 2
+    # q1: c=2 of 4; q2: c=2 of 4 ("1,000" and "<answer>1000")
+    assert m["pass@1"] == pytest.approx(0.5)
+    assert m["pass@2"] == pytest.approx(1 - 1 / 6)
+    assert m["pass@4"] == 1.0
+    # maj@2: q1 "7" vs "8" tie -> "7" (first) correct; q2 "1000" vs "9" tie -> "1000" correct
+    assert m["maj@1"] == 1.0 and m["maj@2"] == 1.0 and m["maj@4"] == 1.0
+    assert m["format_rate"] == pytest.approx(5 / 8)  # q1: all 4 are thought-then-answer; q2: only the first
+    assert m["greedy_format_rate"] == 1.0
+    assert m["truncated"] == pytest.approx(1 / 8) and m["greedy_truncated"] == 0.0
+    texts = [t for q in script for t in script[q]]
+    assert m["mean_length"] == pytest.approx(sum(map(len, texts)) / 8) and m["max_length"] == max(map(len, texts))
+    assert m["greedy_mean_length"] == pytest.approx((len(script["q1"][0]) + len(script["q2"][0])) / 2)
+    assert [r["n_correct"] for r in records] == [2, 2]
+    assert records[1]["samples"][2] == {
+        "completion": "<think>never ends",
+        "extracted": None,
+        "correct": False,
+        "format_ok": False,
+        "length": len("<think>never ends"),
+        "truncated": True,
+    }
+    assert records[0]["pass@k"] == {"1": 0.5, "2": pytest.approx(5 / 6), "4": 1.0}
+
+
+def test_format_rate_is_parse_reasoning(tiny, monkeypatch):
+    """One closed thought, then one non-empty answer: a second <answer> block or an empty one is not well formed."""
+    model, tok = tiny
+    script = {
+        "a": ["<think>x</think><answer>1</answer>"],
+        "b": ["<think>x</think><answer>1</answer><answer>2</answer>"],
+        "c": ["<think>x</think><answer> </answer>"],
+        "d": ["<think></think>1"],
+    }
+    _scripted(monkeypatch, script)
+    _, m = evaluate(model, tok, _rows(dict.fromkeys(script, "1")), Verifier("gsm8k"), EvalConfig(n=1, ks=[1]))
+    assert m["greedy_format_rate"] == pytest.approx(2 / 4) and m["format_rate"] == pytest.approx(2 / 4)
+
+
+def test_seeding_scheme(tiny, monkeypatch):
+    """Greedy from `seed`, the samples from `seed + 1`, each pass in batches of `batch_size` (n samples in a row)."""
+    model, tok = tiny
+    calls: list = []
+    _scripted(monkeypatch, {"q": ["<answer>1</answer>"] * 3}, calls)
+    evaluate(model, tok, _rows({"q": "1"}), Verifier("gsm8k"), EvalConfig(n=3, ks=[1], seed=5, batch_size=7))
+    assert calls == [(True, 5, 7, 1), (False, 6, 7, 3)]
+
+
+def test_generate_texts_one_generator_across_batches(tiny):
+    model, tok = tiny
+    prompts = [[{"role": "user", "content": f"{i}+{i}"}] for i in range(5)]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0)
+    sizes: list[int] = []
+    a = generate_texts(model, tok, prompts, params, batch_size=2, seed=3, on_batch=sizes.append)
+    assert sizes == [2, 2, 1]
+    assert a == generate_texts(model, tok, prompts, params, batch_size=2, seed=3)  # deterministic in the seed
+    assert a != generate_texts(model, tok, prompts, params, batch_size=2, seed=4)
+    texts, lengths, truncated = a
+    assert len(texts) == 5 and all(1 <= n <= 6 for n in lengths)
+    assert all(n == 6 for t, n in zip(truncated, lengths) if t)  # truncated: the whole budget, no EOS
+
+
+def test_evaluate_a_real_model(tiny):
+    model, tok = tiny
+    task = get_task("arithmetic", digits=1)
+    rows = task.rows("eval", 4, 0)
+    model.train()
+    cfg = EvalConfig(n=2, ks=[1, 2], max_new_tokens=5, batch_size=3)
+    records, m = evaluate(model, tok, rows, Verifier("task", task), cfg)
+    assert model.training  # left in the mode it was in
+    assert (records, m) == evaluate(model, tok, rows, Verifier("task", task), cfg)  # deterministic
+    flat = [s for r in records for s in r["samples"]]
+    assert m["pass@1"] == pytest.approx(sum(s["correct"] for s in flat) / len(flat))
+    assert m["max_length"] <= 5 and m["truncated"] == pytest.approx(sum(s["truncated"] for s in flat) / len(flat))
+    assert all(r["greedy"]["correct"] == task.check(r["greedy"]["completion"], row) for r, row in zip(records, rows))
+
+
+def test_evaluate_errors(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="no rows"):
+        evaluate(model, tok, [], Verifier("gsm8k"), EvalConfig())
+    with pytest.raises(ValueError, match="--k 8 is larger than --n 4"):
+        evaluate(model, tok, _rows({"q": "1"}), Verifier("gsm8k"), EvalConfig(n=4, ks=[1, 8]))
