@@ -4,9 +4,9 @@ import pytest
 
 import aha.eval.evaluate as evaluate_mod
 from aha.eval.evaluate import EvalConfig, evaluate
-from aha.rollout.engine import generate_texts
 from aha.eval.metrics import Verifier
 from aha.models.tiny import build_tiny
+from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
 from aha.tasks import get_task
 
