@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -71,3 +72,22 @@ def test_a_model_without_a_generation_config_writes_none(tmp_path, small_tiny) -
     out = save_model(Plain(), tok, tmp_path / "p")
     assert {p.name for p in out.iterdir()} >= {"config.json", "tokenizer_config.json"}
     assert not (out / "generation_config.json").exists()
+
+
+def test_a_pipeline_directory_means_its_last_finished_training_stage(tmp_path, small_tiny):
+    from aha.models.loading import resolve_model_path, save_model
+
+    model, tok = small_tiny
+    pipe = tmp_path / "demo"
+    pipe.mkdir()
+    (pipe / "pipeline.yaml").write_text("stages: []\n")
+    with pytest.raises(ValueError, match="no finished training stage"):
+        resolve_model_path(pipe)
+    for stage in ("1-cold-start", "2-grpo", "10-late"):
+        save_model(model, tok, pipe / stage / "model")
+        (pipe / stage / "config.yaml").write_text("{}\n")
+    for stage in ("1-cold-start", "2-grpo"):
+        (pipe / stage / "stage_done.json").write_text("{}\n")
+    assert resolve_model_path(pipe) == str(pipe / "2-grpo" / "model")  # 10-late has not finished
+    (pipe / "10-late" / "stage_done.json").write_text("{}\n")
+    assert resolve_model_path(pipe) == str(pipe / "10-late" / "model")  # by stage number, not by name

@@ -12,17 +12,22 @@ from pathlib import Path
 from typing import Any
 
 RUN_MARKERS = ("config.yaml", "summary.json", "metrics.jsonl")
+PIPELINE_MARKER = "pipeline.yaml"  # a pipeline directory (aha.workflows.pipeline writes it first)
+STAGE_DONE = "stage_done.json"  # a pipeline stage that finished (written last)
 MODEL_MARKERS = ("config.json", "adapter_config.json")
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def resolve_model_path(path: str | Path) -> str:
-    """A local model directory (a run directory means its ``model/``), or a Hub id kept as is.
+    """A local model directory (a run directory means its ``model/``; a pipeline directory, the model of its last
+    finished stage that trained one), or a Hub id kept as is.
 
     Raises FileNotFoundError for a missing local path and ValueError for a directory with no model.
     """
     p = Path(path).expanduser()
     if p.is_dir():
+        if (p / PIPELINE_MARKER).is_file():
+            p = _last_stage_model(p)
         if (p / "model").is_dir() and any((p / m).exists() for m in RUN_MARKERS):
             p = p / "model"
         if not any((p / m).exists() for m in MODEL_MARKERS):
@@ -33,6 +38,18 @@ def resolve_model_path(path: str | Path) -> str:
     if HUB_ID_RE.fullmatch(str(path)) and not str(path).startswith("."):
         return str(path)  # looks like a Hugging Face Hub id
     raise FileNotFoundError(f"model path {path} does not exist")
+
+
+def _last_stage_model(pipeline: Path) -> Path:
+    """The run directory of a pipeline's last finished training stage (``<i>-<name>/`` with ``stage_done.json``
+    and a ``model/``)."""
+    stages = sorted(
+        (d for d in pipeline.iterdir() if d.is_dir() and (d / STAGE_DONE).is_file() and (d / "model").is_dir()),
+        key=lambda d: int(d.name.split("-", 1)[0]) if d.name.split("-", 1)[0].isdigit() else -1,
+    )
+    if not stages:
+        raise ValueError(f"{pipeline} is a pipeline directory with no finished training stage yet (no model)")
+    return stages[-1]
 
 
 def is_adapter(path: str | Path) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from rich.table import Table
 
-RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "demo.yaml"  # in aha's source tree, next to src/
+RECIPE = Path(__file__).with_name("demo.yaml")  # shipped with the package; recipes/demo.yaml links to it
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,7 @@ def run_demo(
     from aha.workflows.pipeline import read_pipeline, run_pipeline
 
     if not Path(recipe).is_file():
-        raise FileNotFoundError(
-            f"demo: the pipeline recipe {recipe} does not exist (recipes/ ships with aha's source tree): "
-            "pass --recipe PATH/demo.yaml"
-        )
+        raise FileNotFoundError(f"demo: the pipeline recipe {recipe} does not exist: pass --recipe PATH/demo.yaml")
     if threads < 0:
         raise ValueError(f"demo: --threads must be >= 0, got {threads}")
     all_sets = [*demo_sets(options or {}), *sets]

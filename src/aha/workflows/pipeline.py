@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from aha.models.loading import PIPELINE_MARKER, STAGE_DONE
 from aha.workflows.recipe import TOP_KEYS, apply_set, config_fields, load_recipe, parse_value, read_recipe, suggest
 from aha.workflows.sampling import SampleConfig
 
@@ -175,8 +176,7 @@ def build_stages(raw: dict[str, Any]) -> list[Stage]:
     return out
 
 
-DONE = "stage_done.json"
-MARKER = "pipeline.yaml"
+DONE, MARKER = STAGE_DONE, PIPELINE_MARKER
 
 
 # ------------------------------------------------------------------------------------------ stage settings
