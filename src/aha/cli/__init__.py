@@ -14,6 +14,11 @@ from importlib.metadata import version
 COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks", "train", "sft", "sample", "pipeline"]
 
 
+def add_set_option(p: argparse.ArgumentParser, help: str, dest: str = "sets") -> None:
+    """The repeatable ``--set KEY=VALUE`` every command that takes overrides shares (values are YAML)."""
+    p.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE", help=f"{help}; repeatable")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as one line and exits 2."""
 

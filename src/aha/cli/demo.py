@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aha.cli import add_set_option
+
 NAME = "demo"
 
 
@@ -29,14 +31,10 @@ def add_parser(sub) -> None:
             metavar=o.type.__name__.upper(),
             help=f"{o.help} (sets {', '.join(o.keys)})",
         )
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any other pipeline key, as `aha pipeline --set` (e.g. stages.grpo.training.top_p=0.9); "
-        "applied after the options; repeatable",
+    add_set_option(
+        p,
+        "override any other pipeline key, as `aha pipeline --set` (e.g. stages.grpo.training.top_p=0.9); "
+        "applied after the options",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-plot", action="store_true", help="skip each stage's plots/ and report.md")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aha.cli import add_set_option
+
 NAME = "pipeline"
 
 
@@ -17,14 +19,10 @@ def add_parser(sub) -> None:
         "unfinished stage.",
     )
     p.add_argument("recipe", help="pipeline YAML file with a stages: list (see recipes/r1-pipeline-tiny.yaml)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key: stages.<name|index|*>.<key>=value (e.g. stages.*.training.max_steps=2) or a "
-        "top-level one (eval.samples=1); repeatable",
+    add_set_option(
+        p,
+        "override a key: stages.<name|index|*>.<key>=value (e.g. stages.*.training.max_steps=2) or a "
+        "top-level one (eval.samples=1)",
     )
     p.add_argument("--out", default=None, help="pipeline directory (default: runs/<recipe name>)")
     p.add_argument("--dry-run", action="store_true", help="validate every stage and print the resolved settings")

@@ -7,6 +7,8 @@ import inspect
 import json
 from typing import Any
 
+from aha.cli import add_set_option
+
 NAME = "tasks"
 
 
@@ -20,14 +22,7 @@ def add_parser(sub) -> None:
     actions.add_parser("list", help="a table of the tasks, their descriptions and parameters")
     show = actions.add_parser("show", help="a sample row of each split (sft, train, eval) of a task")
     show.add_argument("task", metavar="NAME", help="task name (see `aha tasks list`)")
-    show.add_argument(
-        "--set",
-        dest="params",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a task parameter, e.g. --set count=3 (repeatable; values are read as YAML)",
-    )
+    add_set_option(show, "a task parameter, e.g. --set count=3 (values are read as YAML)", dest="params")
     show.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aha.cli import add_set_option
+
 NAME = "train"
 KIND = "grpo"
 
@@ -11,14 +13,10 @@ KIND = "grpo"
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``aha train`` and ``aha sft`` share."""
     p.add_argument("recipe", help="recipe YAML file (see recipes/)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key (dotted path, YAML value), e.g. training.learning_rate=1e-5, model=tiny, "
-        "dataset.task=arithmetic, rewards.correctness.value=2.0; repeatable",
+    add_set_option(
+        p,
+        "override a recipe key (dotted path, YAML value), e.g. training.learning_rate=1e-5, model=tiny, "
+        "dataset.task=arithmetic, rewards.correctness.value=2.0",
     )
     p.add_argument("--dry-run", action="store_true", help="validate everything and print the resolved config")
     p.add_argument("--out", default=None, help="run directory (default: training.output_dir of the recipe)")

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from aha.data.load import spec_name
 from aha.settings import coerce, field_types, from_dict, suggest, type_of, type_ok
 from aha.train.config import GRPOConfig
 
@@ -464,10 +465,10 @@ def load_recipe(
     columns = probe_dataset(recipe.dataset, tok, "dataset", notes)
     needs = [("prompt",), ("completion",)] if kind == "sft" else []
     if columns is not None:
-        check_columns(rewards, columns, f"dataset {_where(recipe.dataset)}")
+        check_columns(rewards, columns, spec_name(recipe.dataset))
         missing = [n[0] for n in needs if n[0] not in columns]
         if missing:
-            raise ValueError(f"SFT needs the dataset column {missing[0]!r}, which {_where(recipe.dataset)} lacks")
+            raise ValueError(f"SFT needs the dataset column {missing[0]!r}, which {spec_name(recipe.dataset)} lacks")
     elif kind == "sft":
         notes.append("dataset: the prompt and completion columns SFT needs are checked when training")
     recipe.eval = _check_eval(raw.get("eval"), tok, notes)
@@ -475,10 +476,6 @@ def load_recipe(
         needs_text = ", ".join(" or ".join(n) for n in r.needs) or "no dataset column"
         notes.append(f"reward {r.name} (weight {r.weight:g}) needs {needs_text}")
     return recipe
-
-
-def _where(spec: dict[str, Any]) -> str:
-    return f"task {spec['task']!r}" if "task" in spec else repr(spec.get("path"))
 
 
 def _sft_config(values: dict[str, Any]) -> Any:
@@ -507,7 +504,7 @@ def _check_eval(ev: Any, tok: Any, notes: list[str]) -> dict[str, Any] | None:
     out["dataset"] = spec
     columns = probe_dataset(spec, tok, "eval", notes)
     if columns is not None and "answer" not in columns:
-        raise ValueError(f"eval: the eval dataset {_where(spec)} has no answer column")
+        raise ValueError(f"eval: the eval {spec_name(spec)} has no answer column")
     return out
 
 

@@ -125,7 +125,7 @@ def _logged_before(run: Path) -> dict[str, Any] | None:
 def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resume: str | None = None) -> dict[str, Any]:
     """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
     checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
-    from aha.data.load import load_rows
+    from aha.data.load import load_rows, spec_name
     from aha.workflows.rundir import RUN_DIR, check_output, prepare_output
 
     start = time.perf_counter()
@@ -135,7 +135,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     rows = load_rows(recipe.dataset, tok)
-    where = f"dataset {recipe.dataset.get('task') or recipe.dataset.get('path')!r}"
+    where = spec_name(recipe.dataset)
     if recipe.kind == "grpo":
         check_columns(recipe.rewards, set(rows[0]), where)
     else:
