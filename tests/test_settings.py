@@ -46,10 +46,13 @@ def test_yaml_float_strings_and_type_checks():
 
 
 def test_every_config_class_checks_its_types_the_same_way():
+    from aha.eval.evaluate import EvalConfig
     from aha.models.tiny import TinyConfig
     from aha.train.config import GRPOConfig
     from aha.train.sft import SFTConfig
+    from aha.workflows.sampling import SampleConfig
 
-    for cls, field in ((GRPOConfig, "num_generations"), (SFTConfig, "max_steps"), (TinyConfig, "hidden_size")):
+    every = [(GRPOConfig, "num_generations"), (SFTConfig, "max_steps"), (TinyConfig, "hidden_size")]
+    for cls, field in [*every, (EvalConfig, "n"), (SampleConfig, "n")]:
         with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field} must be int, got str"):
             cls(**{field: "4"})

@@ -121,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
-    cfg.validate()
     check_output(args.out, OUTPUT, args.overwrite, sources=[args.data])  # before loading the model
     if args.endpoint is not None and args.backend != "fast":
         raise ValueError("--endpoint and --backend are exclusive: the endpoint is the teacher")

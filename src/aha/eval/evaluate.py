@@ -30,6 +30,7 @@ from aha.data.prompts import render_prompt
 from aha.eval.metrics import Verifier, maj_at_k, pass_at_k
 from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
+from aha.settings import check_types
 
 
 @dataclass
@@ -44,7 +45,12 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
     def validate(self) -> None:
+        """The value rules (run at construction; errors name the command-line option)."""
         if self.n < 1:
             raise ValueError(f"--n must be at least 1, got {self.n}")
         if not self.ks:
@@ -85,7 +91,6 @@ def evaluate(
 
     if not rows:
         raise ValueError("evaluation: no rows to evaluate")
-    cfg.validate()
     prompts = [r["prompt"] for r in rows]
     if tokenizer.chat_template is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]

@@ -79,7 +79,6 @@ def run_eval(
     when given. Returns ``{"summary": …, "compare": … | None, "comparison": … | None}``."""
     from aha.models.loading import load_model, resolve_model_path
 
-    cfg.validate()
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     paths = [resolve_model_path(model)] + ([resolve_model_path(compare)] if compare else [])

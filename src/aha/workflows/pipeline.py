@@ -260,7 +260,6 @@ def _training_recipe(config: dict[str, Any], out: Path, first: Any, placeholder:
 
 def _sample_config(config: dict[str, Any]) -> SampleConfig:
     cfg = SampleConfig(**{k: v for k, v in config.items() if k not in ("model", "dataset")})
-    cfg.validate()
     if cfg.rewards:
         from aha.rewards import resolve
 

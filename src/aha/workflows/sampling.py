@@ -33,6 +33,7 @@ from aha.data.prompts import render_prompt
 from aha.eval.metrics import Verifier, verified_rows
 from aha.rollout.engine import CompletionEngine
 from aha.rollout.sampler import SamplingParams
+from aha.settings import check_types
 from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
 KEEP = ("correct", "all")
@@ -58,7 +59,12 @@ class SampleConfig:
     rewards: list[Any] = field(default_factory=list)  # reward specs (names, dicts); empty: the verifier
     min_reward: float = 1.0  # with rewards: accepted when the weighted sum is >= this
 
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
     def validate(self) -> None:
+        """The value rules (run at construction; errors name the command-line option)."""
         if self.n < 1:
             raise ValueError(f"--n must be at least 1, got {self.n}")
         if self.keep not in KEEP:
@@ -208,7 +214,6 @@ def run_sample(
 ) -> dict[str, Any]:
     """Sample with `engine`, verify and write `out` plus its pass-rate sidecar (an old output is replaced only
     once the new one is ready); returns a summary."""
-    cfg.validate()
     if cfg.rewards:
         from aha.rewards import resolve
 
