@@ -91,3 +91,12 @@ def test_a_pipeline_directory_means_its_last_finished_training_stage(tmp_path, s
     assert resolve_model_path(pipe) == str(pipe / "2-grpo" / "model")  # 10-late has not finished
     (pipe / "10-late" / "stage_done.json").write_text("{}\n")
     assert resolve_model_path(pipe) == str(pipe / "10-late" / "model")  # by stage number, not by name
+
+
+def test_load_model_passes_dtype_and_attention_to_from_pretrained(tmp_path, small_tiny):
+    model, tok = small_tiny
+    save_model(model, tok, tmp_path / "m")
+    default, _ = load_model(tmp_path / "m")
+    eager, _ = load_model(tmp_path / "m", dtype=torch.bfloat16, attn_implementation="eager")
+    assert next(default.parameters()).dtype == torch.float32 and next(eager.parameters()).dtype == torch.bfloat16
+    assert eager.config._attn_implementation == "eager" != default.config._attn_implementation

@@ -78,16 +78,21 @@ def load_tokenizer(path: str):
         raise ValueError(f"cannot load the tokenizer of {src}: {str(e).splitlines()[0]}") from None
 
 
-def load_model(path: str | Path, *, merge_lora: bool = False, dtype=None):
+def load_model(
+    path: str | Path, *, merge_lora: bool = False, dtype: Any = None, attn_implementation: str | None = None
+):
     """Load (model, tokenizer) from a run directory, model directory, adapter directory or Hub id.
 
     A LoRA adapter (``adapter_config.json``) is loaded on top of its base with peft; `merge_lora`
-    folds it into the base weights and returns a plain transformers model.
+    folds it into the base weights and returns a plain transformers model. `dtype` (``torch.bfloat16``, "auto", ...)
+    and `attn_implementation` ("eager", "sdpa", "flash_attention_2") go to ``from_pretrained``; None: its defaults.
     """
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model_path(path)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         if is_adapter(resolved):
             from peft import AutoPeftModelForCausalLM
