@@ -5,7 +5,7 @@ A config is a dataclass whose fields carry string annotations (``from __future__
 ``__post_init__`` calls :func:`check_types` (every field against its annotation: ``int``, ``float``, ``bool``,
 ``str``, ``list[str]``, ``list[float]``, unions with ``None``) and then :func:`require` for each value rule; both
 raise one ``ValueError`` naming the class and the field. :func:`from_dict` builds one from a mapping, refusing
-unknown keys with a "did you mean". Recipes (``--set``) type their values with :func:`coerce` and :func:`type_of`.
+unknown keys with a "did you mean". Recipes (``--set``) type their values with :func:`coerce` and :func:`type_ok`.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ def type_ok(value: Any, annotation: str) -> bool:
     if len(known) < len(parts):  # a type this check does not know: the class validates it itself
         return True
     return any(CHECKS[t](value) for t in known)
-
-
-type_of = type_ok
 
 
 def coerce(value: Any, annotation: str) -> Any:

@@ -176,9 +176,6 @@ def build_stages(raw: dict[str, Any]) -> list[Stage]:
     return out
 
 
-DONE, MARKER = STAGE_DONE, PIPELINE_MARKER
-
-
 # ------------------------------------------------------------------------------------------ stage settings
 def stage_config(raw: dict[str, Any], stage: Stage, model: Any, dataset: Any) -> dict[str, Any]:
     """The recipe (sft/grpo) or sample options of `stage`: top-level defaults under the stage's own keys."""
@@ -349,8 +346,8 @@ def before_after(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def prepare_out(out: Path, raw: dict[str, Any], overwrite: bool) -> None:
     from aha.workflows.rundir import OutputKind, prepare_output
 
-    prepare_output(out, OutputKind("a pipeline directory", markers=(MARKER,), resumes=True), overwrite)
-    _write_atomic(out / MARKER, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    prepare_output(out, OutputKind("a pipeline directory", markers=(PIPELINE_MARKER,), resumes=True), overwrite)
+    _write_atomic(out / PIPELINE_MARKER, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -384,7 +381,7 @@ def run_pipeline(
     rows: list[dict[str, Any]] = []
     for st, config in zip(stages, plan(raw, stages)):
         stage_dir = run_dir / st.dirname
-        done = stage_dir / DONE
+        done = stage_dir / STAGE_DONE
         if done.is_file():
             record = json.loads(done.read_text())
             if record["config"] != json.loads(json.dumps(config)):

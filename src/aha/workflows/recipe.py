@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from aha.data.load import spec_name
-from aha.settings import coerce, field_types, from_dict, suggest, type_of, type_ok
+from aha.settings import coerce, field_types, from_dict, suggest, type_ok
 from aha.train.config import GRPOConfig
 
 TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training")
@@ -131,9 +131,9 @@ def _apply(recipe: dict[str, Any], path: list[str], value: Any, text: str, kind:
 
     def typed(v: Any, annotation: str, what: str) -> Any:
         v = coerce(v, annotation)
-        if not type_of(v, annotation) and "str" in annotation and not isinstance(v, str):
+        if not type_ok(v, annotation) and "str" in annotation and not isinstance(v, str):
             v = text  # e.g. a system prompt with a colon in it parses as a YAML mapping
-        if not type_of(v, annotation):
+        if not type_ok(v, annotation):
             raise ValueError(f"{what} must be {annotation}, got {type(v).__name__} ({v!r})")
         return v
 
@@ -492,7 +492,7 @@ def _check_eval(ev: Any, tok: Any, notes: list[str]) -> dict[str, Any] | None:
     for k, v in ev.items():
         if k not in EVAL_TYPES:
             raise ValueError(f"eval: unknown key {k!r}{suggest(k, EVAL_TYPES)}")
-        if not type_of(coerce(v, EVAL_TYPES[k]), EVAL_TYPES[k]):
+        if not type_ok(coerce(v, EVAL_TYPES[k]), EVAL_TYPES[k]):
             raise ValueError(f"eval: {k} must be {EVAL_TYPES[k]}, got {v!r}")
     out = {"samples": 1, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": None, "batch_size": 64}
     out |= {"answer_format": None, "before": False, "seed": 0, **ev}
