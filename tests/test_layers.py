@@ -48,8 +48,10 @@ def imports(path: Path, root: Path = SRC) -> list[tuple[int, str, list[str]]]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            if mod.split(".")[0] == "aha":
-                out.append((node.lineno, mod, [a.name for a in node.names]))
+            if mod.split(".")[0] == "aha":  # a private alias (`import x as _x`) counts as a private name too
+                out.append(
+                    (node.lineno, mod, [a.asname if (a.asname or "").startswith("_") else a.name for a in node.names])
+                )
     return out
 
 
@@ -115,6 +117,8 @@ def test_the_checks_catch_violations(tmp_path):
     assert upward_imports(bad, tmp_path) == ["aha/data/bad.py:3 imports aha.workflows.run (layer 4) from layer 1"]
     bad.write_text("from aha.rollout.sampler import _pick\n")
     assert private_imports(bad, tmp_path) == ["aha/data/bad.py:1 imports _pick from aha.rollout.sampler"]
+    bad.write_text("from aha.rollout import sampler as _sampler\n")
+    assert private_imports(bad, tmp_path) == ["aha/data/bad.py:1 imports _sampler from aha.rollout"]
     assert upward_imports(bad, tmp_path) == []
 
 

@@ -78,6 +78,18 @@ def require(config: Any, ok: bool, field: str, rule: str) -> None:
         raise ValueError(f"{type(config).__name__}.{field}: {rule} (got {getattr(config, field)!r})")
 
 
+class Checked:
+    """Base of a config dataclass whose value rules are its ``validate()``: on construction, the types by annotation
+    (:func:`check_types`), then ``validate()``."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """The value rules; a ValueError naming the option that breaks one."""
+
+
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """``cls(**values)``, refusing unknown keys with a 'did you mean'."""
     known = field_types(cls)

@@ -30,11 +30,11 @@ from aha.data.prompts import render_prompt
 from aha.eval.metrics import Verifier, maj_at_k, pass_at_k
 from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
-from aha.settings import check_types
+from aha.settings import Checked
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """How to evaluate: ``n`` samples per question for pass@k/maj@k (k in ``ks``), sampling settings, seed."""
 
     n: int = 8  # sampled completions per question
@@ -44,10 +44,6 @@ class EvalConfig:
     max_new_tokens: int = 512
     seed: int = 0
     batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        self.validate()
 
     def validate(self) -> None:
         """The value rules (run at construction; errors name the command-line option)."""

@@ -4,10 +4,8 @@
 ``"module:function"``/``"file.py:function"``) into ``(callable, weight)``; ``aha rewards list`` shows them all.
 """
 
-from aha.rewards import builtin as _builtin  # noqa: F401  (registers the built-ins)
-from aha.rewards import code as _code  # noqa: F401  (registers the sandboxed code rewards)
-from aha.rewards import course as _course  # noqa: F401  (registers the course's rewards)
-from aha.rewards import openr1 as _openr1  # noqa: F401  (registers Open R1's rewards)
+# importing a module registers its rewards: the built-ins, the sandboxed code rewards, the course's, Open R1's
+from aha.rewards import builtin, code, course, openr1  # noqa: F401
 from aha.rewards.custom import load_custom, resolve
 from aha.rewards.registry import REGISTRY, RewardSpec, get, names, reward
 

@@ -33,7 +33,7 @@ from aha.data.prompts import render_prompt
 from aha.eval.metrics import Verifier, verified_rows
 from aha.rollout.engine import CompletionEngine
 from aha.rollout.sampler import SamplingParams
-from aha.settings import check_types
+from aha.settings import Checked
 from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
 KEEP = ("correct", "all")
@@ -41,7 +41,7 @@ DROP_COLUMNS = ("prompt", "completion")
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Checked):
     """Settings of one rejection-sampling run (``aha sample`` options / a pipeline's ``sample`` stage)."""
 
     n: int = 8  # completions per prompt
@@ -58,10 +58,6 @@ class SampleConfig:
     batch_size: int = 64  # rows per generation batch of the local model (LocalEngine)
     rewards: list[Any] = field(default_factory=list)  # reward specs (names, dicts); empty: the verifier
     min_reward: float = 1.0  # with rewards: accepted when the weighted sum is >= this
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        self.validate()
 
     def validate(self) -> None:
         """The value rules (run at construction; errors name the command-line option)."""
