@@ -30,7 +30,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="auto|PATH",
         help="continue a killed run from its newest complete checkpoint-<step>/ in the run directory (auto, the "
-        "default) or from the checkpoint PATH; bit-identical on CPU to a run that was never interrupted",
+        "default) or from the checkpoint PATH; on a CPU at one thread (OMP_NUM_THREADS=1) bit-identical to a run that was never interrupted, with more threads equal up to float rounding",
     )
 
 

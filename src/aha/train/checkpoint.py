@@ -1,7 +1,8 @@
 """Checkpoints: ``OUTPUT_DIR/checkpoint-<step>/``, written atomically, read back exactly.
 
 A checkpoint holds everything the rest of the run depends on, so that a run killed at any point and resumed from
-its newest checkpoint ends (on CPU, same seed) with bit-identical weights and the same metrics lines as a run that
+its newest checkpoint ends (on CPU at one thread, same seed; with more threads the reloaded weights may round
+differently in the last bit) with bit-identical weights and the same metrics lines as a run that
 was never interrupted. What goes in it is the sum of its owners' state (:class:`aha.train.loop.TrainingLoop`
 collects them); this module only writes and reads the directory:
 
