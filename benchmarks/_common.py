@@ -1,10 +1,12 @@
-"""Shared helpers for the benchmarks: model sizes, machine load, fp32 GEMM peak, FLOP counts, statistics."""
+"""Shared helpers for the benchmarks: model sizes or a model directory, machine load, fp32/bf16 GEMM peaks, FLOP
+counts (full fine-tuning and LoRA), statistics."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +25,41 @@ def build(size: str, seed: int = 0):
     return build_tiny(seed=seed, **SIZES[size])
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def dtypes(spec: str) -> list[str]:
+    """``--dtype`` values: float32, bfloat16 or both (float32 first)."""
+    names = list(DTYPES) if spec == "both" else [spec]
+    for name in names:
+        if name not in DTYPES:
+            raise SystemExit(f"--dtype {spec!r}: choose float32, bfloat16 or both")
+    return names
+
+
+def bf16_refused() -> str | None:
+    """None where this CPU runs bf16 natively, else why not (aha.devices' message)."""
+    from aha.devices import bf16_refusal, bf16_supported
+
+    return None if bf16_supported("cpu") else bf16_refusal("cpu")
+
+
+def load_dir(path: str, dtype: str = "float32"):
+    """(model, tokenizer) of a model directory (``aha.models.load_model``), weights in `dtype`, in eval mode."""
+    from aha.models.loading import load_model
+
+    if not Path(path).is_dir():
+        raise SystemExit(f"--model {path!r}: not a directory (give a model directory, e.g. /tmp/smol/smol)")
+    return load_model(path, dtype=DTYPES[dtype])
+
+
+def lora_config(r: int):
+    """The LoRA both tools get for ``--peft lora``: the course's r, α = 2r, all linear layers, no dropout."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def load() -> str:
     """The machine's load average (1, 5, 15 min) and core count, for the record."""
     one, five, fifteen = os.getloadavg()
@@ -31,9 +68,10 @@ def load() -> str:
     )
 
 
-def gemm_peak(n: int = 1024, reps: int = 10, rounds: int = 3) -> float:
-    """Best fp32 GEMM throughput (FLOP/s) of torch.mm on n×n matrices: the machine's practical peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_peak(n: int = 1024, reps: int = 10, rounds: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM throughput (FLOP/s) of torch.mm on n×n `dtype` matrices: the machine's practical peak
+    (a bf16 torch.mm runs ~2.2× the fp32 one on a CPU with AVX512-BF16)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = 0.0
     for _ in range(rounds):
@@ -46,17 +84,27 @@ def gemm_peak(n: int = 1024, reps: int = 10, rounds: int = 3) -> float:
 
 
 def model_dims(model) -> dict[str, int]:
+    """Sizes for the FLOP count. `params`: the base model's weights (a PEFT model's adapter weights excluded; tied
+    embeddings counted once, as the lm_head); `adapter`: LoRA weights (0 without); `trainable`: weights that get
+    gradients (all of them in full fine-tuning, the adapter's under LoRA)."""
     c = model.config
+    named = dict(model.named_parameters())  # deduplicated: a tied embedding appears once
+    adapter = sum(p.numel() for n, p in named.items() if "lora_" in n)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return {
-        "params": sum(p.numel() for p in model.parameters()),  # tied embeddings: counted once, as the lm_head
+        "params": sum(p.numel() for p in named.values()) - adapter,
+        "adapter": adapter,
+        "trainable": sum(p.numel() for p in named.values() if p.requires_grad),
         "layers": c.num_hidden_layers,
         "hidden": c.hidden_size,
+        "attn_width": c.num_attention_heads * head_dim,
     }
 
 
 def attention_flops(dims: dict[str, int], context_sum: float) -> float:
-    """Forward FLOPs of QK^T and AV: 2 matmuls × 2 FLOP × hidden per (query, key) pair, per layer."""
-    return 4 * dims["layers"] * dims["hidden"] * context_sum
+    """Forward FLOPs of QK^T and AV: 2 matmuls × 2 FLOP × (query heads × head_dim) per (query, key) pair, per layer
+    (GQA shares keys/values between heads, not these products)."""
+    return 4 * dims["layers"] * dims.get("attn_width", dims["hidden"]) * context_sum
 
 
 def causal_pairs(length: float) -> float:
@@ -65,13 +113,25 @@ def causal_pairs(length: float) -> float:
 
 
 def step_flops(dims: dict[str, int], rows: int, prompt_len: float, completion_len: float) -> dict[str, float]:
-    """FLOPs of one GRPO step (μ=1, beta=0: no old/ref pass) at the minimum: generation forward over the
-    prompt and the generated tokens (2·params·tokens + attention), training forward+backward over
-    prompt+completion (6·params·tokens + 3× forward attention)."""
-    p = dims["params"]
+    """FLOPs of one GRPO step (μ=1, beta=0: no old/ref pass) at the minimum, over `rows` completions.
+
+    Generation: a forward over the prompt and the generated tokens, 2·N·tokens + attention, with N the base weights
+    (a LoRA adapter merged into them costs nothing extra, as aha's sampler does it).
+    Training forward + backward over prompt+completion, per token:
+      forward               2·(N + A)   (A: adapter weights, 0 in full fine-tuning)
+      activation gradients  2·(N + A)   (dL/dx = dL/dy·Wᵀ through every layer, frozen or not: the gradient reaching
+                                         a LoRA matrix in layer 1 has flowed back through the frozen base above it)
+      weight gradients      2·T         (dL/dW = xᵀ·dL/dy only for trainable weights T: N in full fine-tuning,
+                                         A under LoRA)
+    so 6·N in full fine-tuning, but 4·N + 6·A (≈ 4·N) under LoRA, not 6·N: the frozen base needs no weight gradients.
+    Attention has no weights; its backward is 2× its forward, so 3× forward attention either way."""
+    n, a = dims["params"], dims.get("adapter", 0)
+    t = dims.get("trainable", n)
     seq = prompt_len + completion_len
-    gen = 2 * p * rows * seq + attention_flops(dims, rows * causal_pairs(seq))
-    train = 6 * p * rows * seq + 3 * attention_flops(dims, rows * causal_pairs(seq))
+    tokens = rows * seq
+    attn = attention_flops(dims, rows * causal_pairs(seq))
+    gen = 2 * n * tokens + attn
+    train = (4 * (n + a) + 2 * t) * tokens + 3 * attn
     return {"generate": gen, "train": train, "total": gen + train}
 
 
