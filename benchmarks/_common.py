@@ -112,12 +112,20 @@ def causal_pairs(length: float) -> float:
     return length * (length + 1) / 2
 
 
-def step_flops(dims: dict[str, int], rows: int, prompt_len: float, completion_len: float) -> dict[str, float]:
-    """FLOPs of one GRPO step (μ=1, beta=0: no old/ref pass) at the minimum, over `rows` completions.
+def step_flops(
+    dims: dict[str, int], rows: int, prompt_len: float, completion_len: float, group: int = 1
+) -> dict[str, float]:
+    """FLOPs of one GRPO step (μ=1, beta=0: no old/ref pass) at the minimum, over `rows` completions, `group` of
+    them per prompt (GRPO's G).
 
-    Generation: a forward over the prompt and the generated tokens, 2·N·tokens + attention, with N the base weights
-    (a LoRA adapter merged into them costs nothing extra, as aha's sampler does it).
-    Training forward + backward over prompt+completion, per token:
+    The minimum runs each prompt once per group, not once per completion: its keys/values are the same for the G
+    rows (prefill once in generation, one prompt forward in training, whose backward sums the G rows' gradients).
+    So tokens = rows/G · P + rows · C, and attention pairs = rows/G · P(P+1)/2 + rows · (C·P + C(C+1)/2).
+    (group=1 counts the prompt once per completion, the floor this script printed before.)
+
+    Generation: a forward over those tokens, 2·N·tokens + attention, with N the base weights (a LoRA adapter merged
+    into them costs nothing extra, as aha's sampler does it).
+    Training forward + backward, per token:
       forward               2·(N + A)   (A: adapter weights, 0 in full fine-tuning)
       activation gradients  2·(N + A)   (dL/dx = dL/dy·Wᵀ through every layer, frozen or not: the gradient reaching
                                          a LoRA matrix in layer 1 has flowed back through the frozen base above it)
@@ -125,11 +133,14 @@ def step_flops(dims: dict[str, int], rows: int, prompt_len: float, completion_le
                                          A under LoRA)
     so 6·N in full fine-tuning, but 4·N + 6·A (≈ 4·N) under LoRA, not 6·N: the frozen base needs no weight gradients.
     Attention has no weights; its backward is 2× its forward, so 3× forward attention either way."""
+    if group < 1 or rows % group:
+        raise ValueError(f"step_flops: group {group} must be >= 1 and divide rows {rows}")
     n, a = dims["params"], dims.get("adapter", 0)
     t = dims.get("trainable", n)
-    seq = prompt_len + completion_len
-    tokens = rows * seq
-    attn = attention_flops(dims, rows * causal_pairs(seq))
+    prompts = rows // group
+    tokens = prompts * prompt_len + rows * completion_len
+    pairs = prompts * causal_pairs(prompt_len) + rows * (completion_len * prompt_len + causal_pairs(completion_len))
+    attn = attention_flops(dims, pairs)
     gen = 2 * n * tokens + attn
     train = (4 * (n + a) + 2 * t) * tokens + 3 * attn
     return {"generate": gen, "train": train, "total": gen + train}

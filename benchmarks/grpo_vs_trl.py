@@ -361,7 +361,8 @@ def run_case(case: dict, warmup: int, steps: int, chunk: int, opts) -> dict:
     ok = [t for t in TOOLS if "error" not in res[t]]
     if ok:
         comp = statistics.mean([res[t]["mean_length"] for t in ok])
-        res["flops"] = step_flops(res["dims"], res["rows"], res["prompt_len"], comp)
+        group = HPARAMS["num_generations"]
+        res["flops"] = step_flops(res["dims"], res["rows"], res["prompt_len"], comp, group)
     return res
 
 
