@@ -321,7 +321,17 @@ class Worker:
 
 def run_case(case: dict, warmup: int, steps: int, chunk: int, opts) -> dict:
     """Both tools on one case (model × workload × dtype), interleaved; a tool that fails in bfloat16 is n/a."""
-    workers = {}
+    workers: dict[str, Worker] = {}
+    try:
+        return interleave(workers, case, warmup, steps, chunk, opts)
+    finally:  # on an error, no worker is left training on its own
+        for w in workers.values():
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+
+def interleave(workers: dict, case: dict, warmup: int, steps: int, chunk: int, opts) -> dict:
     for t in TOOLS:  # start one at a time: imports and set-up never overlap a timed chunk
         workers[t] = Worker(t, case, warmup, steps, chunk, opts)
         workers[t].read()  # ready (or an error while loading)
