@@ -231,3 +231,39 @@ def test_write_gguf_refuses_what_it_cannot_write_faithfully(tmp_path) -> None:
     with pytest.raises(ValueError, match="merge the LoRA adapter"):
         write_gguf(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])), tok, tmp_path / "t.gguf")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_gguf_file_as_a_model_path_is_converted_once_and_cached_by_content(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import aha.models.gguf as gguf_module
+    from aha.models.loading import load_model, resolve_model_path
+
+    monkeypatch.setenv("AHA_MODELS_DIR", str(tmp_path / "cache"))
+    model, tok = tiny()
+    path = write_gguf(model, tok, tmp_path / "t.gguf")
+    first = resolve_model_path(path)
+    assert first == str(tmp_path / "cache" / "gguf" / file_sha256(path)[:32])
+    loaded, tok2 = load_model(str(path))  # what --model file.gguf does anywhere
+    x = torch.tensor([tok.encode("1+2")])
+    assert torch.equal(loaded(x).logits, model(x).logits) and tok2.encode("1+2") == tok.encode("1+2")
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(gguf_module, "convert_gguf", no_conversion)
+    shutil.copy(path, tmp_path / "copy.gguf")
+    assert resolve_model_path(tmp_path / "copy.gguf") == first  # same contents, same conversion
+    monkeypatch.undo()
+    monkeypatch.setenv("AHA_MODELS_DIR", str(tmp_path / "cache"))
+    other, _ = tiny(seed=1)
+    changed = write_gguf(other, tok, tmp_path / "t.gguf")  # new contents under the same name
+    assert resolve_model_path(changed) != first
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model_path("some/missing.gguf")  # not taken for a Hub id
+    (tmp_path / "bad.gguf").write_text("nope")
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        resolve_model_path(tmp_path / "bad.gguf")
+    assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == sorted(
+        [first.rsplit("/", 1)[1], file_sha256(changed)[:32]]
+    )

@@ -21,6 +21,7 @@ GGUF_MAGIC = b"GGUF"
 CONVERT_DTYPES = ("float32", "bfloat16")  # what convert_gguf saves
 WRITE_DTYPES = ("f32", "f16", "bf16")  # what write_gguf stores the matrices in (norms stay f32, as llama.cpp wants)
 SOURCE_FILE = "gguf_source.json"  # written into a converted directory: the GGUF it came from (its sha256) and dtype
+MODELS_DIR_ENV = "AHA_MODELS_DIR"  # where aha keeps the models it fetches or converts (default ~/.cache/aha/models)
 
 # llama.cpp pre-tokenizer names (tokenizer.ggml.pre) of the byte-level pre-tokenizers write_gguf recognises, as
 # tokenizer.json spells them; and the ones transformers' GGUF loader does not rebuild, which convert_gguf restores.
@@ -143,6 +144,30 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
     return out
+
+
+def models_dir() -> Path:
+    """Where aha keeps the models it fetches and converts: ``$AHA_MODELS_DIR``, else ``~/.cache/aha/models``."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or Path.home() / ".cache" / "aha" / "models").expanduser()
+
+
+def converted_gguf(gguf_path: str | Path) -> Path:
+    """The model directory of a GGUF file converted (float32) into ``<models_dir>/gguf/<sha256 of the file>``: made
+    the first time, reused after (a file with other contents gets its own)."""
+    from aha.console import console
+
+    src = Path(gguf_path).expanduser()
+    gguf_architecture(src)  # a missing or non-GGUF file is refused before anything is hashed or made
+    out = models_dir() / "gguf" / file_sha256(src)[:32]
+    if (out / SOURCE_FILE).is_file():  # written before the rename: a directory that has it is complete
+        return out
+    console.print(f"converting {src} into {out} (once; reused next time)")
+    try:
+        return convert_gguf(src, out)
+    except ValueError:
+        if (out / SOURCE_FILE).is_file():  # another process converted the same file meanwhile
+            return out
+        raise
 
 
 def load_gguf(path: Path, arch: str, dtype: str = "float32") -> tuple[Any, Any]:
