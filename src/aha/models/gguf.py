@@ -184,7 +184,7 @@ def load_gguf(path: Path, arch: str, dtype: str = "float32") -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(**where)
     except (ValueError, KeyError, NotImplementedError) as e:
         raise ValueError(
-            f"{path}: transformers {transformers.__version__} cannot load GGUF architecture {arch!r}: {e}"
+            f"{path}: transformers {transformers.__version__}'s GGUF loader cannot read it (architecture {arch!r}): {e}"
         ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
