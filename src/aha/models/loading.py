@@ -20,11 +20,16 @@ HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def resolve_model_path(path: str | Path) -> str:
     """A local model directory (a run directory means its ``model/``; a pipeline directory, the model of its last
-    finished stage that trained one), or a Hub id kept as is.
+    finished stage that trained one; a ``.gguf`` file, its conversion, made once and cached by content with
+    :func:`aha.models.gguf.converted_gguf`), or a Hub id kept as is.
 
     Raises FileNotFoundError for a missing local path and ValueError for a directory with no model.
     """
     p = Path(path).expanduser()
+    if p.suffix.lower() == ".gguf" and not p.is_dir():
+        from aha.models.gguf import converted_gguf
+
+        return str(converted_gguf(p))  # FileNotFoundError when missing, ValueError when not a GGUF file
     if p.is_dir():
         if (p / PIPELINE_MARKER).is_file():
             p = _last_stage_model(p)
