@@ -84,11 +84,13 @@ def test_printer_prefilled_thought():
 
 
 def test_chat_loads_a_lora_adapter_on_its_base(model_dir, tmp_path, capsys, replies):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
+    from aha.models.loading import peft_model
+
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert main(["chat", "--model", str(tmp_path / "adapter"), "hi", "--max-new-tokens", "5"]) == 0
     assert parse_reasoning(replies[0]).answer in capsys.readouterr().out

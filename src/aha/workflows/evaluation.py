@@ -110,6 +110,7 @@ def run_eval(
             f"eval {Path(path).name} on {data}: {len(rows)} questions, n={cfg.n}, {', '.join(chosen)}, {describe(m)}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         records, metrics = evaluate(
             m, tok, rows, verifier, cfg, label=f"eval {Path(path).name}" + (" (compare)" if label == "compare" else "")
