@@ -156,7 +156,8 @@ def evaluate(
                     nonlocal done
                     done += size
                     bar.advance(tid, size)
-                    lines.update(f"{phase} {done}/{len(todo)} {unit}", info)
+                    if done < len(todo):  # the phase's last line comes with its numbers
+                        lines.update(f"{phase} {done}/{len(todo)} {unit}", info)
 
                 kw = {"batch_size": cfg.batch_size, "seed": seed, "on_batch": advance}
                 return generate_texts(model, tokenizer, todo, params, **kw)
