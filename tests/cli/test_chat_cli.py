@@ -84,11 +84,40 @@ def test_printer_prefilled_thought():
 
 
 def test_chat_loads_a_lora_adapter_on_its_base(model_dir, tmp_path, capsys, replies):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
+    from aha.models.loading import peft_model
+
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert main(["chat", "--model", str(tmp_path / "adapter"), "hi", "--max-new-tokens", "5"]) == 0
     assert parse_reasoning(replies[0]).answer in capsys.readouterr().out
+
+
+def test_chat_bad_sampling_options(model_dir, capsys):
+    assert main(["chat", "--model", str(model_dir), "hi", "--top-p", "0"]) == 1
+    assert "--top-p must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert main(["chat", "--model", str(model_dir), "hi", "--temperature", "-1"]) == 1
+    assert "--temperature must be >= 0" in capsys.readouterr().err
+
+
+def test_chat_samples_with_aha_sampler(model_dir, capsys, monkeypatch, replies):
+    """One call of aha's sampler (fast backend) per turn, on the chat messages; its text is the reply."""
+    import aha.rollout.engine
+
+    calls = []
+    original = aha.rollout.engine.generate_texts
+
+    def recording(model, tok, prompts, params, **kwargs):
+        calls.append(
+            ([list(p) for p in prompts], params.max_new_tokens, params.temperature, kwargs.get("backend", "fast"))
+        )
+        out = original(model, tok, prompts, params, **kwargs)
+        calls[-1] += (out[0],)
+        return out
+
+    monkeypatch.setattr(aha.rollout.engine, "generate_texts", recording)
+    assert main(["chat", "--model", str(model_dir), "47+38", "--max-new-tokens", "9", "--temperature", "0"]) == 0
+    assert calls == [([[{"role": "user", "content": "47+38"}]], 9, 0.0, "fast", replies)]

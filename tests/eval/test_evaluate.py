@@ -1,6 +1,7 @@
 """The evaluator: metrics from scripted completions, its seeding scheme, and a real tiny model end to end."""
 
 import pytest
+import torch
 
 import aha.eval.evaluate as evaluate_mod
 from aha.eval.evaluate import EvalConfig, evaluate
@@ -137,3 +138,50 @@ def test_evaluate_errors(tiny):
         evaluate(model, tok, [], Verifier("gsm8k"), EvalConfig())
     with pytest.raises(ValueError, match="--k 8 is larger than --n 4"):
         evaluate(model, tok, _rows({"q": "1"}), Verifier("gsm8k"), EvalConfig(n=4, ks=[1, 8]))
+
+
+def test_sizes_follow_the_device(tiny, monkeypatch):
+    """max_new_tokens / batch_size left None: 256 / 16 on a CPU, 512 / 64 on a GPU; explicit values are kept."""
+    assert EvalConfig().for_device("cpu").max_new_tokens == 256 and EvalConfig().for_device("cpu").batch_size == 16
+    gpu = EvalConfig().for_device(torch.device("cuda", 0))
+    assert (gpu.max_new_tokens, gpu.batch_size) == (512, 64)
+    mine = EvalConfig(max_new_tokens=7, batch_size=3)
+    assert mine.for_device("cuda") == mine and EvalConfig(batch_size=3).for_device("cpu").max_new_tokens == 256
+    model, tok = tiny
+    seen = []
+
+    def fake(model, tok, prompts, params, *, batch_size, seed, on_batch=None, backend="fast"):
+        seen.append((params.max_new_tokens, batch_size))
+        on_batch(len(prompts))
+        return ["<answer>1</answer>"] * len(prompts), [1] * len(prompts), [False] * len(prompts)
+
+    monkeypatch.setattr(evaluate_mod, "generate_texts", fake)
+    evaluate(model, tok, _rows({"q": "1"}), Verifier("gsm8k"), EvalConfig(n=1, ks=[1]))  # the tiny model: on the CPU
+    assert seen == [(256, 16), (256, 16)]
+    with pytest.raises(ValueError, match="--max-new-tokens and --batch-size must be at least 1"):
+        EvalConfig(batch_size=0)
+
+
+def _progress_run(tiny, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setattr(evaluate_mod, "PROGRESS_EVERY_S", 0.0)
+    task = get_task("arithmetic", digits=1)
+    cfg = EvalConfig(n=2, ks=[1], max_new_tokens=3, batch_size=1)
+    evaluate(model, tok, task.rows("eval", 2, 0), Verifier("task", task), cfg, label="eval tiny")
+
+
+def test_progress_lines_where_the_console_is_not_a_terminal(tiny, monkeypatch, capsys):
+    monkeypatch.delenv("AHA_NO_PROGRESS", raising=False)
+    _progress_run(tiny, monkeypatch)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("eval tiny: ")]
+    assert lines[0].startswith("eval tiny: greedy 1/2 rows · ") and lines[0].endswith(" s")  # one per batch
+    ends = [x for x in lines if x.startswith("eval tiny: greedy 2/2 rows")]
+    assert len(ends) == 1 and " · greedy accuracy " in ends[0]  # the phase's end once, with its accuracy
+    assert lines[-1].startswith("eval tiny: sampled 4/4 completions · ") and " · pass@1 " in lines[-1]
+
+
+def test_no_progress_lines_with_aha_no_progress(tiny, monkeypatch, capsys):
+    monkeypatch.setenv("AHA_NO_PROGRESS", "1")  # what CI sets; aha train's bar is off with it too
+    _progress_run(tiny, monkeypatch)
+    assert "eval tiny:" not in capsys.readouterr().err

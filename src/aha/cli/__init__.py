@@ -32,6 +32,18 @@ def add_set_option(p: argparse.ArgumentParser, help: str, dest: str = "sets") ->
     p.add_argument("--set", dest=dest, action="append", default=[], metavar="KEY=VALUE", help=f"{help}; repeatable")
 
 
+def add_dtype_option(p: argparse.ArgumentParser, extra: str = "") -> None:
+    """The ``--dtype`` of the commands that load a model to sample from it (eval, sample, chat); see
+    :mod:`aha.workflows.inference` (the choices are repeated here so that ``--help`` imports no torch)."""
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="load the model in this dtype (default: auto, the checkpoint's own where the device computes it "
+        "natively, else float32); bfloat16 is refused on a CPU without bf16 instructions" + extra,
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as one line and exits 2."""
 

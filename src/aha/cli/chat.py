@@ -1,12 +1,21 @@
-"""``aha chat``: talk to a model, its thought streamed dimmed and its answer plainly."""
+"""``aha chat``: talk to a model, its thought shown dimmed and its answer plainly.
+
+The replies come from aha's own sampler (:func:`aha.rollout.engine.generate_texts`, the fast decoder where the
+model allows it), the one training and ``aha eval`` sample with, so a chat shows what they see. The reply is
+printed once it is complete (the sampler has no per-token hook), with a spinner meanwhile on a terminal. Heavy
+libraries (torch, transformers) are imported in :func:`run`, so ``aha chat --help`` is quick.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.text import Text
+from aha.cli import add_dtype_option
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 NAME = "chat"
 OPEN_TAGS = ("<think>", "<reasoning>")
@@ -30,6 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="completion token limit (default: 1024)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_dtype_option(p)
 
 
 class ReasoningPrinter:
@@ -43,6 +53,8 @@ class ReasoningPrinter:
         self.buf, self.text = "", ""
 
     def _emit(self, s: str, dim: bool | None = None) -> None:
+        from rich.text import Text
+
         if s:
             style = "dim" if (self.in_thought if dim is None else dim) else ""
             self.console.print(Text(s, style=style), end="", soft_wrap=True)
@@ -78,71 +90,57 @@ class ReasoningPrinter:
             self.buf = self.buf[len(tag) :]
 
 
-def _streamer(tokenizer, printer: ReasoningPrinter):
-    from transformers import TextStreamer
-
-    class _Streamer(TextStreamer):
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            printer.feed(text)
-
-    return _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-def reply(model, tok, messages: list[dict[str, str]], args: argparse.Namespace, console: Console) -> str:
-    """Generate and stream one assistant turn; returns the completion text."""
-    import torch
-
-    from aha.data.prompts import eos_ids
+def reply(model, tok, messages: list[dict[str, str]], args: argparse.Namespace, console: Console, seed: int) -> str:
+    """Sample one assistant turn with aha's sampler (seeded `seed`) and print it; returns the completion text."""
+    from aha.rollout.engine import generate_texts
+    from aha.rollout.sampler import SamplingParams
 
     if tok.chat_template is not None:
-        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt: str | list[dict[str, str]] = messages
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:  # a base model: plain text
-        prompt = "\n\n".join(m["content"] for m in messages) + "\n"
-    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    prefilled = prompt.rstrip().endswith(OPEN_TAGS)
+        prompt = rendered = "\n\n".join(m["content"] for m in messages) + "\n"
+    prefilled = rendered.rstrip().endswith(OPEN_TAGS)
     printer = ReasoningPrinter(console, in_thought=prefilled)
     if prefilled:
-        printer._emit(next(t for t in OPEN_TAGS if prompt.rstrip().endswith(t)), dim=True)  # the template's tag
-    eos = eos_ids(tok, model)
-    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p, "top_k": 0}
-    kwargs = sampling if args.temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        model.generate(
-            **enc,
-            streamer=_streamer(tok, printer),
-            max_new_tokens=args.max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
-            **kwargs,
-        )
+        printer._emit(next(t for t in OPEN_TAGS if rendered.rstrip().endswith(t)), dim=True)  # the template's tag
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    if console.is_terminal:
+        with console.status("[dim]…[/dim]", spinner="dots"):
+            texts, _, _ = generate_texts(model, tok, [prompt], params, batch_size=1, seed=seed)
+    else:
+        texts, _, _ = generate_texts(model, tok, [prompt], params, batch_size=1, seed=seed)
+    printer.feed(texts[0])
     printer.finish()
     return printer.text
 
 
-def _turn(model, tok, history, question, args, console) -> None:
+def _turn(model, tok, history, question, args, console, turn: int) -> None:
     from aha.data.answers import parse_reasoning
 
     history.append({"role": "user", "content": question})
-    text = reply(model, tok, history, args, console)
+    text = reply(model, tok, history, args, console, seed=args.seed + turn)  # each turn draws fresh numbers
     parsed = parse_reasoning(text)
     # Later turns see only the answer, not the thought (as R1-style models are meant to be prompted).
     history.append({"role": "assistant", "content": parsed.answer})
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from rich.console import Console
 
-    from aha.models.loading import load_model
+    from aha.workflows.inference import load_for_inference
 
     if args.temperature < 0 or args.max_new_tokens < 1:
         raise ValueError("--temperature must be >= 0 and --max-new-tokens at least 1")
-    model, tok = load_model(args.model)
-    torch.manual_seed(args.seed)
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model, tok = load_for_inference(args.model, args.dtype)
     console = Console(highlight=False)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
+    turn = 0
     if args.question is not None:
-        _turn(model, tok, history, args.question, args, console)
+        _turn(model, tok, history, args.question, args, console, turn)
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
@@ -157,5 +155,6 @@ def run(args: argparse.Namespace) -> int:
         if question.lower() in EXIT_WORDS:
             break
         if question:
-            _turn(model, tok, history, question, args, console)
+            _turn(model, tok, history, question, args, console, turn)
+            turn += 1
     return 0

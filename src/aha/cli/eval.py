@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from aha.cli import add_dtype_option
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 NAME = "eval"
 
@@ -46,14 +48,22 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=_ks, default=None, help="k values for pass@k and maj@k (default: those of 1,4,8 <= n)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="completion token limit (default: 512)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="completion token limit (default: 256 on a CPU, 512 on a GPU)",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate the first L questions (tasks: default 100)")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch (default: 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="prompts per generation batch (default: 16 on a CPU, 64 on a GPU)"
+    )
     p.add_argument("--answer-format", choices=("task", "gsm8k", "math"), default=None, help="override detection")
     p.add_argument("--out", default=None, help="write samples.jsonl and summary.json into this directory")
     p.add_argument("--overwrite", action="store_true", help="replace the results in an existing non-empty --out")
     p.add_argument("--compare", default=None, metavar="OTHER_MODEL", help="evaluate another model side by side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_dtype_option(p)
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -76,6 +86,8 @@ def metric_keys(summary: dict[str, Any]) -> list[str]:
 
 
 def summary_table(s: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     t = Table(title=f"{s['model']} on {s['data']} ({s['n_questions']} questions, n={s['n']}, {s['answer_format']})")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -85,6 +97,8 @@ def summary_table(s: dict[str, Any]) -> Table:
 
 
 def comparison_tables(a: dict[str, Any], b: dict[str, Any], comparison: dict[str, Any]) -> list[Table]:
+    from rich.table import Table
+
     t = Table(title=f"{a['data']} ({a['n_questions']} questions, n={a['n']}): A = {a['model']}, B = {b['model']}")
     t.add_column("metric")
     t.add_column("A", justify="right")
@@ -102,6 +116,8 @@ def comparison_tables(a: dict[str, Any], b: dict[str, Any], comparison: dict[str
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from aha.eval.evaluate import EvalConfig
     from aha.workflows.evaluation import run_eval
 
@@ -124,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         compare=args.compare,
+        dtype=args.dtype,
     )
     console = Console(soft_wrap=False)
     if result["comparison"] is not None:

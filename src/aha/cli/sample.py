@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from aha.cli import add_dtype_option
+
 NAME = "sample"
 
 
@@ -61,11 +63,13 @@ def add_parser(sub) -> None:
         help="in-process generation: aha's sampler (fast), transformers' generate (hf) or a vLLM engine (vllm, "
         "needs `pip install 'aha[vllm]'`)",
     )
+    add_dtype_option(t, extra="; with --backend vllm: the engine's dtype (auto: vLLM's choice)")
     t.add_argument(
         "--vllm-dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
-        help="with --backend vllm: the engine's dtype (auto: vLLM's choice, bf16 for a float32 model on a CPU)",
+        help="with --backend vllm: the engine's dtype, as --dtype, and also float16 (auto: vLLM's choice, bf16 for "
+        "a float32 model on a CPU)",
     )
     t.add_argument(
         "--endpoint",
@@ -137,7 +141,15 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and (args.endpoint is not None or args.backend == "vllm"):
         raise ValueError("--batch-size is for in-process sampling (--backend fast or hf): vLLM and servers batch")
     if args.backend != "vllm" and args.vllm_dtype != "auto":
-        raise ValueError("--vllm-dtype is for --backend vllm")
+        raise ValueError("--vllm-dtype is for --backend vllm (--dtype sets the dtype of every backend)")
+    if args.endpoint is not None and args.dtype != "auto":
+        raise ValueError("--dtype: the server at --endpoint loads the model in its own dtype")
+    if args.dtype != "auto" and args.vllm_dtype not in ("auto", args.dtype):
+        raise ValueError(f"--dtype {args.dtype} and --vllm-dtype {args.vllm_dtype} disagree: pass one of them")
+    if args.endpoint is None:
+        from aha.workflows.inference import check_dtype, inference_device
+
+        check_dtype(args.dtype, inference_device())  # before loading anything
 
     engine = None
     try:
@@ -164,10 +176,10 @@ def _engine(args: argparse.Namespace, cfg):
         return _endpoint_engine(args)
     if args.backend == "vllm":
         return _vllm_engine(args)
-    from aha.models.loading import load_recipe_model
     from aha.rollout.engine import LocalEngine
+    from aha.workflows.inference import load_for_inference
 
-    model, tok = load_recipe_model(args.model, args.seed)
+    model, tok = load_for_inference(args.model, args.dtype)
     return LocalEngine(model, tok, backend=args.backend, batch_size=cfg.batch_size)
 
 
@@ -199,8 +211,9 @@ def _vllm_engine(args: argparse.Namespace):
     from aha.models.loading import is_adapter, load_model, load_tokenizer, resolve_model_path
     from aha.rollout.vllm import VLLMRollout
 
+    dtype = args.dtype if args.dtype != "auto" else args.vllm_dtype
     path = resolve_model_path(args.model)
     if is_adapter(path):
         model, tok = load_model(path, merge_lora=True)
-        return VLLMRollout(model, tok, mode="colocate", seed=args.seed, dtype=args.vllm_dtype)
-    return VLLMRollout(path, load_tokenizer(path), mode="colocate", seed=args.seed, dtype=args.vllm_dtype)
+        return VLLMRollout(model, tok, mode="colocate", seed=args.seed, dtype=dtype)
+    return VLLMRollout(path, load_tokenizer(path), mode="colocate", seed=args.seed, dtype=dtype)

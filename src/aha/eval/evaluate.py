@@ -15,6 +15,13 @@ maj@k) and the metrics:
 ``format_rate``, the lengths and ``truncated`` are over the sampled completions; the same three prefixed
 ``greedy_`` are over the greedy ones.
 
+Sizes: ``max_new_tokens`` and ``batch_size`` left None are sized for the model's device (:data:`DEVICE_DEFAULTS`:
+256 tokens in batches of 16 on a CPU, 512 in batches of 64 on a GPU); :meth:`EvalConfig.for_device` fills them in.
+
+Progress: the console's bar, and, where the console is not a terminal (a log file, CI), a line per batch at most
+every :data:`PROGRESS_EVERY_S` seconds and at the end of each phase (``eval: greedy 32/200 rows · 41 s``, then the
+greedy accuracy and the sampled pass@1 so far); ``AHA_NO_PROGRESS=1`` silences both, as it does ``aha train``'s bar.
+
 Seeding: the greedy completions draw from one ``torch.Generator`` seeded ``seed``, the samples from one seeded
 ``seed + 1``, each used across the batches of ``batch_size`` prompts in order (a question's ``n`` samples are
 consecutive). The numbers are a function of the model, the rows and the config alone.
@@ -22,8 +29,11 @@ consecutive). The numbers are a function of the model, the rows and the config a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import torch
 
 from aha.data.answers import parse_reasoning
 from aha.data.prompts import render_prompt
@@ -32,18 +42,37 @@ from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
 from aha.settings import Checked
 
+# max_new_tokens and batch_size by device type: a CPU gets shorter completions in smaller batches (a real model's
+# 512-token completions in batches of 64 take tens of minutes there)
+DEVICE_DEFAULTS = {
+    "cpu": {"max_new_tokens": 256, "batch_size": 16},
+    "cuda": {"max_new_tokens": 512, "batch_size": 64},
+}
+PROGRESS_EVERY_S = 10.0  # the least time between two progress lines (where the console is not a terminal)
+
+
+def device_defaults(device: str | torch.device) -> dict[str, int]:
+    """The sizes :data:`DEVICE_DEFAULTS` gives `device` (anything but a CUDA GPU gets the CPU's)."""
+    return DEVICE_DEFAULTS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
 
 @dataclass
 class EvalConfig(Checked):
-    """How to evaluate: ``n`` samples per question for pass@k/maj@k (k in ``ks``), sampling settings, seed."""
+    """How to evaluate: ``n`` samples per question for pass@k/maj@k (k in ``ks``), sampling settings, seed.
+    ``max_new_tokens`` / ``batch_size`` None: sized for the device (:meth:`for_device`)."""
 
     n: int = 8  # sampled completions per question
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])
     temperature: float = 0.6
     top_p: float = 0.95
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None  # None: DEVICE_DEFAULTS
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int | None = None  # None: DEVICE_DEFAULTS
+
+    def for_device(self, device: str | torch.device) -> EvalConfig:
+        """This config with the sizes left None filled in for `device` (explicit values are kept)."""
+        sizes = {k: v for k, v in device_defaults(device).items() if getattr(self, k) is None}
+        return replace(self, **sizes) if sizes else self
 
     def validate(self) -> None:
         """The value rules (run at construction; errors name the command-line option)."""
@@ -58,7 +87,7 @@ class EvalConfig(Checked):
                 raise ValueError(f"--k {k} is larger than --n {self.n}: pass@{k} needs at least {k} samples")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
+        if any(v is not None and v < 1 for v in (self.max_new_tokens, self.batch_size)):
             raise ValueError("--max-new-tokens and --batch-size must be at least 1")
 
 
@@ -77,6 +106,23 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+class ProgressLines:
+    """Progress as plain lines (``label: greedy 32/200 rows · 41 s · …``) for a console whose bar cannot draw (not
+    a terminal): at most one every :data:`PROGRESS_EVERY_S` seconds, unless forced (the end of a phase)."""
+
+    def __init__(self, console: Any, label: str, enabled: bool) -> None:
+        self.console, self.label, self.enabled = console, label, enabled
+        self.start = self.last = time.perf_counter()
+
+    def update(self, what: str, info: str = "", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < PROGRESS_EVERY_S):
+            return
+        self.last = now
+        line = " · ".join([f"{self.label}: {what}", f"{now - self.start:.0f} s"] + ([info] if info else []))
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def evaluate(
     model, tokenizer, rows: list[dict[str, Any]], verifier: Verifier, cfg: EvalConfig, label: str = "eval"
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -87,6 +133,7 @@ def evaluate(
 
     if not rows:
         raise ValueError("evaluation: no rows to evaluate")
+    cfg = cfg.for_device(next(model.parameters()).device)
     prompts = [r["prompt"] for r in rows]
     if tokenizer.chat_template is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
@@ -94,29 +141,45 @@ def evaluate(
     verifier = replace(verifier, prefilled=first.rstrip().endswith(("<think>", "<reasoning>")))
     greedy_p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
     sample_p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    rep = [p for p in prompts for _ in range(cfg.n)]  # a question's n samples are consecutive
     was_training = model.training
     model.eval()
     try:
         with progress() as bar:
-            tid = bar.add_task(label, total=len(rows) * (1 + cfg.n), info="")
+            tid = bar.add_task(label, total=len(prompts) + len(rep), info="")
+            lines = ProgressLines(bar.console, label, enabled=not bar.disable and not bar.console.is_terminal)
 
-            def advance(size: int) -> None:
-                bar.advance(tid, size)
+            def generate(phase: str, todo: list[Any], params: SamplingParams, seed: int, unit: str, info: str):
+                done = 0
 
-            common = {"batch_size": cfg.batch_size, "on_batch": advance}
-            g = generate_texts(model, tokenizer, prompts, greedy_p, seed=cfg.seed, **common)
-            rep = [p for p in prompts for _ in range(cfg.n)]
-            s = generate_texts(model, tokenizer, rep, sample_p, seed=cfg.seed + 1, **common)
+                def advance(size: int) -> None:
+                    nonlocal done
+                    done += size
+                    bar.advance(tid, size)
+                    if done < len(todo):  # the phase's last line comes with its numbers
+                        lines.update(f"{phase} {done}/{len(todo)} {unit}", info)
+
+                kw = {"batch_size": cfg.batch_size, "seed": seed, "on_batch": advance}
+                return generate_texts(model, tokenizer, todo, params, **kw)
+
+            g = generate("greedy", prompts, greedy_p, cfg.seed, "rows", "")
+            greedy = [_judge(g[0][i], g[1][i], g[2][i], row, verifier) for i, row in enumerate(rows)]
+            info = f"greedy accuracy {_mean([x['correct'] for x in greedy]):.3f}"
+            lines.update(f"greedy {len(prompts)}/{len(prompts)} rows", info, force=True)
+            bar.update(tid, info=info)
+            s = generate("sampled", rep, sample_p, cfg.seed + 1, "completions", info)
+            sampled = [_judge(s[0][j], s[1][j], s[2][j], rows[j // cfg.n], verifier) for j in range(len(rep))]
+            info += f" · pass@1 {_mean([x['correct'] for x in sampled]):.3f}"
+            lines.update(f"sampled {len(rep)}/{len(rep)} completions", info, force=True)
+            bar.update(tid, info=info)
     finally:
         model.train(was_training)
     records = []
     for i, row in enumerate(rows):
-        greedy = _judge(g[0][i], g[1][i], g[2][i], row, verifier)
-        span = range(i * cfg.n, (i + 1) * cfg.n)
-        samples = [_judge(s[0][j], s[1][j], s[2][j], row, verifier) for j in span]
+        samples = sampled[i * cfg.n : (i + 1) * cfg.n]
         correct = [x["correct"] for x in samples]
         answers = [x["extracted"] for x in samples]
-        rec = {"index": i, "prompt": row["prompt"], "answer": row["answer"], "greedy": greedy, "samples": samples}
+        rec = {"index": i, "prompt": row["prompt"], "answer": row["answer"], "greedy": greedy[i], "samples": samples}
         rec["n_correct"] = sum(correct)
         rec["pass@k"] = {str(k): pass_at_k(cfg.n, sum(correct), k) for k in cfg.ks}
         rec["maj@k"] = {str(k): maj_at_k(answers, correct, k) for k in cfg.ks}

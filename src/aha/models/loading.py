@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import os
 import re
 import socket
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,25 @@ PIPELINE_MARKER = "pipeline.yaml"  # a pipeline directory (aha.workflows.pipelin
 STAGE_DONE = "stage_done.json"  # a pipeline stage that finished (written last)
 MODEL_MARKERS = ("config.json", "adapter_config.json")
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# peft 0.21's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning from
+# transformers >= 5.2x about peft's own code, which aha cannot change): silenced around aha's calls into peft only
+PEFT_OWN_WARNING = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around a call that builds a peft model: no :data:`PEFT_OWN_WARNING` (every other warning still shows)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_OWN_WARNING, category=FutureWarning)
+        yield
+
+
+def peft_model(model, config):
+    """``peft.get_peft_model(model, config)`` without peft's own FutureWarning (:data:`PEFT_OWN_WARNING`)."""
+    from peft import get_peft_model
+
+    with quiet_peft():
+        return get_peft_model(model, config)
 
 
 def resolve_model_path(path: str | Path) -> str:
@@ -102,7 +124,8 @@ def load_model(
         if is_adapter(resolved):
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(resolved, **kwargs)
+            with quiet_peft():
+                model = AutoPeftModelForCausalLM.from_pretrained(resolved, **kwargs)
             if merge_lora:
                 model = model.merge_and_unload()
         else:

@@ -152,7 +152,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     fast = n_new > 1 and fast_decode_reason(model, p_len + n_new) is None
     # position-major cache buffers when the native decode-attention kernel runs the decode steps
     cache = SlabCache(p_len + n_new, position_major=fast and device.type == "cpu" and kernels.load() is not None)
-    cache_kw = cache_kwarg(type(model))
+    cache_kw = cache_kwarg(type(model.get_base_model() if hasattr(model, "get_base_model") else model))  # peft
     # each distinct prompt runs through the prefill once (GRPO asks G completions of every prompt); its cached
     # keys/values and last logits are then copied to every row that holds it
     first, inverse = _distinct_rows(prompt_ids, prompt_mask)

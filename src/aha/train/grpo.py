@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aha.data.prompts import eos_ids
 from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
-from aha.models.loading import save_model
+from aha.models.loading import peft_model, save_model
 from aha.rewards.scoring import load_reward_models
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, make_accelerator
@@ -71,14 +71,16 @@ class GRPOTrainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+            model = peft_model(model, peft_config)
         self.model = model.to(self.device)  # the plain model: sampling, saving; `train_model` is the one wrapped
         self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
         self.loss_model = self.model  # what compute_loss calls: train_model, or under DDP the plain model
         if a.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            # transformers 5.2x renamed it activation checkpointing (the old name warns); older ones have only the old
+            enable = (
+                getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            )
+            enable()
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("GRPOTrainer: give at least one reward function")

@@ -8,6 +8,10 @@ file, or a Hub data set id (``openai/gsm8k:main``, test split), graded by :func:
 verifier: GSM8K answers (``… #### 72``, or plain numbers) by exact numeric match of the last number in the
 completion's answer, MATH answers (``\\boxed{}`` solutions or free-form) by math-verify equivalence.
 
+The model runs on :func:`aha.workflows.inference.inference_device` in ``dtype``
+(:func:`aha.workflows.inference.load_for_inference`); sizes left None in the config are sized for that device
+(:meth:`aha.eval.evaluate.EvalConfig.for_device`); a header line on the console says what was chosen.
+
 Output layout (``--out DIR``): ``samples.jsonl`` (one line per question: prompt, ground truth, the
 greedy completion and each sampled one with its extracted answer and correctness), ``summary.json``;
 with ``--compare``: ``compare/samples.jsonl``, ``compare/summary.json`` and ``comparison.json``.
@@ -26,6 +30,7 @@ from aha.eval.evaluate import EvalConfig, evaluate
 from aha.eval.metrics import verified_rows
 from aha.workflows.rundir import OutputKind, check_output, prepare_output
 
+SIZES = ("max_new_tokens", "batch_size")  # the config values sized for the device when left None
 EVAL_DIR = OutputKind("an aha eval directory", markers=("samples.jsonl",))  # + summary.json, compare/, comparison.json
 
 
@@ -73,14 +78,25 @@ def run_eval(
     out: str | Path | None = None,
     overwrite: bool = False,
     compare: str | None = None,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate `model` (and `compare`) on the first `limit` rows of `data` (a ``--data`` string) with the same
-    rows and seeds, graded in `answer_format` (None: the task's verifier, or detected); write results under `out`
-    when given. Returns ``{"summary": …, "compare": … | None, "comparison": … | None}``."""
-    from aha.models.loading import load_model, resolve_model_path
+    rows and seeds, graded in `answer_format` (None: the task's verifier, or detected), loaded in `dtype`
+    (:data:`aha.workflows.inference.DTYPES`); write results under `out` when given. Returns
+    ``{"summary": …, "compare": … | None, "comparison": … | None}``."""
+    from aha.console import console
+    from aha.models.loading import resolve_model_path
+    from aha.workflows.inference import check_dtype, describe, inference_device, load_for_inference
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
+    device = inference_device()
+    check_dtype(dtype, device)
+    sized = cfg.for_device(device)
+    chosen = [
+        f"{k} {getattr(sized, k)}" + (f" (default on {device.type})" if getattr(cfg, k) is None else "") for k in SIZES
+    ]
+    cfg = sized
     paths = [resolve_model_path(model)] + ([resolve_model_path(compare)] if compare else [])
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -89,14 +105,24 @@ def run_eval(
     results = []
     for label, path in zip(("model", "compare"), paths):
         start = time.perf_counter()
-        m, tok = load_model(path)
-        records, metrics = evaluate(m, tok, rows, verifier, cfg, label=f"{label} {Path(path).name}")
+        m, tok = load_for_inference(path, dtype, device)
+        console.print(
+            f"eval {Path(path).name} on {data}: {len(rows)} questions, n={cfg.n}, {', '.join(chosen)}, {describe(m)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        records, metrics = evaluate(
+            m, tok, rows, verifier, cfg, label=f"eval {Path(path).name}" + (" (compare)" if label == "compare" else "")
+        )
         summary = {
             "model": path,
             "data": data,
             "answer_format": verifier.format,
             **asdict(cfg),
             **metrics,
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "device": str(m.device),
             "seconds": round(time.perf_counter() - start, 1),
         }
         results.append((records, summary))

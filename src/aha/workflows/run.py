@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from aha.console import console
-from aha.models.loading import load_recipe_model, save_model
+from aha.models.loading import load_recipe_model, peft_model, save_model
 from aha.train.distributed import is_main_process, make_accelerator, world_size
 from aha.train.metrics import MetricsLogger
 from aha.workflows.recipe import Recipe, check_columns
@@ -192,9 +192,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
         from aha.train.sft import SFTTrainer
 
         if recipe.peft is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, recipe.lora_config())
+            model = peft_model(model, recipe.lora_config())
         console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
         recipe.config.output_dir = str(run)
         sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
