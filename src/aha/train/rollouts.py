@@ -23,6 +23,7 @@ with the batch for the importance-sampling correction (``aha.grpo.importance_sam
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from aha.rollout.sampler import SamplingParams, sample
 from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
+from aha.train.precision import COMPUTE_DTYPES
 
 
 class Batch(TypedDict, total=False):
@@ -138,6 +140,9 @@ class RolloutSource:
         self.epoch_rows = 0
         self.current: InFlight | None = None
         self.vllm: Any = None  # use_vllm: the engine, started at the first rollout
+        # the dtype aha's sampler computes in: the training's compute dtype (bf16 when training in bf16), the one
+        # place rollouts take it from (see sample_precision)
+        self.sample_dtype: torch.dtype = COMPUTE_DTYPES[args.mixed_precision]
         self.synced_step = -1  # the global step whose weights the engine holds
 
     # ------------------------------------------------------------------------------------------ state
@@ -296,7 +301,7 @@ class RolloutSource:
         if a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
-            with full_weights(self.sharded_model):
+            with full_weights(self.sharded_model), self.sample_precision():
                 completion_ids = sample(
                     self.model,
                     prompt_ids,
@@ -346,6 +351,14 @@ class RolloutSource:
         truncated = gather_rows(acc, truncated)  # (N,)
         info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
         return Rollout(batch, info, rows, rewards)
+
+    def sample_precision(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision aha's sampler runs in: ``sample_dtype`` through autocast over the fp32 weights (a no-op in
+        fp32). When ``aha.rollout.sampler.sample`` takes ``dtype=`` (bf16 weights for the fast decoder and its
+        kernels), pass ``dtype=self.sample_dtype`` there instead and drop this context."""
+        if self.sample_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.sample_dtype)
 
     # ------------------------------------------------------------------------------------------ vLLM
     def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:
