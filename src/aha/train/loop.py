@@ -117,7 +117,9 @@ class TrainingLoop:
         description: str | None = None,
         precision: str = "no",
     ) -> None:
-        if accelerator.mixed_precision != precision:
+        # accelerate keeps one precision per process (the last Accelerator made sets it); the loop's autocast is its
+        # own, but fp16's unscaling and DDP's prepared forward read accelerate's, which must still be this run's
+        if accelerator.mixed_precision != precision and (precision == "fp16" or accelerator.num_processes > 1):
             raise ValueError(
                 f"{description or phase}: the run trains in mixed precision {precision!r} but accelerate's process-wide"
                 f" state now says {accelerator.mixed_precision!r} (another trainer or Accelerator was made since this"
