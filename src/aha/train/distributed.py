@@ -19,10 +19,18 @@ import torch
 from accelerate import Accelerator
 
 
-def make_accelerator(use_cpu: bool = False) -> Accelerator:
+def make_accelerator(use_cpu: bool = False, mixed_precision: str | None = None) -> Accelerator:
     """The run's Accelerator; on a machine without CUDA (or with ``use_cpu``) it runs on the CPU, and
-    several processes talk over gloo."""
-    acc = Accelerator(cpu=use_cpu or not torch.cuda.is_available())
+    several processes talk over gloo. `mixed_precision` ("no", "bf16", "fp16"; see ``aha.train.precision``):
+    None keeps what accelerate already has (its config / environment)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if mixed_precision is not None and state and state.get("_mixed_precision") != mixed_precision:
+        # accelerate keeps one precision per process; a new trainer with another one starts it afresh, as
+        # transformers' TrainingArguments does (the process group, PartialState, is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
+    acc = Accelerator(cpu=use_cpu or not torch.cuda.is_available(), mixed_precision=mixed_precision)
     if acc.num_processes > 1:
         atexit.register(_end)  # a gloo process group left open makes the interpreter hang on exit
     return acc

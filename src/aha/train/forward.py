@@ -21,7 +21,12 @@ For the decoder-only families whose logits are just ``lm_head(hidden)`` (Llama, 
   than one chunk of rows (with a 150k vocabulary they were the memory peak of training).
 
 Other models (and wrapped ones: DDP, FSDP) take the plain path: one ``model(...)`` call and chunked
-log-softmax. (Under DDP the GRPO trainer passes the unwrapped model when ``has_fast_path`` holds and averages
+log-softmax.
+
+**Mixed precision** (the trainer runs the loss forward under ``torch.autocast``, ``aha.train.precision``): the
+matmuls, lm_head included, run in bf16/fp16; the logits are upcast to fp32 before the temperature and the
+log-softmax, so log-probs, entropies and the loss are fp32 on both paths. The chunked lm_head's backward recomputes
+its logits in the precision of its forward, so the softmax it differentiates is the one the forward normalised. (Under DDP the GRPO trainer passes the unwrapped model when ``has_fast_path`` holds and averages
 the gradients itself: ``aha.train.distributed.average_gradients``.)
 """
 
@@ -74,7 +79,7 @@ def _token_logps_plain(model, prompt_ids, prompt_mask, completion_ids, completio
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     t = completion_ids.size(1)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
-    logits = logits[:, :-1, :] / temperature  # (B, T, V): position i predicts completion token i
+    logits = logits[:, :-1, :].float() / temperature  # (B, T, V) fp32: position i predicts completion token i
     chunk = max(64, LOGITS_BUDGET // logits.size(-1))
     logps = selective_log_softmax(logits, completion_ids, chunk=chunk)
     ent = entropy_from_logits(logits.detach(), chunk=chunk) if with_entropy else None
@@ -279,43 +284,53 @@ def lm_head_logps(
 
 
 class _LMHeadLogps(torch.autograd.Function):
+    """Under autocast (``amp``: its dtype, taken in the forward) the head's matmuls run in that dtype, the weight
+    cast once per call rather than once per chunk; logits, log-sum-exp and the softmax gradient stay fp32, and the
+    weight's gradient is accumulated in fp32. The backward casts as its forward did (autocast is off there)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, rows):
         n = hidden.size(0)
+        dev = hidden.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # None: full precision
+        w, b = _cast(weight, amp), _cast(bias, amp)
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         ent = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         for s in range(0, n, rows):
-            logits = F.linear(hidden[s : s + rows], weight, bias).float() / temperature  # (r, V)
+            logits = F.linear(_cast(hidden[s : s + rows], amp), w, b).float() / temperature  # (r, V)
             z = torch.logsumexp(logits, dim=-1)  # (r,)
             lse[s : s + rows] = z
             logp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
             logp_all = logits - z[:, None]  # (r, V)
             ent[s : s + rows] = -(logp_all.exp() * logp_all).sum(-1)  # -Σ p log p
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.temperature, ctx.rows = temperature, rows
+        ctx.temperature, ctx.rows, ctx.amp = temperature, rows, amp
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, _g_ent):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        temperature, rows = ctx.temperature, ctx.rows
+        temperature, rows, amp = ctx.temperature, ctx.rows, ctx.amp
+        w, b = _cast(weight, amp), _cast(bias, amp)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g_h = torch.empty_like(hidden) if need_h else None
         g_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         g_b = torch.zeros_like(bias, dtype=torch.float32) if (need_b and bias is not None) else None
         for s in range(0, hidden.size(0), rows):
-            h = hidden[s : s + rows]  # (r, H)
-            logits = F.linear(h, weight, bias).float() / temperature  # (r, V)
+            h = _cast(hidden[s : s + rows], amp)  # (r, H)
+            logits = F.linear(h, w, b).float() / temperature  # (r, V)
             g = g_logp[s : s + rows].float()  # (r,)
             # d logp / d logits = onehot(target) - softmax; chain through the division by the temperature
             grad = torch.exp(logits - lse[s : s + rows, None]).mul_(-g[:, None])
             grad.scatter_add_(1, targets[s : s + rows, None], g[:, None])
-            grad = grad.div_(temperature).to(weight.dtype)  # (r, V)
+            grad = grad.div_(temperature).to(w.dtype)  # (r, V)
             if g_h is not None:
-                g_h[s : s + rows] = grad @ weight
-            if g_w is not None:
+                g_h[s : s + rows] = grad @ w
+            if g_w is not None and amp is not None:  # a low-precision matmul, accumulated in fp32
+                g_w += grad.t() @ h
+            elif g_w is not None:
                 g_w.addmm_(grad.t().float(), h.float())
             if g_b is not None:
                 g_b += grad.sum(0).float()
@@ -327,3 +342,8 @@ class _LMHeadLogps(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """`t` in `dtype` (autocast's), unchanged when `dtype` is None (no autocast) or `t` is None."""
+    return t if t is None or dtype is None else t.to(dtype)

@@ -37,6 +37,7 @@ from aha.train.distributed import full_state_dict, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
+from aha.train.precision import autocast
 from aha.train.rollouts import Batch, RolloutSource
 
 
@@ -61,7 +62,8 @@ class GRPOTrainer:
         if "prompt" not in train_dataset[0]:
             raise ValueError(f"GRPOTrainer: train_dataset needs a 'prompt' column, found {sorted(train_dataset[0])}")
         # one process, or one of several under `accelerate launch` / `torchrun` (see aha.train.distributed)
-        self.accelerator = make_accelerator(a.use_cpu)
+        self.precision = a.mixed_precision  # "bf16" / "fp16": autocast for every policy forward (aha.train.precision)
+        self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision)
         self.device = self.accelerator.device
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model)
@@ -132,7 +134,12 @@ class GRPOTrainer:
     # ---------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
     def add_logps(self, batch: Batch) -> None:
-        """π_old log-probs (when the batch is used off-policy) and π_ref's (when beta != 0), (N, T), in place."""
+        """π_old log-probs (when the batch is used off-policy) and π_ref's (when beta != 0), (N, T), in place; in the
+        loss forward's precision, so that on-policy π/π_old is 1 up to the kernels' nondeterminism."""
+        with autocast(self.precision, self.device):
+            self._add_logps(batch)
+
+    def _add_logps(self, batch: Batch) -> None:
         a = self.args
         correct = a.use_vllm and a.vllm_importance_sampling_correction
         if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps or correct:

@@ -16,6 +16,11 @@ logging window), :class:`TrainerState`, the metrics file's length, the process's
 (the trainer's batch source: data order, sampling generator, the batch in flight). An owner with a
 ``local_state_dict()`` also keeps a part per process (under several processes, each process's rows of the batch in
 flight); it gets back its own with ``load_local_state_dict(states, rank)``.
+
+Mixed precision (``precision``: "bf16" / "fp16", see :mod:`aha.train.precision`): each micro-batch's forward runs
+under autocast, its backward outside it; the parameters and the optimiser state stay fp32. fp16 goes through
+accelerate's gradient scaler (the optimiser prepared by accelerate): a step whose scaled gradients overflow is
+skipped by the scaler, not an error, and counted in ``fp16/nonfinite``; the scaler's state is checkpointed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from aha.console import console, progress
 from aha.train import checkpoint
 from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects
 from aha.train.metrics import MetricsLogger
+from aha.train.precision import autocast
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
@@ -91,7 +97,8 @@ class TrainingLoop:
     ``warmup_steps``, ``warmup_ratio``, ``weight_decay``, ``adam_beta1``/``adam_beta2``, ``optim``,
     ``max_grad_norm``, ``gradient_accumulation_steps``, ``logging_steps``, ``save_steps``, ``save_total_limit``,
     ``output_dir``). `loss_model_bypasses_ddp`: the trainer's loss forward runs on the unwrapped model (GRPO's fast
-    path), so the window's gradients are averaged by hand before the step.
+    path), so the window's gradients are averaged by hand before the step. `precision`: accelerate's
+    ``mixed_precision`` of the run ("no", "bf16", "fp16"), which `accelerator` must have been made with.
     """
 
     def __init__(
@@ -108,8 +115,18 @@ class TrainingLoop:
         callbacks: Sequence[Callable[[TrainerState, dict[str, Any]], None]] = (),
         owners: dict[str, Stateful] | None = None,
         description: str | None = None,
+        precision: str = "no",
     ) -> None:
+        # accelerate keeps one precision per process (the last Accelerator made sets it); the loop's autocast is its
+        # own, but fp16's unscaling and DDP's prepared forward read accelerate's, which must still be this run's
+        if accelerator.mixed_precision != precision and (precision == "fp16" or accelerator.num_processes > 1):
+            raise ValueError(
+                f"{description or phase}: the run trains in mixed precision {precision!r} but accelerate's process-wide"
+                f" state now says {accelerator.mixed_precision!r} (another trainer or Accelerator was made since this"
+                " one): make each trainer just before its train()"
+            )
         self.model, self.args, self.phase, self.total = model, args, phase, total_steps
+        self.precision = precision
         self.acc, self.state, self.tokenizer, self.logger = accelerator, state, tokenizer, logger
         self.callbacks, self.owners = list(callbacks), dict(owners or {})
         self.description = description or phase.upper()
@@ -121,6 +138,9 @@ class TrainingLoop:
         if accelerator.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
             self.train_model, self.optimizer = accelerator.prepare(model, self.optimizer)
             params = [p for p in self.train_model.parameters() if p.requires_grad]
+        elif accelerator.scaler is not None:  # fp16: the scaler unscales in clip_grad_norm_ and steps the optimiser
+            self.optimizer = accelerator.prepare_optimizer(self.optimizer)
+        self.scaler = accelerator.scaler  # fp16's gradient scaler (None otherwise)
         self.params = params
         warmup = args.warmup_steps or int(args.warmup_ratio * total_steps)
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, total_steps)
@@ -134,7 +154,7 @@ class TrainingLoop:
     @classmethod
     def of(cls, trainer: Any, *, phase: str, owners: dict[str, Stateful], description: str) -> TrainingLoop:
         """The loop of `trainer` (GRPOTrainer, SFTTrainer: ``model``, ``args``, ``accelerator``, ``state``,
-        ``tokenizer``, ``callbacks``, ``total_steps()``); the first process writes ``OUTPUT_DIR/metrics.jsonl``
+        ``tokenizer``, ``callbacks``, ``precision``, ``total_steps()``); the first process writes ``OUTPUT_DIR/metrics.jsonl``
         unless the trainer was given a ``logger``."""
         acc, out = trainer.accelerator, Path(trainer.args.output_dir)
         if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
@@ -153,6 +173,7 @@ class TrainingLoop:
             callbacks=trainer.callbacks,
             owners=owners,
             description=description,
+            precision=trainer.precision,
         )
 
     @property
@@ -168,7 +189,8 @@ class TrainingLoop:
         marks = {k: len(v) for k, v in self.pending.items()}  # where this window's metrics start
         losses: list[float] = []
         for i, micro in enumerate(window):
-            loss, metrics = micro()
+            with autocast(self.precision, self.acc.device):  # the forward in bf16/fp16 (a no-op in fp32)
+                loss, metrics = micro()
             shown = float(metrics.pop("loss", loss.item()))
             losses.append(shown)
             if not all_true(self.acc, math.isfinite(shown)):  # every process stops together
@@ -176,19 +198,29 @@ class TrainingLoop:
                 break
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else self.acc.no_sync(self.train_model):
-                loss.backward()
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             self.pending["loss"].append(shown)
             for k, v in metrics.items():
                 self.pending[k].append(v)
         if self.loss_model_bypasses_ddp:
             average_gradients(self.params, self.acc.num_processes)
-        grad_norm = float(self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm))
+        grad_norm = float(self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm))  # fp16: unscaled first
+        if self.scaler is not None and all(map(math.isfinite, losses)) and not math.isfinite(grad_norm):
+            return self._skip_overflow()
         if not all(map(math.isfinite, [*losses, grad_norm])):
             self._fail_nonfinite("loss" if not all(map(math.isfinite, losses)) else "gradient norm", marks)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+    def _skip_overflow(self) -> float:
+        """fp16: the scaled gradients overflowed. The scaler's step skips the update and lowers the scale; the
+        learning-rate schedule does not advance (as transformers' Trainer does); the step counts as done."""
+        self.optimizer.step()  # accelerate's optimiser: GradScaler.step (skipped: inf found) and update
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending["fp16/nonfinite"].append(1.0)
+        return float("nan")
 
     def end_step(self, grad_norm: float | None, info: str = "", epoch: float | None = None) -> None:
         """Bookkeeping after an optimiser step (`grad_norm` None: a step with no update): count it, advance the bar,
@@ -240,16 +272,21 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "pending": dict(self.pending),
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.pending = defaultdict(list, state["pending"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def save(self, pending: dict[str, list[float]] | None = None) -> Path | None:
         """Write ``OUTPUT_DIR/checkpoint-<step>`` (every process takes part; the first one writes). `pending`: the
@@ -264,7 +301,7 @@ class TrainingLoop:
             if pending is not None:
                 loop["pending"] = pending
             tensors = {
-                "optimizer.pt": {"optimizer": loop.pop("optimizer"), "scheduler": loop.pop("scheduler")},
+                "optimizer.pt": {k: loop.pop(k) for k in ("optimizer", "scheduler", "scaler") if k in loop},
                 "rng_state.pt": checkpoint.global_rng_state(),
                 "loop_state.pt": {
                     "loop": loop,

@@ -23,6 +23,7 @@ with the batch for the importance-sampling correction (``aha.grpo.importance_sam
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -36,10 +37,12 @@ import torch.nn.functional as F
 from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
 from aha.rewards.scoring import score
+from aha.rollout.fast import fast_decode_reason
 from aha.rollout.sampler import SamplingParams, sample
 from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
+from aha.train.precision import COMPUTE_DTYPES
 
 
 class Batch(TypedDict, total=False):
@@ -138,6 +141,9 @@ class RolloutSource:
         self.epoch_rows = 0
         self.current: InFlight | None = None
         self.vllm: Any = None  # use_vllm: the engine, started at the first rollout
+        # the dtype aha's sampler computes in: the training's compute dtype (bf16 when training in bf16), the one
+        # place rollouts take it from (see sample_precision)
+        self.sample_dtype: torch.dtype = COMPUTE_DTYPES[args.mixed_precision]
         self.synced_step = -1  # the global step whose weights the engine holds
 
     # ------------------------------------------------------------------------------------------ state
@@ -296,7 +302,7 @@ class RolloutSource:
         if a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
-            with full_weights(self.sharded_model):
+            with full_weights(self.sharded_model), self.sample_precision(prompt_ids.size(1) + a.max_completion_length):
                 completion_ids = sample(
                     self.model,
                     prompt_ids,
@@ -346,6 +352,18 @@ class RolloutSource:
         truncated = gather_rows(acc, truncated)  # (N,)
         info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
         return Rollout(batch, info, rows, rewards)
+
+    def sample_precision(self, total_len: int) -> contextlib.AbstractContextManager[Any]:
+        """The precision aha's sampler runs in: ``sample_dtype`` through autocast over the fp32 weights (a no-op in
+        fp32). Not where aha's fast decoder takes the model (``fast_decode_reason`` None): its packed fp32 weights
+        and kernels are fp32-only, and oneDNN's packed linear fails under autocast, so it stays fp32 there.
+        When ``aha.rollout.sampler.sample`` takes ``dtype=`` (bf16 weights for the fast decoder and its kernels),
+        pass ``dtype=self.sample_dtype`` to it instead and drop this context."""
+        if self.sample_dtype == torch.float32:
+            return contextlib.nullcontext()
+        if self.args.rollout_backend == "fast" and fast_decode_reason(self.model, total_len) is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.sample_dtype)
 
     # ------------------------------------------------------------------------------------------ vLLM
     def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:

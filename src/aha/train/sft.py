@@ -4,7 +4,8 @@ The loss is the next-token cross-entropy on the completion tokens only (prompt t
 optimiser, schedule, logging, callbacks, checkpoints and exact resume are :class:`aha.train.loop.TrainingLoop`'s.
 Under ``accelerate launch`` / ``torchrun`` each of the W processes takes its share of every global micro-batch of
 W × batch rows and the loss is normalised by the completion tokens of all of them, so W processes train exactly as
-one process with W times the batch.
+one process with W times the batch. ``bf16`` / ``fp16`` train in mixed precision as GRPO does (the loop's autocast;
+the cross-entropy in fp32).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aha.settings import check_types, require
 from aha.train.distributed import make_accelerator, sum_all
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
+from aha.train.precision import resolve_precision
 
 
 @dataclass
@@ -48,9 +50,15 @@ class SFTConfig:
     save_total_limit: int | None = None
     resume_from_checkpoint: str | bool | None = None  # as train(resume_from_checkpoint=...): "auto"/True or a path
     seed: int = 0
+    # mixed precision as in GRPOConfig (aha.train.precision), checked against the model's device by the trainer:
+    # None = bf16 where a GPU supports it, else fp32; True also on a CPU with bf16 instructions; fp16 CUDA only
+    bf16: bool | None = None
+    fp16: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.bf16 and self.fp16:
+            raise ValueError("SFTConfig: bf16=True and fp16=True both set: choose one (bf16 where the hardware has it)")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
             require(self, getattr(self, name) >= 1, name, "must be >= 1")
         require(self, self.learning_rate > 0, "learning_rate", "must be > 0")
@@ -161,7 +169,9 @@ class SFTTrainer:
             raise ValueError("SFT: the dataset is empty")
         self.model, self.tokenizer, self.train_dataset = model, processing_class, train_dataset
         self.device = next(model.parameters()).device
-        self.accelerator = make_accelerator(use_cpu=self.device.type == "cpu")
+        # "bf16" / "fp16": the loss forward under autocast, fp32 weights (aha.train.precision)
+        self.precision = resolve_precision(self.args.bf16, self.args.fp16, self.device, "SFTConfig")
+        self.accelerator = make_accelerator(use_cpu=self.device.type == "cpu", mixed_precision=self.precision)
         self.callbacks, self.logger, self.description = list(callbacks), logger, description
         self.state = TrainerState()
         self.examples = [tokenize_sft_row(processing_class, r, self.args.max_length) for r in train_dataset]
