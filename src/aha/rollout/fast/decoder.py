@@ -236,9 +236,8 @@ def _fingerprint(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Changes whenever ``t``'s values do: its identity, version counter and storage, and the sum of its bits as
     integers (exact; fused optimisers and writes through ``.data`` do not bump the version counter)."""
     bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    t = t.detach()
     version = 0 if t.is_inference() else t._version
-    return id(t), version, t.data_ptr(), int(t.view(bits).sum())
+    return id(t), version, t.data_ptr(), int(t.detach().view(bits).sum())
 
 
 @dataclass
