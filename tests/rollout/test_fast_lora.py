@@ -22,7 +22,8 @@ NEVER = [10**6]  # an EOS id no row produces: full-length completions
 
 
 def _lora(model, seed=5, adapters=("default",), **kw):
-    """A LoRA copy of `model` with non-zero B (peft initialises B to zero, which would change nothing)."""
+    """A LoRA copy of `model` with A and B drawn from `seed` (peft draws A from the global RNG and sets B to zero,
+    which would change nothing)."""
     cfg = dict(r=4, lora_alpha=8, target_modules=ALL, lora_dropout=0.0, task_type="CAUSAL_LM") | kw
     peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(**cfg), adapter_name=adapters[0])
     for name in adapters[1:]:
@@ -30,8 +31,8 @@ def _lora(model, seed=5, adapters=("default",), **kw):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            if "lora_A" in name or "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "lora_B" in name else p.shape[1] ** -0.5))
     return peft_model.eval()
 
 
