@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
 from aha.rewards.scoring import score
-from aha.rollout.sampler import SamplingParams, sample
+from aha.rollout.sampler import SamplingParams, fast_decode_status, sample
 from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
@@ -293,10 +293,16 @@ class RolloutSource:
             repetition_penalty=a.repetition_penalty,
         )
         sampling_logps = None
+        on_fast_decoder = None  # aha's sampler: did its fast decoder run (1.0), or the HF forward (0.0)?
         if a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
             with full_weights(self.sharded_model):
+                if a.rollout_backend == "fast":
+                    total_len = prompt_ids.size(1) + params.max_new_tokens
+                    on_fast_decoder = float(fast_decode_status(self.model, total_len) is None)
+                else:
+                    on_fast_decoder = 0.0
                 completion_ids = sample(
                     self.model,
                     prompt_ids,
@@ -345,6 +351,8 @@ class RolloutSource:
         lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
         truncated = gather_rows(acc, truncated)  # (N,)
         info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
+        if on_fast_decoder is not None:
+            info["rollout/fast_decoder"] = on_fast_decoder
         return Rollout(batch, info, rows, rewards)
 
     # ------------------------------------------------------------------------------------------ vLLM
