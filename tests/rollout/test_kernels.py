@@ -146,7 +146,25 @@ def test_packed_linear_falls_back(monkeypatch):
     lin = kernels.PackedLinear(w)
     assert lin.packed is None
     assert torch.equal(lin(x), F.linear(x, w))
-    assert kernels.PackedLinear(w.double()).packed is None  # fp32 only
+    assert kernels.PackedLinear(w.double()).packed is None  # fp32 and bf16 only
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_bf16_packed_linear_casts_for_the_matmul_alone(packed, monkeypatch):
+    """A bf16 weight under fp32 inputs: the matmul in bf16 (as F.linear on bf16 operands), fp32 in and out."""
+    if not packed:
+        monkeypatch.setenv("AHA_PACKED_LINEAR", "0")
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 32, generator=g).bfloat16(), torch.randn(48, generator=g).bfloat16()
+    x = torch.randn(7, 32, generator=g)
+    lin = kernels.PackedLinear(w, b, rows=7)
+    assert (lin.packed is not None) == (packed and kernels._packing_works(torch.bfloat16))
+    y = lin(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.linear(x.bfloat16(), w, b).float(), rtol=2e-2, atol=2e-2)
+    assert (y - F.linear(x, w.float(), b.float())).abs().max() > 1e-4  # the input was rounded to bf16
+    with pytest.raises(ValueError, match="bias"):
+        kernels.PackedLinear(w, b.float())
 
 
 def test_position_major_slab_layer_holds_the_same_cache():

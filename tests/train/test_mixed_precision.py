@@ -1,7 +1,6 @@
 """Mixed precision (bf16 / fp16): accelerate's mixed_precision, autocast for the loss forward, fp32 master weights
 and optimiser state, fp32 log-probs; bf16 on a CPU with bf16 instructions, clear refusals elsewhere."""
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -127,17 +126,26 @@ def test_sft_step_runs_under_autocast(tmp_path):
 
 
 @cpu_bf16
-def test_the_sampler_takes_the_training_dtype_except_in_the_fast_decoder(tmp_path):
+def test_the_sampler_takes_the_training_dtype_on_the_fast_decoder(tmp_path, monkeypatch):
     from peft import LoraConfig, get_peft_model
 
-    trainer = _grpo(tmp_path / "a", bf16=True)
-    assert trainer.batches.sample_dtype == torch.bfloat16
-    # aha's fast decoder (packed fp32 weights, native kernels) would break under autocast: it stays fp32
-    assert isinstance(trainer.batches.sample_precision(32), contextlib.nullcontext)
+    from aha.train import rollouts
+
+    calls: list[torch.dtype | None] = []
+    real = rollouts.sample
+
+    def spy(*args, **kw):
+        calls.append(kw.get("dtype"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rollouts, "sample", spy)
     model, tok = _tiny()
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    trainer = _grpo(tmp_path / "b", lora, tok, bf16=True)
-    assert isinstance(trainer.batches.sample_precision(32), torch.autocast)  # the HF forward, in bf16
+    trainer = _grpo(tmp_path / "b", lora, tok, bf16=True, max_steps=1)
+    assert trainer.batches.sample_dtype == torch.bfloat16
+    state = trainer.train()
+    assert calls and set(calls) == {torch.bfloat16}  # bf16 packed weights for the fast decoder, LoRA merged
+    assert [r["rollout/fast_decoder"] for r in state.log_history if "rollout/fast_decoder" in r] == [1.0]
     assert _grpo(tmp_path / "c").batches.sample_dtype == torch.float32
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from aha.data.prompts import encode_prompts, eos_ids, render_prompt
-from aha.rollout.sampler import BACKENDS, SamplingParams, sample
+from aha.rollout.sampler import BACKENDS, SamplingParams, compute_dtype, sample
 
 Prompt = str | list[dict[str, str]]
 
@@ -49,10 +49,12 @@ def generate_texts(
     seed: int = 0,
     backend: str = "fast",
     on_batch: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[list[str], list[int], list[bool]]:
     """Completions for `prompts` (rendered with the chat template when conversational), in batches of
-    `batch_size` drawing from one generator seeded `seed`; `on_batch(size)` after each batch.
-    Returns (texts, token lengths with the EOS, truncated flags)."""
+    `batch_size` drawing from one generator seeded `seed`; `on_batch(size)` after each batch; computing in `dtype`
+    (None: the model's; see :func:`aha.rollout.sampler.sample`). Returns (texts, token lengths with the EOS,
+    truncated flags)."""
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -60,7 +62,9 @@ def generate_texts(
     for s in range(0, len(prompts), batch_size):
         chunk = [render_prompt(tokenizer, p) for p in prompts[s : s + batch_size]]
         ids, mask = encode_prompts(tokenizer, chunk, device=device)
-        comp = sample(model, ids, mask, params, eos, tokenizer.pad_token_id, generator=gen, backend=backend)
+        comp = sample(
+            model, ids, mask, params, eos, tokenizer.pad_token_id, generator=gen, backend=backend, dtype=dtype
+        )
         for row in comp.tolist():
             ended = next((i for i, t in enumerate(row) if t in eos), None)
             n = len(row) if ended is None else ended + 1
@@ -74,22 +78,41 @@ def generate_texts(
 
 class LocalEngine:
     """The model in this process, sampled by aha's `backend` (``fast``: its KV-cache loop; ``hf``: transformers'
-    generate), `batch_size` rows at a time (in eval mode: :func:`aha.rollout.sampler.sample` sees to it)."""
+    generate), `batch_size` rows at a time (in eval mode: :func:`aha.rollout.sampler.sample` sees to it), computing
+    in `dtype` (None: the model's own; torch.bfloat16 for a float32 model, refused here at once where the hardware
+    has no bf16)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, backend: str = "fast", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        backend: str = "fast",
+        batch_size: int = 64,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown sampling backend {backend!r}; choose from {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        compute_dtype(model, dtype)  # a dtype it cannot honour fails here, not at the first batch
         self.model = model
         self.tokenizer = tokenizer
         self.backend = backend
         self.batch_size = batch_size
+        self.dtype = dtype
 
     def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
         rep = [p for p in prompts for _ in range(n)]
         texts, _, _ = generate_texts(
-            self.model, self.tokenizer, rep, params, batch_size=self.batch_size, seed=seed, backend=self.backend
+            self.model,
+            self.tokenizer,
+            rep,
+            params,
+            batch_size=self.batch_size,
+            seed=seed,
+            backend=self.backend,
+            dtype=self.dtype,
         )
         return texts
 

@@ -8,28 +8,38 @@ that have produced EOS are carried with a pad token and stop counting; once at m
 rows are still running, the finished ones are dropped from the forward (cache, mask and positions narrowed).
 Decode steps of ``sdpa`` models run a two-matmul attention (``_decode_attention``) instead of the CPU flash
 kernel, which is slow for one query token; ``AHA_DECODE_ATTN=0`` turns this off.
-For plain Llama-family models (``aha.rollout.fast.decoder.FastDecoder``: llama, qwen2, mistral in fp32, default RoPE, no adapters
-or hooks) the decode steps skip the HF module machinery altogether: a hand-written step over the same
-weights (fused qkv and gate/up, RoPE from a precomputed table, attention on the preallocated cache,
-SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
+For plain Llama-family models (``aha.rollout.fast.decoder.FastDecoder``: llama, qwen2, mistral, default RoPE, no
+hooks; plain peft LoRA adapters merged into its packed weights) the decode steps skip the HF module machinery
+altogether: a hand-written step over the same weights (fused qkv and gate/up, RoPE from a precomputed table,
+attention on the preallocated cache, SwiGLU, RMSNorm). On a CPU with a C compiler the cache is stored position-major and the attention, softmax,
 RMSNorm (with the residual add), RoPE and SwiGLU run as aha's native kernels, the matmuls on weights pre-packed
 for oneDNN (``aha.rollout.fast.kernels``;
 off with ``AHA_NATIVE_ATTN=0`` / ``AHA_PACKED_LINEAR=0``); the prompt forward then runs on them too
 (``FastDecoder.prefill``: same matmuls and kernels, its last layer for the last column only, and a prompt
 opening that every row shares, such as a system prompt, run once), else it is the HF forward that fills the
 cache. ``AHA_FAST_DECODE=0`` turns the hand-written step off; anything it cannot honour falls back to the HF
-forward.
+forward, never silently: the reason is logged once per (model class, reason) on the ``aha.rollout`` logger, and
+:func:`fast_decode_status` says it for a model (the trainer logs it as ``rollout/fast_decoder``).
+
+**Compute dtype** (``dtype=``): the model's own by default; ``torch.bfloat16`` for a float32 model runs the fast
+decoder's matmuls on bf16 packed weights (norms, RoPE, KV cache, attention and logits stay fp32) and the HF
+forward under ``torch.autocast``. Refused where the hardware has no bf16 (``aha.devices.bf16_supported``).
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from aha.devices import bf16_refusal, bf16_supported
 from aha.rollout.fast import kernels
 from aha.rollout.fast.decode import SlabCache, cache_kwarg, decode_attention_swap
-from aha.rollout.fast.decoder import FastDecoder, fast_decode_reason
+from aha.rollout.fast.decoder import COMPUTE_DTYPES, FastDecoder, fast_decode_reason, model_dtype
+
+log = logging.getLogger("aha.rollout")
 
 
 @dataclass
@@ -104,6 +114,54 @@ DROP_MIN_ROWS = 8
 CHECK_EVERY = 4  # count the running rows (a sync) every this many steps
 
 
+def compute_dtype(model, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype ``sample(model, ..., dtype=dtype)`` computes in: the model's weights' dtype when ``dtype`` is None,
+    else ``dtype`` (torch.float32 or torch.bfloat16). Raises ValueError for a dtype it cannot honour: another
+    dtype, float32 compute of lower-precision weights, bf16 where the device has no bf16 instructions."""
+    own = model_dtype(model)
+    if dtype is None:
+        return own
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"sampling dtype {dtype}: use torch.float32 or torch.bfloat16 (or None: the model's)")
+    if own != dtype and own != torch.float32:
+        raise ValueError(f"sampling dtype {dtype} for a model whose weights are {own}: load the model in float32")
+    device = next(model.parameters()).device
+    if dtype == torch.bfloat16 and not bf16_supported(device):
+        raise ValueError(f"sampling dtype torch.bfloat16: {bf16_refusal(device)}")
+    return dtype
+
+
+def _hf_autocast(model, dtype: torch.dtype):
+    """What the HF forward runs under: ``torch.autocast`` to ``dtype`` when it is lower than the weights'."""
+    if dtype == model_dtype(model):
+        return nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
+def fast_decode_status(model, total_len: int, dtype: torch.dtype | None = None) -> str | None:
+    """Why ``sample(model, ..., backend="fast", dtype=dtype)`` would run ``model`` on the HF forward instead of aha's
+    fast decoder for sequences of ``total_len`` tokens (None: on the fast decoder), judged in eval mode as
+    ``sample`` runs it (its training mode is restored). For completions longer than one token (one token is the
+    prompt forward alone)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return fast_decode_reason(model, total_len, compute_dtype(model, dtype))
+    finally:
+        model.train(was_training)
+
+
+_FALLBACKS_LOGGED: set[tuple[str, str]] = set()
+
+
+def _log_fallback(model, reason: str) -> None:
+    """Say once per (model class, reason) that the fast decoder stepped aside, and why."""
+    key = (type(model).__name__, reason)
+    if key not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(key)
+        log.warning("aha's fast decoder is off for %s (%s): sampling runs the slower HF forward", *key)
+
+
 def sample_fast(
     model,
     prompt_ids: torch.Tensor,
@@ -113,16 +171,18 @@ def sample_fast(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """prompt_ids/prompt_mask: (B, P) left-padded. Returns completion ids (B, T<=max_new_tokens),
     pad after each row's first EOS (the EOS itself is kept). Randomness: ``row_seeds`` (one per row,
-    layout-independent) or else ``generator``."""
+    layout-independent) or else ``generator``. ``dtype``: the compute dtype (``compute_dtype``)."""
+    dtype = compute_dtype(model, dtype)
     with torch.inference_mode():
         u = None
         if not params.greedy and params.max_new_tokens > 0:
             u = uniforms(prompt_ids.size(0), params.max_new_tokens, prompt_ids.device, generator, row_seeds)
         with decode_attention_swap(model):
-            out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u)
+            out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype)
     return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
 
 
@@ -140,7 +200,7 @@ def _distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     return first, inverse
 
 
-def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u):
+def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype):
     b, p_len, device = prompt_ids.size(0), prompt_ids.size(1), prompt_ids.device
     n_new = params.max_new_tokens
     out = torch.full((b, n_new), pad_token_id, dtype=torch.long, device=device)  # (B, T) result
@@ -149,7 +209,11 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     # the whole attention mask at once; step t uses its first P+t+1 columns (no per-step torch.cat)
     mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((b, n_new), dtype=torch.long)], dim=1)
     positions = (mask[:, :p_len].cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    fast = n_new > 1 and fast_decode_reason(model, p_len + n_new) is None
+    reason = fast_decode_reason(model, p_len + n_new, dtype) if n_new > 1 else "one new token"
+    if reason is not None and n_new > 1:
+        _log_fallback(model, reason)
+    fast = reason is None
+    hf_context = _hf_autocast(model, dtype)  # the HF forward's compute dtype (the fast decoder casts its own)
     # position-major cache buffers when the native decode-attention kernel runs the decode steps
     cache = SlabCache(p_len + n_new, position_major=fast and device.type == "cpu" and kernels.load() is not None)
     cache_kw = cache_kwarg(type(model.get_base_model() if hasattr(model, "get_base_model") else model))  # peft
@@ -159,18 +223,19 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
     ids, pmask, ppos = (prompt_ids, mask[:, :p_len], positions)
     if first is not None:
         ids, pmask, ppos = ids[first], pmask[first], ppos[first]
-    decoder = FastDecoder(model, int(positions.max()) + n_new + 1, rows=b) if fast else None
+    decoder = FastDecoder(model, int(positions.max()) + n_new + 1, rows=b, dtype=dtype) if fast else None
     if decoder is not None and cache.position_major:  # the prompt forward on the native kernels too
         logits = decoder.prefill(ids, pmask, ppos, cache)  # (B or distinct prompts, V)
     else:
-        fwd = model(
-            input_ids=ids,
-            attention_mask=pmask,
-            position_ids=ppos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_kw: cache},
-        )
+        with hf_context:
+            fwd = model(
+                input_ids=ids,
+                attention_mask=pmask,
+                position_ids=ppos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kw: cache},
+            )
         logits = fwd.logits[:, -1, :].float()  # (B or distinct prompts, V)
     if first is not None:
         cache.batch_select_indices(inverse)
@@ -230,8 +295,8 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
         if decoder is not None:
             logits = decoder.step(tok, next_pos.squeeze(1), bias, cache)
         else:
-            logits = (
-                model(
+            with hf_context:
+                fwd = model(
                     input_ids=tok.unsqueeze(1),
                     attention_mask=mask[:, : p_len + t + 1],
                     position_ids=next_pos,
@@ -239,9 +304,7 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
                     logits_to_keep=1,
                     **{cache_kw: cache},
                 )
-                .logits[:, -1, :]
-                .float()
-            )
+            logits = fwd.logits[:, -1, :].float()
         next_pos = next_pos + 1
     if can_stop:  # the running rows are counted only every few steps: find the exact end
         hit = is_eos[out[:, :steps]]
@@ -260,9 +323,12 @@ def sample_hf(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Same contract as sample_fast, through ``model.generate``. Its randomness is the global torch RNG
-    (seeded from ``row_seeds[0]`` when given): rows are not independent of their batch-mates."""
+    """Same contract as sample_fast, through ``model.generate`` (under ``torch.autocast`` when ``dtype`` is lower
+    than the weights'). Its randomness is the global torch RNG (seeded from ``row_seeds[0]`` when given): rows are
+    not independent of their batch-mates."""
+    dtype = compute_dtype(model, dtype)
     if row_seeds:
         torch.manual_seed(int(row_seeds[0]))
     kwargs = dict(
@@ -276,7 +342,8 @@ def sample_hf(
         kwargs.update(
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p or None
         )
-    seqs = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
+    with _hf_autocast(model, dtype):
+        seqs = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
     return seqs[:, prompt_ids.size(1) :]
 
 
@@ -284,14 +351,36 @@ BACKENDS = {"fast": sample_fast, "hf": sample_hf}
 
 
 def sample(
-    model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator=None, backend="fast", row_seeds=None
+    model,
+    prompt_ids,
+    prompt_mask,
+    params,
+    eos_token_ids,
+    pad_token_id,
+    generator=None,
+    backend="fast",
+    row_seeds=None,
+    dtype: torch.dtype | None = None,
 ):
+    """Completion ids (B, T) for left-padded prompts (B, P) with ``backend`` (``fast``: aha's loop, ``hf``:
+    transformers' generate), in eval mode (the model's mode is restored after), computing in ``dtype`` (None:
+    the model's; ``torch.bfloat16``: see the module doc). See ``sample_fast`` for the rest."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown rollout backend {backend!r}; choose from {sorted(BACKENDS)}")
     was_training = model.training
     model.eval()
     try:
         fn = BACKENDS[backend]
-        return fn(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, generator, row_seeds=row_seeds)
+        return fn(
+            model,
+            prompt_ids,
+            prompt_mask,
+            params,
+            eos_token_ids,
+            pad_token_id,
+            generator,
+            row_seeds=row_seeds,
+            dtype=dtype,
+        )
     finally:
         model.train(was_training)

@@ -23,7 +23,6 @@ with the batch for the importance-sampling correction (``aha.grpo.importance_sam
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -37,8 +36,7 @@ import torch.nn.functional as F
 from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
 from aha.rewards.scoring import score
-from aha.rollout.fast import fast_decode_reason
-from aha.rollout.sampler import SamplingParams, sample
+from aha.rollout.sampler import SamplingParams, fast_decode_status, sample
 from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
@@ -142,7 +140,7 @@ class RolloutSource:
         self.current: InFlight | None = None
         self.vllm: Any = None  # use_vllm: the engine, started at the first rollout
         # the dtype aha's sampler computes in: the training's compute dtype (bf16 when training in bf16), the one
-        # place rollouts take it from (see sample_precision)
+        # place rollouts take it from: passed to aha.rollout.sampler.sample (bf16 packed weights on the fast decoder)
         self.sample_dtype: torch.dtype = COMPUTE_DTYPES[args.mixed_precision]
         self.synced_step = -1  # the global step whose weights the engine holds
 
@@ -299,10 +297,16 @@ class RolloutSource:
             repetition_penalty=a.repetition_penalty,
         )
         sampling_logps = None
+        on_fast_decoder = None  # aha's sampler: did its fast decoder run (1.0), or the HF forward (0.0)?
         if a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
-            with full_weights(self.sharded_model), self.sample_precision(prompt_ids.size(1) + a.max_completion_length):
+            with full_weights(self.sharded_model):
+                if a.rollout_backend == "fast":
+                    total_len = prompt_ids.size(1) + params.max_new_tokens
+                    on_fast_decoder = float(fast_decode_status(self.model, total_len, self.sample_dtype) is None)
+                else:
+                    on_fast_decoder = 0.0
                 completion_ids = sample(
                     self.model,
                     prompt_ids,
@@ -313,6 +317,7 @@ class RolloutSource:
                     self.generator,
                     a.rollout_backend,
                     row_seeds=row_seeds,
+                    dtype=self.sample_dtype,
                 )  # (n, T)
         completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
         truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
@@ -351,19 +356,9 @@ class RolloutSource:
         lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
         truncated = gather_rows(acc, truncated)  # (N,)
         info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
+        if on_fast_decoder is not None:
+            info["rollout/fast_decoder"] = on_fast_decoder
         return Rollout(batch, info, rows, rewards)
-
-    def sample_precision(self, total_len: int) -> contextlib.AbstractContextManager[Any]:
-        """The precision aha's sampler runs in: ``sample_dtype`` through autocast over the fp32 weights (a no-op in
-        fp32). Not where aha's fast decoder takes the model (``fast_decode_reason`` None): its packed fp32 weights
-        and kernels are fp32-only, and oneDNN's packed linear fails under autocast, so it stays fp32 there.
-        When ``aha.rollout.sampler.sample`` takes ``dtype=`` (bf16 weights for the fast decoder and its kernels),
-        pass ``dtype=self.sample_dtype`` to it instead and drop this context."""
-        if self.sample_dtype == torch.float32:
-            return contextlib.nullcontext()
-        if self.args.rollout_backend == "fast" and fast_decode_reason(self.model, total_len) is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.sample_dtype)
 
     # ------------------------------------------------------------------------------------------ vLLM
     def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ fp32 summation order.
 **Pre-packed linear layers.** ``PackedLinear`` reorders a weight once into oneDNN's blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``, the op torch's own compiler uses for frozen CPU models); a decode
 step then skips the per-call repacking that ``F.linear`` pays, about 1.3× faster at the 19m model's shapes with
-the weights cold in cache. Falls back to ``F.linear`` where oneDNN is missing (``AHA_PACKED_LINEAR=0`` forces it).
+the weights cold in cache. fp32 or bf16 weights (a bf16 one takes fp32 inputs, cast for the matmul). Falls back to ``F.linear`` where oneDNN is missing (``AHA_PACKED_LINEAR=0`` forces it).
 """
 
 from __future__ import annotations
@@ -209,37 +209,49 @@ def rope_qkv(lib, qkv, cos, sin, pos, k_slot, v_slot, heads: int, kv_heads: int,
     return qt
 
 
-def _packing_works() -> bool:
-    return os.environ.get("AHA_PACKED_LINEAR", "1") != "0" and _mkldnn_packing()
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _packing_works(dtype: torch.dtype = torch.float32) -> bool:
+    return os.environ.get("AHA_PACKED_LINEAR", "1") != "0" and dtype in PACKED_DTYPES and _mkldnn_packing(dtype)
 
 
 @cache
-def _mkldnn_packing() -> bool:
+def _mkldnn_packing(dtype: torch.dtype = torch.float32) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         w, x = torch.randn(8, 4), torch.randn(3, 4)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-        got = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        return bool(torch.allclose(got, F.linear(x, w), atol=1e-5))
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), None)
+        got = torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, None, "none", [], "")
+        want = F.linear(x.to(dtype), w.to(dtype))
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        return got.dtype == dtype and bool(torch.allclose(got.float(), want.float(), atol=tol, rtol=tol))
     except (RuntimeError, AttributeError):
         return False
 
 
 class PackedLinear:
-    """``y = x @ W.T + b`` with W reordered once for oneDNN (fp32 CPU); plain ``F.linear`` where that is
-    unavailable. A snapshot: re-create it after the weight changes (the sampler builds its decoder per call).
-    ``rows`` is the batch the packing is tuned for."""
+    """``y = x @ W.T + b`` with W reordered once for oneDNN (fp32 or bf16, CPU); plain ``F.linear`` where that is
+    unavailable. The matmul runs in W's dtype: an input of another dtype is cast to it for the matmul alone and
+    the result cast back (a bf16 W under fp32 activations: bf16 matmul, fp32 in and out). A snapshot:
+    re-create it after the weight changes. ``rows`` is the batch the packing is tuned for."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, rows: int | None = None) -> None:
-        self.weight, self.bias = weight, bias
+        if bias is not None and bias.dtype != weight.dtype:
+            raise ValueError(f"PackedLinear: bias {bias.dtype} and weight {weight.dtype} differ")
+        self.weight, self.bias, self.dtype = weight, bias, weight.dtype
         self.packed = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and _packing_works():
+        if weight.device.type == "cpu" and _packing_works(weight.dtype):
             # ``rows``: the expected batch; oneDNN blocks the weight for it (any batch still works), 7% faster
             # at 64 rows than packing for no particular batch (19m shapes, weights cold)
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+            self.weight = None  # the packed copy is all the matmul reads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = x if x.dtype == self.dtype else x.to(self.dtype)
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            y = F.linear(y, self.weight, self.bias)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(y, self.packed, self.bias, "none", [], "")
+        return y if y.dtype == x.dtype else y.to(x.dtype)
