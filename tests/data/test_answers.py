@@ -203,7 +203,7 @@ def test_completion_answer_prefilled_and_errors():
     # the chat template opened the thought: a completion with no tags is an unfinished thought
     assert completion_answer("thinking about 72", "gsm8k", prefilled=True) is None
     assert completion_answer("thinking about 72", "gsm8k", prefilled=None) == "72"
-    with pytest.raises(ValueError, match="answer format must be one of tag, gsm8k, math"):
+    with pytest.raises(ValueError, match="answer format must be one of auto, tag, gsm8k, math"):
         completion_answer("1", "latex")
 
 

@@ -137,3 +137,31 @@ def test_bad_parameter_value_names_reward_and_parameter(name, params, param):
     with pytest.raises(ValueError) as err:
         rewards.get(name, **params)
     assert repr(name) in str(err.value) and repr(param) in str(err.value)
+
+
+def test_correctness_reads_the_formats_people_use():
+    correct = rewards.get("correctness")
+    completions = [
+        "Natalia sold 48+24 = 72 clips.\n#### 72",  # GSM8K's ending, no tags
+        "So the total is $\\boxed{72}$.",
+        "48 + 24 = 72. The answer is 72.",
+        "Answer: 72",
+        "\\boxed{72} <answer>73</answer>",  # the <answer> block wins
+        "48 + 24 = 72",  # no stated answer: the last number of the reasoning does not count
+        "#### 72\nbut then 5 more",  # #### mid-text is not the final answer
+        "<think>it is 72",  # cut off in the thought
+    ]
+    expected = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert correct(completions=completions, answer=["72"] * len(completions)) == expected
+    assert correct(completions=[conv(c) for c in completions], answer=["72"] * len(completions)) == expected
+
+
+def test_correctness_tag_format_is_strict_and_format_is_a_separate_reward():
+    strict = rewards.get("correctness", answer_format="tag")
+    texts = ["#### 72", "\\boxed{72}", "The answer is 72.", "<answer>72</answer>"]
+    assert strict(completions=texts, answer=["72"] * 4) == [0.0, 0.0, 0.0, 1.0]
+    # correctness no longer needs the tags; the strict <think>…</think><answer>…</answer> layout is format's
+    assert rewards.get("correctness")(completions=texts, answer=["72"] * 4) == [1.0] * 4
+    assert rewards.get("format")(completions=texts) == [0.0] * 4
+    with pytest.raises(ValueError, match="reward 'correctness': parameter 'answer_format' must be one of"):
+        rewards.get("correctness", answer_format="boxed")

@@ -160,4 +160,4 @@ def test_every_parameter_rejects_a_wrong_type(name):
 def test_registry_listing_matches_signatures():
     assert "cos(π" in (REGISTRY["cosine"].fn.__doc__ or "")
     assert REGISTRY["soft_overlong"].params() == {"max_completion_len": 16384, "soft_punish_cache": 4096}
-    assert REGISTRY["correctness"].params() == {"value": 1.0}
+    assert REGISTRY["correctness"].params() == {"value": 1.0, "answer_format": "auto"}

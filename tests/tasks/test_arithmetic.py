@@ -11,12 +11,17 @@ from aha.tasks.base import in_eval_split
 Q_RE = re.compile(r"^(\d+)\+(\d+)$")
 
 
+def question(row):
+    """The question, without the format instruction after it."""
+    return row["prompt"][-1]["content"].split("\n\n")[0]
+
+
 def questions(rows):
-    return {r["prompt"][-1]["content"] for r in rows}
+    return {question(r) for r in rows}
 
 
 def operands(row):
-    m = Q_RE.match(row["prompt"][-1]["content"])
+    m = Q_RE.match(question(row))
     assert m, row["prompt"]
     return int(m.group(1)), int(m.group(2))
 
@@ -46,7 +51,7 @@ def test_sft_rows_have_the_answer_and_the_working():
     for row in rows:
         a, b = operands(row)
         lengths.add((len(str(a)), len(str(b))))
-        assert row["prompt"] == [{"role": "user", "content": f"{a}+{b}"}]
+        assert row["prompt"] == [{"role": "user", "content": f"{a}+{b}\n\n{Arithmetic.default_instruction}"}]
         assert row["answer"] == str(a + b)
         [msg] = row["completion"]
         assert msg["role"] == "assistant"

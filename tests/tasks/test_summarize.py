@@ -11,10 +11,11 @@ def test_rows():
     sft = task.rows("sft", 200, seed=0)
     assert sft == task.rows("sft", 200, seed=0)
     for row in sft:
-        assert set(row) == {"prompt", "answer", "ideal_length", "completion"}
-        assert row["ideal_length"] == 60 and row["answer"] == "60"
+        assert set(row) == {"prompt", "answer", "target_length", "completion"}
+        assert row["target_length"] == 60 and row["answer"] == "60"
         doc = row["prompt"][0]["content"]
         assert doc.startswith("Summarize the following text.\n\nLast ")
+        assert doc.endswith("\n\nReply with the summary only.")
         summary = summary_text(row["completion"])
         assert summary and summary.endswith(".")
         for number in re.findall(r"\d+", summary):  # the trace never invents a number
@@ -22,7 +23,7 @@ def test_rows():
     docs = {r["prompt"][0]["content"] for r in task.rows("eval", 100, seed=0)}
     assert docs and not docs & {r["prompt"][0]["content"] for r in sft + task.rows("train", 500, seed=2)}
     assert "completion" not in task.rows("train", 1, 0)[0]
-    assert task.reward_columns() == ["ideal_length"]
+    assert task.reward_columns() == ["target_length"]
 
 
 def test_sentence_counts():
@@ -52,3 +53,39 @@ def test_params_validated():
     ]:
         with pytest.raises(ValueError, match=name):
             get_task("summarize", **params)
+
+
+def test_smoltldr_recipe_runs_on_the_summarize_task(tmp_path):
+    """recipes/smoltldr.yaml with the built-in task its header names: the task's column does not clash with the
+    length reward's ideal_length parameter, and one GRPO step (LoRA on the tiny model) runs."""
+    import json
+    from pathlib import Path
+
+    from aha.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "smoltldr.yaml"
+    sets = [
+        "model=tiny",
+        "dataset={task: summarize, n: 16}",
+        "training.max_steps=1",
+        "training.max_completion_length=16",
+        "training.num_generations=4",
+        "training.per_device_train_batch_size=8",
+        "training.gradient_accumulation_steps=1",
+    ]
+    out = tmp_path / "run"
+    argv = ["train", str(recipe), *[x for s in sets for x in ("--set", s)], "--out", str(out), "--no-plot"]
+    assert main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/length/mean" in m for m in logged)
+
+
+def test_a_column_named_like_a_reward_parameter_is_still_refused():
+    # what the task's `target_length` column avoids: the trainer would pass the column over the parameter
+    from aha.workflows.recipe import check_columns, resolve_rewards
+
+    rewards = resolve_rewards([{"name": "length", "ideal_length": 50}])
+    check_columns(rewards, set(Summarize().rows("train", 1, 0)[0]), "task 'summarize'")
+    with pytest.raises(ValueError, match="column 'ideal_length'"):
+        check_columns(rewards, {"prompt", "ideal_length"}, "data")

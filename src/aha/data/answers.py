@@ -25,7 +25,11 @@ An empty thought (``<think></think>``, Qwen3's non-thinking mode) is allowed, as
 Final answers, one function per source, the same for training rewards, tasks, the data loader and the evaluator:
 
 * a completion's ``<answer>…</answer>`` block: :func:`extract_answer`;
-* a completion's answer for grading in a format (:func:`completion_answer`): ``tag`` the ``<answer>`` block;
+* a completion's final answer in whichever format it is written (:func:`final_answer`, what the built-in tasks and
+  the correctness reward read): a closed ``<answer>`` block wins, then ``\\boxed{}``, then a final ``#### N`` line,
+  then a final "The answer is N" / "Answer: N" (:func:`stated_answer`); :func:`numeric_answer` reads a number in it;
+* a completion's answer for grading in a format (:func:`completion_answer`): ``auto`` :func:`final_answer`;
+  ``tag`` the ``<answer>`` block;
   ``gsm8k`` the last number of the answer part (its ``\\boxed{}``, else its ``####`` tail, else all of it);
   ``math`` the answer part's last ``\\boxed{}``, else the answer part itself;
 * a reference solution's answer (:func:`reference_answer`): ``gsm8k`` its ``#### 72`` line, or the whole text
@@ -39,6 +43,8 @@ Final answers, one function per source, the same for training rewards, tasks, th
 '\\\\frac{1}{2}'
 >>> completion_answer("<think>3*24=72</think>The answer is $1,072.", "gsm8k")
 '1072'
+>>> final_answer("48/2 = 24 clips in May, 48+24 = 72 in all.\\n#### 72")
+'72'
 """
 
 from __future__ import annotations
@@ -231,8 +237,78 @@ def last_number(text: str) -> str | None:
     return normalize_number(found[-1]) if found else None
 
 
+ANSWER_PHRASE_RE = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\b|:)\s*:?", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"[.!?](?:\s|$)")
+_NUMBER_AND_WORDS_RE = re.compile(
+    r"\$?\s*((?:[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+)(?:\s*[A-Za-z%][A-Za-z% ]*)?"
+)
+
+
+def _clean(value: str) -> str:
+    """An answer as written after ``####`` or "the answer is": markdown bold, a closing full stop and a pair of
+    ``$…$`` around it dropped (``**$72$**.`` -> ``72``)."""
+    value = value.strip().strip("*").strip().rstrip(".").strip()
+    if len(value) > 1 and value.startswith("$") and value.endswith("$"):
+        value = value[1:-1].strip()
+    return value
+
+
+def stated_answer(part: str) -> str | None:
+    """The answer `part` (a completion's text after its thought) states, without ``<answer>`` tags: its last
+    ``\\boxed{…}``; else the rest of its line after its last ``####`` when nothing but whitespace follows that line
+    (GSM8K's ending; a ``####`` heading followed by more text is not an answer); else the rest of the sentence
+    after its last "The (final) answer is" / "Answer:". None when it states none of these."""
+    boxed = boxed_answer(part)
+    if boxed is not None:
+        return boxed
+    if "####" in part:
+        line, _, rest = part.rsplit("####", 1)[1].lstrip(" \t").partition("\n")
+        if _clean(line) and not rest.strip():
+            return _clean(line)
+    found = list(ANSWER_PHRASE_RE.finditer(part))
+    if found:
+        value = _SENTENCE_END_RE.split(part[found[-1].end() :].split("\n", 1)[0], maxsplit=1)[0]
+        return _clean(value) or None
+    return None
+
+
+def final_answer(text: str, prefilled: bool | None = None) -> str | None:
+    """A completion's final answer in any of the formats people use, in this order of precedence:
+
+    1. the last closed ``<answer>…</answer>`` block: its content (or the ``\\boxed{}``/``####``/"the answer is"
+       answer inside it, see :func:`stated_answer`); an empty block is no answer;
+    2. otherwise the answer part, the text after the last closed thought (all of it when there is no thought),
+       read by :func:`stated_answer`: ``\\boxed{…}``, then a final ``#### N``, then "The answer is N" / "Answer: N".
+
+    A thought or ``<answer>`` cut off by the token limit has no answer, and neither has a completion that only
+    reasons (no stated answer: the last number of the reasoning is not taken). `prefilled`: see
+    :func:`parse_reasoning`. Returns the answer as written (stripped); compare numbers with :func:`numeric_answer`.
+    """
+    if not isinstance(text, str):
+        return None
+    block = extract_answer(text)
+    if block is not None:
+        return (stated_answer(block) or block) or None
+    if prefilled and not OPEN_RE.search(text) and not CLOSE_RE.search(text):
+        return None  # the template opened the thought and it was never closed
+    _, _, after, _, truncated = _split_thoughts(text)
+    if truncated or "<answer>" in after:
+        return None
+    return stated_answer(after)
+
+
+def numeric_answer(text: str | None) -> str | None:
+    """`text` as a canonical number when it is one, possibly with a currency sign or unit words around it
+    (``"$1,234.00"``, ``"72 apples"`` -> ``"1234"``, ``"72"``); None otherwise (``"8 5"``, ``"seventy-two"``,
+    ``"5, then 7"``)."""
+    if text is None:
+        return None
+    m = _NUMBER_AND_WORDS_RE.fullmatch(text.strip().rstrip(".").strip())
+    return normalize_number(m.group(1)) if m else None
+
+
 ANSWER_FORMATS = ("gsm8k", "math")  # formats of reference solutions (and of the completions graded against them)
-COMPLETION_FORMATS = ("tag", *ANSWER_FORMATS)
+COMPLETION_FORMATS = ("auto", "tag", *ANSWER_FORMATS)
 
 
 def completion_answer(text: str, fmt: str, prefilled: bool | None = None) -> str | None:
@@ -240,6 +316,8 @@ def completion_answer(text: str, fmt: str, prefilled: bool | None = None) -> str
 
     ``gsm8k`` and ``math`` read the answer part :func:`parse_reasoning` finds (`prefilled`: see there), so a
     thought cut off by the token limit has no answer, whatever numbers it holds."""
+    if fmt == "auto":
+        return final_answer(text, prefilled)
     if fmt == "tag":
         return extract_answer(text)
     if fmt not in ANSWER_FORMATS:

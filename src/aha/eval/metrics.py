@@ -90,8 +90,9 @@ class Verifier:
             raise ValueError("answer format 'task' needs a built-in task")
 
     def extract(self, completion: str) -> str | None:
-        """The completion's final answer as graded (a task's: its ``<answer>`` block)."""
-        return completion_answer(completion, "tag" if self.format == "task" else self.format, self.prefilled)
+        """The completion's final answer as graded (a task's: :func:`aha.data.answers.final_answer`, the
+        ``<answer>`` block, else ``\\boxed{}``, ``####`` or "The answer is")."""
+        return completion_answer(completion, "auto" if self.format == "task" else self.format, self.prefilled)
 
     def is_correct(self, completion: str, truth: str, row: dict[str, Any] | None = None) -> bool:
         if self.format == "task":  # the task's own verifier, with the row's other columns when given

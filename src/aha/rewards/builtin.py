@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aha.data.answers import extract_answer
+from aha.data.answers import extract_answer, final_answer
 from aha.data.prompts import completion_text
 from aha.rewards.registry import reward
 
@@ -20,6 +20,8 @@ STYLES = {
     "reasoning": re.compile(r"^<reasoning>.*?</reasoning>\s*<answer>.*?</answer>\s*$", re.DOTALL),
 }
 UNITS = ("characters", "tokens")
+# how correctness reads a completion's answer: any format people use (final_answer), or only <answer>…</answer>
+ANSWER_READERS: dict[str, Callable[[str], str | None]] = {"auto": final_answer, "tag": extract_answer}
 
 
 def choice(name: str, param: str, value: str, allowed: Sequence[str]) -> str:
@@ -90,17 +92,27 @@ def format_reward(completions, *, style: str = "think", prefill: str = "", **kwa
     return [1.0 if pattern.match(t) else 0.0 for t in texts(completions, prefill)]
 
 
-@reward("correctness", "value if the <answer>…</answer> content equals the `answer` column exactly, else 0.0")
-def correctness_reward(completions, answer, *, value: float = 1.0, **kwargs) -> list[float | None]:
-    """r = value if strip(last <answer>…</answer>) == strip(str(answer)) else 0.0; None where `answer` is None.
+@reward(
+    "correctness",
+    "value if the final answer (<answer>, \\boxed{}, #### or 'The answer is') equals the `answer` column, else 0.0",
+    make_check("correctness", {"answer_format": sorted(ANSWER_READERS)}),
+)
+def correctness_reward(
+    completions, answer, *, value: float = 1.0, answer_format: str = "auto", **kwargs
+) -> list[float | None]:
+    """r = value if the completion's final answer == strip(str(answer)) else 0.0; None where `answer` is None.
 
-    The ``<answer>`` tag is the same in the think and reasoning styles, so no ``style`` parameter is needed.
+    `answer_format` says where the final answer is read: ``auto`` in whichever format it is written (a closed
+    ``<answer>…</answer>`` wins, then ``\\boxed{}``, then a final ``#### N``, then "The answer is N", see
+    :func:`aha.data.answers.final_answer`); ``tag`` only in the last ``<answer>…</answer>`` block. The tags are
+    the format reward's business, so correctness does not need them. The answer is compared as written.
     """
+    read = ANSWER_READERS[choice("correctness", "answer_format", answer_format, sorted(ANSWER_READERS))]
     out: list[float | None] = []
     for c, a in zip(completions, answer):
         if a is None:
             out.append(None)
             continue
-        got = extract_answer(completion_text(c))
+        got = read(completion_text(c))
         out.append(value if got is not None and got == str(a).strip() else 0.0)
     return out

@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from aha.data.answers import extract_answer
-from aha.tasks.base import Task, task_row
+from aha.data.answers import final_answer
+from aha.tasks.base import Task, reasoning_instruction, task_row
 
 GUESS_THOUGHT = "easy"
 
@@ -45,9 +45,15 @@ def column_trace(a: int, b: int) -> str:
 class Arithmetic(Task):
     name = "arithmetic"
     description = "n-digit addition with column-by-column <think> working; exact integer answer"
+    default_instruction = reasoning_instruction("sum")
 
     def __init__(
-        self, digits: int = 2, min_digits: int | None = None, eval_fraction: float = 0.1, guess_fraction: float = 0.0
+        self,
+        digits: int = 2,
+        min_digits: int | None = None,
+        eval_fraction: float = 0.1,
+        guess_fraction: float = 0.0,
+        instruction: bool | str = True,
     ) -> None:
         if not isinstance(digits, int) or not 1 <= digits <= 9:
             raise ValueError(f"arithmetic: digits must be an integer from 1 to 9, got {digits!r}")
@@ -62,6 +68,7 @@ class Arithmetic(Task):
             raise ValueError(f"arithmetic: guess_fraction must be in [0, 1), got {guess_fraction!r}")
         self.digits, self.min_digits, self.eval_fraction = digits, lo, eval_fraction
         self.guess_fraction = guess_fraction
+        self.set_instruction(instruction)
 
     def _operand(self, rng: random.Random) -> int:
         d = rng.randint(self.min_digits, self.digits)
@@ -83,9 +90,11 @@ class Arithmetic(Task):
                 else:
                     thought, said = column_trace(a, b), a + b
                 trace = f"<think>{thought}</think><answer>{said}</answer>"
-            out.append(task_row(f"{a}+{b}", str(a + b), trace))
+            out.append(task_row(self.ask(f"{a}+{b}"), str(a + b), trace))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
-        got = extract_answer(completion)
+        """The final answer (``<answer>``, ``\\boxed{}``, ``####`` or "The answer is", see
+        :func:`aha.data.answers.final_answer`) is the sum exactly as an integer is written: ``085`` is wrong."""
+        got = final_answer(completion)
         return got is not None and got == str(answer).strip()

@@ -20,6 +20,26 @@ def task_row(question: str, answer: str, trace: str | None = None, **columns: An
     return row
 
 
+def instruction_text(task: str, value: bool | str, default: str) -> str | None:
+    """The format instruction a task's `instruction` option selects: the task's `default` (True), none (False) or
+    the given text; a ValueError naming the task otherwise."""
+    if value is True:
+        return default
+    if value is False:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(
+        f"{task}: instruction must be true (state the answer format), false (the bare question) or a non-empty "
+        f"text to put after each question, got {value!r}"
+    )
+
+
+def reasoning_instruction(what: str) -> str:
+    """The R1 format stated to the model: think in ``<think>``, then only the final `what` in ``<answer>``."""
+    return f"Think step by step in <think> </think>, then give only the final {what} in <answer> </answer>."
+
+
 def in_eval_split(key: str, eval_fraction: float) -> bool:
     """Stable hash partition of the problem space: a problem is held out iff this is True.
 
@@ -34,11 +54,23 @@ class Task(ABC):
     """A verifiable task. Rows are dicts in TRL's conversational form:
 
     ``{"prompt": [{"role": "user", "content": question}], "answer": str, "completion": trace}``
-    (``completion`` only in the ``sft`` split).
+    (``completion`` only in the ``sft`` split; the question ends with the format instruction, see ``ask``).
     """
 
     name: str = ""
     description: str = ""
+    # The answer format each question states (its ``instruction`` option: True this text, False none, or a text of
+    # its own), after the question in the user's message, as DeepSeek-R1's usage notes advise (no system prompt).
+    default_instruction: str = ""
+    instruction: str | None = None
+
+    def set_instruction(self, value: bool | str) -> None:
+        """Checks and stores the ``instruction`` option (see ``default_instruction``)."""
+        self.instruction = instruction_text(self.name, value, self.default_instruction)
+
+    def ask(self, question: str) -> str:
+        """The user's message for `question`: the question, then the format instruction when there is one."""
+        return f"{question}\n\n{self.instruction}" if self.instruction else question
 
     @abstractmethod
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:

@@ -144,7 +144,8 @@ FAMILIES = (
         lambda rng: [rng.randint(-50, 50) for _ in range(rng.randint(1, 6))],
     ),
 )
-INSTRUCTIONS = "Write a Python function `f` that {what}. Answer with the code in a ```python block."
+QUESTION = "Write a Python function `f` that {what}."
+INSTRUCTION = "Think in <think> </think>, then give the code of `f` in a ```python block."
 
 
 def reference(family: Family, k: Any) -> Callable[[Any], Any]:
@@ -157,13 +158,15 @@ def reference(family: Family, k: Any) -> Callable[[Any], Any]:
 class Coding(Task):
     name = "coding"
     description = "write a small Python function f; checked by running assert tests in the sandbox (code rewards)"
+    default_instruction = INSTRUCTION
 
-    def __init__(self, n_tests: int = 3, eval_fraction: float = 0.1) -> None:
+    def __init__(self, n_tests: int = 3, eval_fraction: float = 0.1, instruction: bool | str = True) -> None:
         if not isinstance(n_tests, int) or not 1 <= n_tests <= 20:
             raise ValueError(f"coding: n_tests must be an integer from 1 to 20, got {n_tests!r}")
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError(f"coding: eval_fraction must be in (0, 1), got {eval_fraction!r}")
         self.n_tests, self.eval_fraction = n_tests, eval_fraction
+        self.set_instruction(instruction)
         # split -> [(family, its parameters in that split)]: a family is drawn uniformly, then a parameter
         self.problems: dict[str, list[tuple[Family, list[Any]]]] = {}
         for split in ("train", "eval"):
@@ -189,7 +192,7 @@ class Coding(Task):
             args = [family.inputs(rng) for _ in range(self.n_tests)]
             tests = "\n".join(f"assert f({a!r}) == {f(a)!r}" for a in args)
             solution = family.solution.format(k=k)
-            question = INSTRUCTIONS.format(what=family.question.format(k=k))
+            question = self.ask(QUESTION.format(what=family.question.format(k=k)))
             trace = f"<think>{family.thought.format(k=k)}</think>\n```python\n{solution}\n```"
             out.append(task_row(question, solution, trace if split == "sft" else None, tests=tests))
         return out

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from aha.data.answers import extract_answer
+from aha.data.answers import final_answer
 from aha.data.prompts import completion_text
-from aha.tasks.base import Task, task_row
+from aha.tasks.base import Task, reasoning_instruction, task_row
 
 MAX_EXPRESSION_CHARS = 256
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
@@ -141,8 +141,16 @@ def parse_numbers(numbers: Any) -> list[int]:
 class Countdown(Task):
     name = "countdown"
     description = "reach a target from given numbers with + - * / (each at most once); exact, eval-free verifier"
+    default_instruction = reasoning_instruction("expression")
 
-    def __init__(self, count: int = 4, max_number: int = 20, max_target: int = 100, eval_fraction: float = 0.1) -> None:
+    def __init__(
+        self,
+        count: int = 4,
+        max_number: int = 20,
+        max_target: int = 100,
+        eval_fraction: float = 0.1,
+        instruction: bool | str = True,
+    ) -> None:
         if not isinstance(count, int) or isinstance(count, bool) or not 2 <= count <= 6:
             raise ValueError(f"countdown: count must be an integer from 2 to 6, got {count!r}")
         if not isinstance(max_number, int) or isinstance(max_number, bool) or not 2 <= max_number <= 1000:
@@ -153,6 +161,7 @@ class Countdown(Task):
             raise ValueError(f"countdown: eval_fraction must be in (0, 1), got {eval_fraction!r}")
         self.count, self.max_number, self.max_target = count, max_number, max_target
         self.eval_fraction = float(eval_fraction)
+        self.set_instruction(instruction)
 
     def _instance(self, rng: random.Random) -> tuple[list[int], int, str, list[str]] | None:
         """Random numbers combined in a random order with random operations: (numbers, target,
@@ -198,19 +207,20 @@ class Countdown(Task):
                 "You may use + - * / and parentheses, and each number at most once."
             )
             trace = f"<think>{' '.join(steps)}</think><answer>{expression}</answer>"
-            out.append(task_row(question, str(target), trace if split == "sft" else None, numbers=shown))
+            out.append(task_row(self.ask(question), str(target), trace if split == "sft" else None, numbers=shown))
         return out
 
     def is_correct(
         self, completion: str, answer: str, numbers: Sequence[int] | str | None = None, **columns: Any
     ) -> bool:
-        """Is the expression in the last ``<answer>`` a solution? `numbers` (the row's column) is required:
+        """Is the final answer (the last ``<answer>``, else ``\\boxed{}``, ``####`` or "The answer is", see
+        :func:`aha.data.answers.final_answer`) an expression that solves it? `numbers` (the row's column) is required:
         without it any expression equal to the target would pass, so its absence is an error."""
         if numbers is None:
             raise ValueError(
                 "countdown: is_correct needs the row's `numbers` column (is_correct(text, answer, numbers))"
             )
-        got = extract_answer(completion)
+        got = final_answer(completion)
         return got is not None and check_expression(got, parse_numbers(numbers), answer)
 
     def reward_columns(self) -> list[str]:
@@ -218,10 +228,10 @@ class Countdown(Task):
 
 
 def countdown_reward(completions: list[Any], answer: list[Any], numbers: list[Any], **kwargs: Any) -> list[float]:
-    """TRL-style reward: 1.0 when the completion's ``<answer>`` expression reaches the row's target with the
-    row's numbers, else 0.0."""
+    """TRL-style reward: 1.0 when the completion's final answer (``<answer>``, ``\\boxed{}``, ``####`` or "The answer
+    is") is an expression reaching the row's target with the row's numbers, else 0.0."""
     out = []
     for c, a, nums in zip(completions, answer, numbers):
-        got = extract_answer(completion_text(c))
+        got = final_answer(completion_text(c))
         out.append(1.0 if got is not None and check_expression(got, parse_numbers(nums), a) else 0.0)
     return out

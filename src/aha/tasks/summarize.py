@@ -2,10 +2,15 @@
 
 The course's smoltldr exercise trains with ``reward = -abs(ideal_length - len(completion))``: there is no
 reference answer, only a length to aim at. Here a document is a few templated sentences about a local
-event; rows carry ``prompt`` and an ``ideal_length`` column (characters, as ``len`` on text, like the
-course's reward). There is no ground truth, so the ``answer`` column holds the ideal length as a string
-(what :meth:`Summarize.is_correct` compares against, so the evaluation harness works unchanged): a
-summary is "correct" when its length is within ``tolerance`` characters of it.
+event; rows carry ``prompt`` and a ``target_length`` column (the task's ``ideal_length``, in characters, as
+``len`` on text, like the course's reward). There is no ground truth, so the ``answer`` column holds the ideal
+length as a string (what :meth:`Summarize.is_correct` compares against, so the evaluation harness works
+unchanged): a summary is "correct" when its length is within ``tolerance`` characters of it.
+
+The column is not called ``ideal_length``: the trainer passes every column to the rewards as a keyword argument,
+so a column of that name would override the ``length`` reward's own ``ideal_length`` parameter (a recipe
+refuses that clash); with ``target_length`` the recipe's reward parameter says what is rewarded, and
+:func:`length_reward` here reads the column.
 
 The summary is the ``<answer>…</answer>`` content when there is one, else the whole completion (which
 is exactly the course's reward for completions without tags). The SFT trace lists the key facts in
@@ -65,14 +70,16 @@ def summary_text(completion: Any) -> str:
     return text if got is None else got
 
 
-def length_reward(completions: list[Any], ideal_length: list[Any], **kwargs: Any) -> list[float]:
-    """The course's length reward, per row: ``-abs(ideal_length - len(summary))`` (characters)."""
-    return [-float(abs(int(ideal) - len(summary_text(c)))) for c, ideal in zip(completions, ideal_length)]
+def length_reward(completions: list[Any], target_length: list[Any], **kwargs: Any) -> list[float]:
+    """The course's length reward, per row: ``-abs(target_length - len(summary))`` (characters)."""
+    return [-float(abs(int(ideal) - len(summary_text(c)))) for c, ideal in zip(completions, target_length)]
 
 
 class Summarize(Task):
     name = "summarize"
     description = "smoltldr-like: summarize generated short stories; length reward (ideal_length chars), no reference"
+    # The summary is the whole reply (as the course's reward measures it), so the format is: nothing else.
+    default_instruction = "Reply with the summary only."
 
     def __init__(
         self,
@@ -81,6 +88,7 @@ class Summarize(Task):
         min_sentences: int = 3,
         max_sentences: int = 6,
         eval_fraction: float = 0.1,
+        instruction: bool | str = True,
     ) -> None:
         if not isinstance(ideal_length, int) or isinstance(ideal_length, bool) or not 1 <= ideal_length <= 10_000:
             raise ValueError(f"summarize: ideal_length must be an integer from 1 to 10000, got {ideal_length!r}")
@@ -103,6 +111,7 @@ class Summarize(Task):
         self.ideal_length, self.tolerance = ideal_length, tolerance
         self.min_sentences, self.max_sentences = min_sentences, max_sentences
         self.eval_fraction = float(eval_fraction)
+        self.set_instruction(instruction)
 
     def _document(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
         facts = {
@@ -145,9 +154,9 @@ class Summarize(Task):
             return doc, (doc, facts)
 
         for _, (doc, facts) in self.draws(split, n, seed, draw):
-            question = f"Summarize the following text.\n\n{doc}"
+            question = self.ask(f"Summarize the following text.\n\n{doc}")
             trace = self._trace(facts) if split == "sft" else None
-            out.append(task_row(question, str(self.ideal_length), trace, ideal_length=self.ideal_length))
+            out.append(task_row(question, str(self.ideal_length), trace, target_length=self.ideal_length))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
@@ -159,4 +168,4 @@ class Summarize(Task):
         return abs(len(summary_text(completion)) - ideal) <= self.tolerance
 
     def reward_columns(self) -> list[str]:
-        return ["ideal_length"]
+        return ["target_length"]

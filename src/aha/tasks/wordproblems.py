@@ -19,8 +19,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from aha.data.answers import extract_answer, normalize_number, reference_answer
-from aha.tasks.base import Task, task_row
+from aha.data.answers import final_answer, numeric_answer, reference_answer
+from aha.tasks.base import Task, reasoning_instruction, task_row
 
 NAMES = [("Natalia", "she"), ("Tom", "he"), ("Aisha", "she"), ("Carlos", "he"), ("Mei", "she"), ("Ravi", "he")]
 ITEMS = ["apples", "stickers", "marbles", "cookies", "pencils", "books", "shells", "cards"]
@@ -148,9 +148,15 @@ def think_text(steps: list[Step]) -> str:
 class WordProblems(Task):
     name = "wordproblems"
     description = "synthetic GSM8K: templated word problems; `answer` is the integer, `solution` GSM8K-style text"
+    default_instruction = reasoning_instruction("number")
 
     def __init__(
-        self, max_value: int = 100, min_steps: int = 1, max_steps: int = 3, eval_fraction: float = 0.1
+        self,
+        max_value: int = 100,
+        min_steps: int = 1,
+        max_steps: int = 3,
+        eval_fraction: float = 0.1,
+        instruction: bool | str = True,
     ) -> None:
         if not isinstance(max_value, int) or isinstance(max_value, bool) or not 10 <= max_value <= 100_000:
             raise ValueError(f"wordproblems: max_value must be an integer from 10 to 100000, got {max_value!r}")
@@ -165,6 +171,7 @@ class WordProblems(Task):
         self.max_value, self.min_steps, self.max_steps = max_value, min_steps, max_steps
         self.eval_fraction = float(eval_fraction)
         self.templates = [t for t, k in TEMPLATES if min_steps <= k <= max_steps]
+        self.set_instruction(instruction)
 
     def rows(self, split: str, n: int, seed: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -175,14 +182,14 @@ class WordProblems(Task):
 
         for _, (question, steps, answer) in self.draws(split, n, seed, draw, f"max_value={self.max_value}"):
             trace = f"<think>{think_text(steps)}</think><answer>{answer}</answer>" if split == "sft" else None
-            out.append(task_row(question, str(answer), trace, solution=solution_text(steps, answer)))
+            out.append(task_row(self.ask(question), str(answer), trace, solution=solution_text(steps, answer)))
         return out
 
     def is_correct(self, completion: str, answer: str, **columns: Any) -> bool:
-        """The ``<answer>`` number equals the ground truth, up to formatting (``1,234``, ``$72``, ``72.0``).
-        `answer` may be the integer or a GSM8K solution ending in ``#### n``."""
-        got = extract_answer(completion)
+        """The final answer's number (``<answer>``, ``\\boxed{}``, ``####`` or "The answer is", see
+        :func:`aha.data.answers.final_answer`) equals the ground truth, up to formatting (``1,234``, ``$72``,
+        ``72.0``, ``72 apples``). `answer` may be the integer or a GSM8K solution ending in ``#### n``."""
+        got = numeric_answer(final_answer(completion))
         if got is None:
             return False
-        truth = reference_answer(str(answer), "gsm8k")
-        return truth is not None and normalize_number(got) == truth
+        return got == reference_answer(str(answer), "gsm8k")
