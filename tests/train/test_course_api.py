@@ -66,7 +66,9 @@ def xmlcount_reward_func(completions, **kwargs) -> list[float]:
 
 
 def course_dataset(n=32):
-    rows = get_task("arithmetic").rows("train", n, seed=0)
+    rows = get_task("arithmetic", instruction=False).rows(
+        "train", n, seed=0
+    )  # the bare question: the course's system prompt asks the format
     return Dataset.from_list(
         [
             {

@@ -167,7 +167,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys) -> None:
     assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(out / "2-grpo" / "model").eos_token_id
     # `aha eval` on the same held-out split reproduces the greedy accuracy the demo reported
     ev = tmp_path / "eval"
-    args = f"eval --model {out / '2-grpo'} --data arithmetic:digits=1 --limit 12 --seed 3 --n 1 --max-new-tokens 24"
+    args = f"eval --model {out / '2-grpo'} --data arithmetic:digits=1,instruction=false --limit 12 --seed 3 --n 1 --max-new-tokens 24"
     assert main([*args.split(), "--out", str(ev)]) == 0
     assert json.loads((ev / "summary.json").read_text())["greedy_accuracy"] == summary["accuracy_after"]
 

@@ -14,12 +14,12 @@ from aha.tasks import get_task
 N = 4
 
 
-def _fake_generate(model, tok, prompts, params, *, batch_size=128, seed=0, backend="fast"):
+def _fake_generate(model, tok, prompts, params, *, batch_size=128, seed=0, backend="fast", dtype=None):
     """Deterministic: for the question a+b, the first (a+b) % 5 of its N completions are correct (two distinct
     texts, so a third or fourth correct one duplicates an earlier one), the others answer a+b+1."""
     texts = []
     for i, p in enumerate(prompts):
-        a, b = map(int, p[-1]["content"].split("+"))
+        a, b = map(int, p[-1]["content"].split("\n")[0].split("+"))  # the question, then the task's instruction
         s, j = a + b, i % N
         ok = j < s % 5
         texts.append(

@@ -52,7 +52,7 @@ class Teacher:
         return self._answer([{"index": j, "text": t} for j, t in enumerate(_texts(_question(text), body["n"]))])
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        texts = _texts(body["messages"][-1]["content"], body["n"])
+        texts = _texts(_question(body["messages"][-1]["content"]), body["n"])
         return self._answer([{"index": j, "message": {"role": "assistant", "content": t}} for j, t in enumerate(texts)])
 
     def _answer(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
