@@ -285,3 +285,34 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
     assert rows[0]["answer"] == "5" and rows[0]["prompt"] == "q" and calls[-1][:3] == ("openai/gsm8k", "main", "test")
     with pytest.raises(ValueError, match="nobody/nothing"):
         load_rows({"path": "nobody/nothing"})
+
+
+def test_few_shot_turns_go_before_the_question_after_the_system_prompt(tmp_path):
+    shot = [{"user": "12+7", "assistant": "<think>12 plus 7 is 19.</think><answer>19</answer>"}]
+    rows = load_rows({"task": "arithmetic", "n": 2, "instruction": False, "system_prompt": "S", "few_shot": shot})
+    roles = [m["role"] for m in rows[0]["prompt"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert rows[0]["prompt"][1]["content"] == "12+7" and "+" in rows[0]["prompt"][-1]["content"]
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "2+2", "answer": "4"}\n')
+    (row,) = load_rows({"path": str(f), "few_shot": shot})
+    assert row["prompt"] == [
+        {"role": "user", "content": "12+7"},
+        {"role": "assistant", "content": shot[0]["assistant"]},
+        {"role": "user", "content": "2+2"},
+    ]
+    assert load_rows({"path": str(f)})[0]["prompt"] == "2+2"  # unchanged without few_shot
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "non-empty list"),
+        ("12+7", "non-empty list"),
+        ([{"user": "q"}], r"few_shot\[0\] must have exactly the keys user and assistant"),
+        ([{"user": "q", "assistant": " "}], r"few_shot\[0\]\.assistant must be a non-empty string"),
+    ],
+)
+def test_bad_few_shot_is_refused_naming_the_example(bad, match):
+    with pytest.raises(ValueError, match=match):
+        load_rows({"task": "arithmetic", "n": 2, "few_shot": bad})

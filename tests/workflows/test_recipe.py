@@ -158,3 +158,16 @@ def test_lora_trains_only_the_adapter_and_merges(tmp_path: Path, monkeypatch) ->
         a = adapted.generate(**ids, **kw)
         b = merged.generate(**ids, **kw)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["smollm2-reasoning.yaml", "smollm2-smoltldr.yaml"])
+def test_real_model_recipes_smoke_on_the_tiny_model(tmp_path, name):
+    """The two SmolLM2 recipes' header smoke test: 2 steps on the tiny model, evaluated before and after."""
+    from aha.cli import main
+
+    sets = ["model=tiny", "training.max_steps=2", "training.max_completion_length=16", "eval.dataset.n=4"]
+    sets += ["training.bf16=false", "eval.max_new_tokens=16", "training.save_steps=2"]
+    args = ["train", str(RECIPES / name), "--out", str(tmp_path / "run")]
+    assert main([*args, *[x for s in sets for x in ("--set", s)]]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and "accuracy_before" in summary and "accuracy_after" in summary

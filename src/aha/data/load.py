@@ -11,7 +11,8 @@ A spec is a dict (e.g. a YAML section)::
     {"task": "countdown", "count": 3, "n": 500, "split": "train", "seed": 0}
 
 Each row keeps its original columns, with ``prompt`` (from `prompt_column`; ``[system, user]`` messages when
-`system_prompt` is given) and, when `answer_column` is given, ``answer`` (the normalised final answer as a
+`system_prompt` is given; with `few_shot`, a list of ``{user: ..., assistant: ...}`` solved examples, those turns
+come before the question, after any system message: in-context examples of the answer format) and, when `answer_column` is given, ``answer`` (the normalised final answer as a
 string; it replaces an original ``answer`` column). Rows whose answer cannot be extracted, and rows whose
 prompt is longer than `max_prompt_length` tokens, are dropped (never truncated), and the count is logged.
 
@@ -44,7 +45,7 @@ AUTO = "auto"  # a column or answer format detected from the data
 PROMPT_COLUMNS = ("prompt", "question", "problem", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "target", "solution", "output")
 DEFAULT_TASK_ROWS = 100  # rows of a task named by a --data string without a limit
-COMMON_KEYS = {"split", "max_samples", "shuffle_seed", "system_prompt", "max_prompt_length"}
+COMMON_KEYS = {"split", "max_samples", "shuffle_seed", "system_prompt", "few_shot", "max_prompt_length"}
 FILE_KEYS = COMMON_KEYS | {"path", "name", "prompt_column", "answer_column", "answer_format"}
 TASK_KEYS = COMMON_KEYS | {"task", "n", "seed", "params"}
 
@@ -183,6 +184,40 @@ def _with_system(prompt: Any, system_prompt: str, where: str) -> list[dict[str, 
     raise ValueError(f"data: a prompt of {where} is neither text nor chat messages: {prompt!r:.80}")
 
 
+def few_shot_turns(few_shot: Any) -> list[dict[str, str]]:
+    """The chat turns of a spec's `few_shot` examples (a list of ``{user: text, assistant: text}``), checked."""
+    if few_shot is None:
+        return []
+    if not isinstance(few_shot, list) or not few_shot:
+        raise ValueError(
+            f"data: few_shot must be a non-empty list of {{user: ..., assistant: ...}}, got {few_shot!r:.80}"
+        )
+    turns: list[dict[str, str]] = []
+    for i, ex in enumerate(few_shot):
+        if not isinstance(ex, dict) or set(ex) != {"user", "assistant"}:
+            raise ValueError(f"data: few_shot[{i}] must have exactly the keys user and assistant, got {ex!r:.80}")
+        for role in ("user", "assistant"):
+            if not isinstance(ex[role], str) or not ex[role].strip():
+                raise ValueError(f"data: few_shot[{i}].{role} must be a non-empty string, got {ex[role]!r:.80}")
+            turns.append({"role": role, "content": ex[role]})
+    return turns
+
+
+def _with_context(prompt: Any, spec: dict[str, Any], where: str) -> Any:
+    """`prompt` with the spec's system prompt and few-shot turns in front (unchanged without either)."""
+    if spec.get("system_prompt") is not None:
+        prompt = _with_system(prompt, str(spec["system_prompt"]), where)
+    turns = few_shot_turns(spec.get("few_shot"))
+    if not turns:
+        return prompt
+    if isinstance(prompt, str):
+        return [*turns, {"role": "user", "content": prompt}]
+    if not is_conversational(prompt):
+        raise ValueError(f"data: a prompt of {where} is neither text nor chat messages: {prompt!r:.80}")
+    head = 1 if prompt and prompt[0]["role"] == "system" else 0
+    return [*prompt[:head], *turns, *prompt[head:]]
+
+
 class _Filters:
     """Drops over-long prompts (and counts what it drops)."""
 
@@ -230,8 +265,7 @@ def _task_rows(spec: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
     filters = _Filters(spec, tokenizer, where)
     out = []
     for row in rows:
-        if spec.get("system_prompt") is not None:
-            row["prompt"] = _with_system(row["prompt"], str(spec["system_prompt"]), where)
+        row["prompt"] = _with_context(row["prompt"], spec, where)
         if filters.keep(row["prompt"]):
             out.append(row)
         if spec.get("max_samples") is not None and len(out) >= spec["max_samples"]:
@@ -305,6 +339,7 @@ def load_rows(spec: dict[str, Any], tokenizer: Any = None) -> list[dict[str, Any
     _check_int("shuffle_seed", spec.get("shuffle_seed"), 0)
     if spec.get("system_prompt") is not None and not isinstance(spec["system_prompt"], str):
         raise ValueError(f"data: system_prompt must be a string, got {spec['system_prompt']!r}")
+    few_shot_turns(spec.get("few_shot"))  # checked before any loading
     if "task" in spec:
         return _task_rows(spec, tokenizer)
 
@@ -329,10 +364,9 @@ def load_rows(spec: dict[str, Any], tokenizer: Any = None) -> list[dict[str, Any
     for raw in ds:
         row = dict(raw)
         prompt = row[prompt_col]
-        if spec.get("system_prompt") is not None:
-            prompt = _with_system(prompt, spec["system_prompt"], where)
-        elif not isinstance(prompt, str) and not is_conversational(prompt):
+        if spec.get("system_prompt") is None and not isinstance(prompt, str) and not is_conversational(prompt):
             raise ValueError(f"data: prompt_column {prompt_col!r} of {where} holds {type(prompt).__name__}, not text")
+        prompt = _with_context(prompt, spec, where)
         row["prompt"] = prompt
         if answer_col is not None:
             value = row[answer_col]

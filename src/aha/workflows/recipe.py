@@ -93,6 +93,7 @@ def _dataset_key_type(spec: dict[str, Any], key: str) -> str | None:
 
     types = {"n": "int", "seed": "int", "max_samples": "int | None", "shuffle_seed": "int | None", "task": "str"}
     types |= {"max_prompt_length": "int | None", "system_prompt": "str | None", "split": "str", "params": "dict"}
+    types["few_shot"] = "any"
     if "task" in spec:
         params = _task_params(spec["task"])
         if key in params:
