@@ -104,20 +104,34 @@ def test_chat_bad_sampling_options(model_dir, capsys):
 
 
 def test_chat_samples_with_aha_sampler(model_dir, capsys, monkeypatch, replies):
-    """One call of aha's sampler (fast backend) per turn, on the chat messages; its text is the reply."""
+    """One streamed call of aha's sampler (fast backend) per turn, on the chat messages; its text is the reply,
+    and it is the same draw as the batch path (generate_texts with batch 1 and the turn's seed)."""
     import aha.rollout.engine
+    from aha.models.loading import load_model
+    from aha.rollout.sampler import SamplingParams
 
     calls = []
-    original = aha.rollout.engine.generate_texts
+    original = aha.rollout.engine.stream_completion
 
-    def recording(model, tok, prompts, params, **kwargs):
-        calls.append(
-            ([list(p) for p in prompts], params.max_new_tokens, params.temperature, kwargs.get("backend", "fast"))
-        )
-        out = original(model, tok, prompts, params, **kwargs)
-        calls[-1] += (out[0],)
+    def recording(model, tok, prompt, params, on_text, **kwargs):
+        pieces = []
+
+        def both(piece):
+            pieces.append(piece)
+            on_text(piece)
+
+        out = original(model, tok, prompt, params, both, **kwargs)
+        calls.append((list(prompt), params.max_new_tokens, params.temperature, kwargs.get("backend", "fast"), out[0]))
+        calls[-1] += (pieces,)
         return out
 
-    monkeypatch.setattr(aha.rollout.engine, "generate_texts", recording)
-    assert main(["chat", "--model", str(model_dir), "47+38", "--max-new-tokens", "9", "--temperature", "0"]) == 0
-    assert calls == [([[{"role": "user", "content": "47+38"}]], 9, 0.0, "fast", replies)]
+    monkeypatch.setattr(aha.rollout.engine, "stream_completion", recording)
+    argv = ["chat", "--model", str(model_dir), "47+38", "--max-new-tokens", "9", "--temperature", "0.9", "--seed", "3"]
+    assert main(argv) == 0
+    [(prompt, n, temp, backend, text, pieces)] = calls
+    assert (prompt, n, temp, backend, [text]) == ([{"role": "user", "content": "47+38"}], 9, 0.9, "fast", replies)
+    assert len(pieces) > 1 and "".join(pieces) == text  # printed piece by piece, as drawn
+    model, tok = load_model(model_dir)
+    params = SamplingParams(max_new_tokens=9, temperature=0.9, top_p=0.95)
+    texts, _, _ = aha.rollout.engine.generate_texts(model.eval(), tok, [prompt], params, batch_size=1, seed=3)
+    assert texts == [text]

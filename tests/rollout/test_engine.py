@@ -38,3 +38,18 @@ def test_the_local_engine_refuses_bad_settings(small_tiny) -> None:
         LocalEngine(model, tok, backend="vllm")
     with pytest.raises(ValueError, match="--batch-size must be at least 1"):
         LocalEngine(model, tok, batch_size=0)
+
+
+def test_stream_completion_hands_out_the_text_as_drawn(small_tiny) -> None:
+    """The pieces join to the completion; it is generate_texts' draw for that prompt, seed and batch 1."""
+    from aha.rollout.engine import stream_completion
+
+    model, tok = small_tiny
+    prompt = [{"role": "user", "content": "12+30"}]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    for seed in range(3):
+        pieces: list[str] = []
+        text, n, cut = stream_completion(model, tok, prompt, params, pieces.append, seed=seed)
+        texts, lengths, truncated = generate_texts(model, tok, [prompt], params, batch_size=1, seed=seed)
+        assert (text, n, cut) == (texts[0], lengths[0], truncated[0])
+        assert "".join(pieces) == text and len(pieces) > 1

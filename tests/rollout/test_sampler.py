@@ -363,3 +363,37 @@ def test_pick_matches_multinomial_over_transformers_processors(name):
     assert chi2 < df + 6 * (2 * max(df, 1)) ** 0.5, (chi2, df)
     tv = 0.5 * float((a - b).abs().sum()) / n
     assert tv < 0.06, tv
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_on_token_sees_each_step_as_it_is_drawn(tiny, prompts, backend):
+    """The per-token hook gets (t, column t of the result) in step order, on both backends; the result is the
+    same as without the hook (here with an EOS, so rows end at different steps and are padded)."""
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0)
+    eos = [tok.eos_token_id, int(greedy_ids_any(model, tok, prompts))]
+    seen = []
+    with_hook = sample(
+        model,
+        *prompts,
+        params,
+        eos,
+        tok.pad_token_id,
+        generator=torch.Generator().manual_seed(5),
+        backend=backend,
+        on_token=lambda t, toks: seen.append((t, toks.tolist())),
+    )
+    without = sample(
+        model, *prompts, params, eos, tok.pad_token_id, generator=torch.Generator().manual_seed(5), backend=backend
+    )
+    if backend == "fast":
+        assert torch.equal(with_hook, without)
+    assert [t for t, _ in seen] == list(range(len(seen))) and len(seen) >= with_hook.size(1)
+    columns = torch.tensor([toks for _, toks in seen]).t()  # (B, steps seen)
+    assert torch.equal(columns[:, : with_hook.size(1)], with_hook)
+
+
+def greedy_ids_any(model, tok, prompts):
+    """A token the model draws often (the most common greedy first token): a stop id that ends rows early."""
+    first = sample(model, *prompts, SamplingParams(max_new_tokens=4, temperature=0.0), [], tok.pad_token_id)
+    return torch.mode(first.flatten()).values

@@ -1,8 +1,8 @@
 """``aha chat``: talk to a model, its thought shown dimmed and its answer plainly.
 
-The replies come from aha's own sampler (:func:`aha.rollout.engine.generate_texts`, the fast decoder where the
-model allows it), the one training and ``aha eval`` sample with, so a chat shows what they see. The reply is
-printed once it is complete (the sampler has no per-token hook), with a spinner meanwhile on a terminal. Heavy
+The replies come from aha's own sampler (:func:`aha.rollout.engine.stream_completion`, the fast decoder where the
+model allows it), the one training and ``aha eval`` sample with, so a chat shows what they see; each reply is
+printed as its tokens are drawn (the sampler's per-token hook). Heavy
 libraries (torch, transformers) are imported in :func:`run`, so ``aha chat --help`` is quick.
 """
 
@@ -59,6 +59,10 @@ class ReasoningPrinter:
             style = "dim" if (self.in_thought if dim is None else dim) else ""
             self.console.print(Text(s, style=style), end="", soft_wrap=True)
 
+    def show_tag(self, tag: str) -> None:
+        """Print `tag` dimmed without it counting as text (a tag the prompt's template already opened)."""
+        self._emit(tag, dim=True)
+
     def feed(self, chunk: str) -> None:
         self.text += chunk
         self.buf += chunk
@@ -91,8 +95,9 @@ class ReasoningPrinter:
 
 
 def reply(model, tok, messages: list[dict[str, str]], args: argparse.Namespace, console: Console, seed: int) -> str:
-    """Sample one assistant turn with aha's sampler (seeded `seed`) and print it; returns the completion text."""
-    from aha.rollout.engine import generate_texts
+    """Sample one assistant turn with aha's sampler (seeded `seed`), printing it as its tokens are drawn; returns
+    the completion text."""
+    from aha.rollout.engine import stream_completion
     from aha.rollout.sampler import SamplingParams
 
     if tok.chat_template is not None:
@@ -103,16 +108,11 @@ def reply(model, tok, messages: list[dict[str, str]], args: argparse.Namespace, 
     prefilled = rendered.rstrip().endswith(OPEN_TAGS)
     printer = ReasoningPrinter(console, in_thought=prefilled)
     if prefilled:
-        printer._emit(next(t for t in OPEN_TAGS if rendered.rstrip().endswith(t)), dim=True)  # the template's tag
+        printer.show_tag(next(t for t in OPEN_TAGS if rendered.rstrip().endswith(t)))  # the template's own tag
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    if console.is_terminal:
-        with console.status("[dim]…[/dim]", spinner="dots"):
-            texts, _, _ = generate_texts(model, tok, [prompt], params, batch_size=1, seed=seed)
-    else:
-        texts, _, _ = generate_texts(model, tok, [prompt], params, batch_size=1, seed=seed)
-    printer.feed(texts[0])
+    text, _, _ = stream_completion(model, tok, prompt, params, printer.feed, seed=seed)
     printer.finish()
-    return printer.text
+    return text
 
 
 def _turn(model, tok, history, question, args, console, turn: int) -> None:

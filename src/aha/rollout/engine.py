@@ -66,14 +66,76 @@ def generate_texts(
             model, ids, mask, params, eos, tokenizer.pad_token_id, generator=gen, backend=backend, dtype=dtype
         )
         for row in comp.tolist():
-            ended = next((i for i, t in enumerate(row) if t in eos), None)
-            n = len(row) if ended is None else ended + 1
-            texts.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+            text, n, cut = decode_completion(tokenizer, row, eos)
+            texts.append(text)
             lengths.append(n)
-            truncated.append(ended is None)
+            truncated.append(cut)
         if on_batch is not None:
             on_batch(len(chunk))
     return texts, lengths, truncated
+
+
+def decode_completion(tokenizer, row: list[int], eos: list[int]) -> tuple[str, int, bool]:
+    """One completion's ids -> (text up to and without its first EOS, token length with the EOS, truncated)."""
+    ended = next((i for i, t in enumerate(row) if t in eos), None)
+    n = len(row) if ended is None else ended + 1
+    return tokenizer.decode(row[:n], skip_special_tokens=True), n, ended is None
+
+
+def stream_completion(
+    model,
+    tokenizer,
+    prompt: Any,
+    params: SamplingParams,
+    on_text: Callable[[str], None],
+    *,
+    seed: int = 0,
+    backend: str = "fast",
+    dtype: torch.dtype | None = None,
+) -> tuple[str, int, bool]:
+    """One completion of `prompt`, its text handed to `on_text` piece by piece as the tokens are drawn (what
+    ``aha chat`` prints from); the same draw as ``generate_texts([prompt], params, batch_size=1, seed=seed)``.
+    A piece is held back while the text so far ends inside a multi-byte character; the pieces are decoded without
+    the tokenizer's space clean-up (so each extends the last). Returns what :func:`generate_texts` returns for that
+    one prompt (text, token length with the EOS, truncated)."""
+    device = next(model.parameters()).device
+    eos = eos_ids(tokenizer, model)
+    ids, mask = encode_prompts(tokenizer, [render_prompt(tokenizer, prompt)], device=device)
+    drawn: list[int] = []
+    shown = ""
+
+    def hook(t: int, tokens: torch.Tensor) -> None:
+        nonlocal shown
+        if drawn and drawn[-1] in eos:
+            return  # ended: the rest is padding
+        drawn.append(int(tokens[0]))
+        text = tokenizer.decode(drawn, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if not text.endswith("\ufffd") and text.startswith(shown) and len(text) > len(shown):
+            on_text(text[len(shown) :])
+            shown = text
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    comp = sample(
+        model,
+        ids,
+        mask,
+        params,
+        eos,
+        tokenizer.pad_token_id,
+        generator=gen,
+        backend=backend,
+        dtype=dtype,
+        on_token=hook,
+    )
+    row = comp[0].tolist()
+    text, n, cut = decode_completion(tokenizer, row, eos)
+    spelled = tokenizer.decode(row[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    if spelled.startswith(shown):
+        if len(spelled) > len(shown):
+            on_text(spelled[len(shown) :])
+    else:  # a tokenizer whose prefixes decode differently from the whole (rare): the whole text, on its own line
+        on_text("\n" + spelled)
+    return text, n, cut
 
 
 class LocalEngine:

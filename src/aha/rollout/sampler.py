@@ -29,10 +29,12 @@ forward under ``torch.autocast``. Refused where the hardware has no bf16 (``aha.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from aha.devices import bf16_refusal, bf16_supported
 from aha.rollout.fast import kernels
@@ -40,6 +42,24 @@ from aha.rollout.fast.decode import SlabCache, cache_kwarg, decode_attention_swa
 from aha.rollout.fast.decoder import COMPUTE_DTYPES, FastDecoder, fast_decode_reason, model_dtype
 
 log = logging.getLogger("aha.rollout")
+
+OnToken = Callable[[int, torch.Tensor], None]  # (step t, that step's tokens (B,)): the samplers' per-token hook
+
+
+class TokenStreamer(BaseStreamer):
+    """transformers' streamer protocol onto an :data:`OnToken` hook: ``generate`` puts the prompt first (skipped),
+    then each step's tokens."""
+
+    def __init__(self, on_token: OnToken) -> None:
+        self.on_token, self.step = on_token, -1
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.step >= 0:
+            self.on_token(self.step, value.reshape(-1))
+        self.step += 1
+
+    def end(self) -> None:
+        pass
 
 
 @dataclass
@@ -172,17 +192,22 @@ def sample_fast(
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
     dtype: torch.dtype | None = None,
+    on_token: OnToken | None = None,
 ) -> torch.Tensor:
     """prompt_ids/prompt_mask: (B, P) left-padded. Returns completion ids (B, T<=max_new_tokens),
     pad after each row's first EOS (the EOS itself is kept). Randomness: ``row_seeds`` (one per row,
-    layout-independent) or else ``generator``. ``dtype``: the compute dtype (``compute_dtype``)."""
+    layout-independent) or else ``generator``. ``dtype``: the compute dtype (``compute_dtype``).
+    ``on_token(t, tokens)``: called as each step's tokens are drawn, ``tokens`` (B,) being column ``t`` of the
+    result (pad for rows that have ended) — what a chat streams from; it costs one device sync per step."""
     dtype = compute_dtype(model, dtype)
     with torch.inference_mode():
         u = None
         if not params.greedy and params.max_new_tokens > 0:
             u = uniforms(prompt_ids.size(0), params.max_new_tokens, prompt_ids.device, generator, row_seeds)
         with decode_attention_swap(model):
-            out, steps = _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype)
+            out, steps = _sample_fast(
+                model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype, on_token
+            )
     return out[:, :steps].clone()  # a normal tensor: inference tensors cannot be saved for backward later
 
 
@@ -200,7 +225,7 @@ def _distinct_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     return first, inverse
 
 
-def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype):
+def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_token_id, u, dtype, on_token):
     b, p_len, device = prompt_ids.size(0), prompt_ids.size(1), prompt_ids.device
     n_new = params.max_new_tokens
     out = torch.full((b, n_new), pad_token_id, dtype=torch.long, device=device)  # (B, T) result
@@ -272,6 +297,8 @@ def _sample_fast(model, prompt_ids, prompt_mask, params, eos_token_ids, pad_toke
             out[:, t] = tok
         else:
             out[rows, t] = tok
+        if on_token is not None:
+            on_token(t, out[:, t].clone())
         if t + 1 == n_new:
             break
         if can_stop:
@@ -324,8 +351,9 @@ def sample_hf(
     generator: torch.Generator | None = None,
     row_seeds: list[int] | None = None,
     dtype: torch.dtype | None = None,
+    on_token: OnToken | None = None,
 ) -> torch.Tensor:
-    """Same contract as sample_fast, through ``model.generate`` (under ``torch.autocast`` when ``dtype`` is lower
+    """Same contract as sample_fast, through ``model.generate`` (``on_token`` through a generation streamer) (under ``torch.autocast`` when ``dtype`` is lower
     than the weights'). Its randomness is the global torch RNG (seeded from ``row_seeds[0]`` when given): rows are
     not independent of their batch-mates."""
     dtype = compute_dtype(model, dtype)
@@ -342,6 +370,8 @@ def sample_hf(
         kwargs.update(
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p or None
         )
+    if on_token is not None:
+        kwargs["streamer"] = TokenStreamer(on_token)
     with _hf_autocast(model, dtype):
         seqs = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)
     return seqs[:, prompt_ids.size(1) :]
@@ -361,6 +391,7 @@ def sample(
     backend="fast",
     row_seeds=None,
     dtype: torch.dtype | None = None,
+    on_token: OnToken | None = None,
 ):
     """Completion ids (B, T) for left-padded prompts (B, P) with ``backend`` (``fast``: aha's loop, ``hf``:
     transformers' generate), in eval mode (the model's mode is restored after), computing in ``dtype`` (None:
@@ -381,6 +412,7 @@ def sample(
             generator,
             row_seeds=row_seeds,
             dtype=dtype,
+            on_token=on_token,
         )
     finally:
         model.train(was_training)
