@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from aha.grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS
 from aha.models.loading import hub_offline
 from aha.settings import check_types, from_dict, require
 from aha.train.precision import resolve_precision
@@ -77,6 +79,23 @@ class GRPOConfig:
     reward_errors: str = "raise"  # aha: "raise" (stop, naming function + sample) or "skip" (that reward is None)
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = 1.0
+    # --- [losses] TRL 1.16's loss_type extras, entropy bonus, multi-objective rewards, off-policy masking
+    # (names, types and defaults as TRL 1.16's; checked in _check_loss_fields; maths in aha.grpo.core)
+    sapo_temperature_neg: float = 1.05  # SAPO's gate temperature τ for tokens with A <= 0
+    sapo_temperature_pos: float = 1.0  # ... and for A > 0
+    vespo_k_pos: float = 2.0  # VESPO's φ(w) = e^λ w^k e^(-λw): k (power) where A >= 0
+    vespo_lambda_pos: float = 3.0  # λ (decay) where A >= 0
+    vespo_k_neg: float = 3.0  # k where A < 0
+    vespo_lambda_neg: float = 2.0  # λ where A < 0
+    multi_objective_aggregation: str = "sum_then_normalize"  # or "normalize_then_sum" (GDPO)
+    entropy_coef: float = 0.0  # loss -= entropy_coef × mean token entropy; the start value when adaptive
+    use_adaptive_entropy: bool = False  # Skywork-OR1: adapt entropy_coef each optimiser step toward entropy_target
+    entropy_coef_min: float = 0.0
+    entropy_coef_max: float = 1.0
+    entropy_coef_delta: float = 0.005
+    entropy_target: float = 0.2  # nats; the adaptive bonus acts only at or below it
+    off_policy_mask_threshold: float | None = None  # DeepSeek-V3.2's δ: drop A < 0 sequences with mean KL above it
+    # --- [losses] end
     # --- DAPO dynamic sampling (aha; TRL has no equivalent): drop groups whose rewards all tie, resample
     dynamic_sampling: bool = False
     max_resample_rounds: int = 3  # extra generation rounds per batch to refill it with informative groups
@@ -150,7 +169,7 @@ class GRPOConfig:
             "delta",
             "must be > 1 + epsilon_high",
         )
-        need(self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"), "loss_type", "must be grpo, bnpo, dr_grpo or dapo")
+        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         need(
             self.importance_sampling_level in ("token", "sequence"),
             "importance_sampling_level",
@@ -159,6 +178,7 @@ class GRPOConfig:
         need(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]")
         need(self.reward_errors in ("raise", "skip"), "reward_errors", "must be 'raise' or 'skip'")
+        self._check_loss_fields()
         need(self.save_steps >= 1, "save_steps", "must be >= 1")
         need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 (or None)")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
@@ -257,6 +277,75 @@ class GRPOConfig:
             )
         if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
             raise ValueError(f"GRPOConfig.reward_weights must be a list of numbers, got {self.reward_weights!r}")
+
+    def _check_loss_fields(self) -> None:
+        """[losses] The loss-type extras, the entropy bonus, multi-objective rewards and off-policy masking."""
+
+        def need(cond: bool, name: str, msg: str) -> None:
+            require(self, cond, name, msg)
+
+        clipped = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # PPO-style clip: what delta changes
+        need(
+            self.delta is None or self.loss_type in clipped,
+            "delta",
+            f"two-sided clipping is for the clipped loss types ({', '.join(clipped)}), not loss_type="
+            f"{self.loss_type!r}: leave delta=None",
+        )
+        need(
+            self.epsilon_high is None or self.loss_type not in ("sapo", "vespo"),
+            "epsilon_high",
+            f"loss_type={self.loss_type!r} does not clip (use its sapo_temperature_*/vespo_* fields): leave it None",
+        )
+        need(self.sapo_temperature_pos > 0, "sapo_temperature_pos", "must be > 0")
+        need(self.sapo_temperature_neg > 0, "sapo_temperature_neg", "must be > 0")
+        need(self.vespo_k_pos >= 0, "vespo_k_pos", "must be >= 0")
+        need(self.vespo_k_neg >= 0, "vespo_k_neg", "must be >= 0")
+        need(self.vespo_lambda_pos > 0, "vespo_lambda_pos", "must be > 0")
+        need(self.vespo_lambda_neg > 0, "vespo_lambda_neg", "must be > 0")
+        need(
+            not (
+                self.loss_type == "vespo"
+                and self.use_vllm
+                and self.vllm_importance_sampling_correction
+                and not self.vllm_importance_sampling_mode.startswith("token_")
+            ),
+            "vllm_importance_sampling_mode",
+            "loss_type='vespo' folds the vLLM correction into its sequence weight token by token: use "
+            "'token_truncate' or 'token_mask'",
+        )
+        need(
+            self.multi_objective_aggregation in MULTI_OBJECTIVE_AGGREGATIONS,
+            "multi_objective_aggregation",
+            f"must be one of {', '.join(MULTI_OBJECTIVE_AGGREGATIONS)}",
+        )
+        need(
+            self.multi_objective_aggregation != "normalize_then_sum" or self.scale_rewards == "group",
+            "scale_rewards",
+            "multi_objective_aggregation='normalize_then_sum' standardises each reward per group and the sums over "
+            "the batch, so scale_rewards does not apply: leave it 'group'",
+        )
+        need(math.isfinite(self.entropy_coef), "entropy_coef", "must be a finite number")
+        if self.use_adaptive_entropy:
+            need(self.entropy_coef_delta > 0, "entropy_coef_delta", "must be > 0 with use_adaptive_entropy")
+            need(
+                self.entropy_coef_min <= self.entropy_coef_max,
+                "entropy_coef_min",
+                f"must be <= entropy_coef_max ({self.entropy_coef_max})",
+            )
+            need(self.entropy_target >= 0, "entropy_target", "must be >= 0 (nats)")
+        need(
+            self.off_policy_mask_threshold is None or self.off_policy_mask_threshold >= 0,
+            "off_policy_mask_threshold",
+            "must be >= 0 (a mean per-token KL, e.g. 0.5) or None",
+        )
+        off_policy = self.num_iterations > 1 or self.steps_per_generation > self.gradient_accumulation_steps
+        need(
+            self.off_policy_mask_threshold is None or off_policy or self.use_vllm,
+            "off_policy_mask_threshold",
+            "this run trains on-policy (num_iterations=1, steps_per_generation=gradient_accumulation_steps, no "
+            "vLLM), so no sequence can drift from its sampler: raise num_iterations or steps_per_generation, or "
+            "leave it None",
+        )
 
     # ------------------------------------------------------------------------------------ helpers
     @property

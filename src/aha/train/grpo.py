@@ -29,11 +29,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aha.data.prompts import eos_ids
-from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
+from aha.grpo import NUM_ITEMS_LOSS_TYPES, entropy_bonus, importance_sampling_weights, policy_loss, top_entropy_mask
 from aha.models.loading import peft_model, save_model
 from aha.rewards.scoring import load_reward_models
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, make_accelerator
+from aha.train.entropy import EntropyControl
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
@@ -99,6 +100,7 @@ class GRPOTrainer:
         self.eos = eos_ids(self.tokenizer, self.model)
         self.callbacks = list(callbacks)
         self.state = TrainerState()
+        self.entropy = EntropyControl(a)  # the entropy bonus's coefficient (adaptive: moved once per step)
         self.logger: MetricsLogger | None = None  # set in train(): OUTPUT_DIR/metrics.jsonl
         self.loop: TrainingLoop | None = None  # the optimiser, schedule and checkpoints of the running train()
         self.batches = RolloutSource(
@@ -145,9 +147,13 @@ class GRPOTrainer:
         if a.num_iterations > 1 or a.steps_per_generation > a.gradient_accumulation_steps or correct:
             batch["old_logps"] = self.logps(batch, reference=False)
         if correct:  # the engine's policy is not exactly π_old (other kernels, precision): reweight
+            # the off-policy mask measures the drift from the sampler itself, so it keeps the engine's log-probs
+            sampling = (
+                batch["sampling_logps"] if a.off_policy_mask_threshold is not None else batch.pop("sampling_logps")
+            )
             batch["sampling_weights"] = importance_sampling_weights(
                 batch["old_logps"],
-                batch.pop("sampling_logps"),
+                sampling,
                 batch["completion_mask"],
                 a.vllm_importance_sampling_mode,
                 a.vllm_importance_sampling_clip_min,
@@ -181,8 +187,13 @@ class GRPOTrainer:
             mb["completion_mask"],
             a.temperature,
             with_entropy=True,
+            entropy_grad=self.entropy.enabled,
         )  # (B, T), (B, T)
-        mask = top_entropy_mask(entropy, mb["completion_mask"], a.top_entropy_quantile)  # (B, T)
+        mask = mb["completion_mask"]  # (B, T)
+        # the forking tokens: the policy term only (the KL and the normalisers keep every token, as TRL's)
+        ent_mask = (
+            top_entropy_mask(entropy.detach(), mask, a.top_entropy_quantile) if a.top_entropy_quantile < 1 else None
+        )
         loss, metrics = policy_loss(
             logps,
             mb.get("old_logps"),
@@ -199,10 +210,28 @@ class GRPOTrainer:
             num_items=num_items,
             use_bias_correction_kl=a.use_bias_correction_kl,
             sampling_weights=mb.get("sampling_weights"),
+            entropy_mask=ent_mask,
+            sapo_temperature_pos=a.sapo_temperature_pos,
+            sapo_temperature_neg=a.sapo_temperature_neg,
+            vespo_k_pos=a.vespo_k_pos,
+            vespo_lambda_pos=a.vespo_lambda_pos,
+            vespo_k_neg=a.vespo_k_neg,
+            vespo_lambda_neg=a.vespo_lambda_neg,
+            off_policy_mask_threshold=a.off_policy_mask_threshold,
+            behaviour_logps=mb.get("sampling_logps"),
         )
-        metrics["loss"] = loss.item()
-        if a.loss_type != "dapo":
-            loss = loss / a.gradient_accumulation_steps
+        gas = a.gradient_accumulation_steps
+        shown = loss.item()  # the micro-batch's loss as logged: before the division for accumulation
+        if a.loss_type not in NUM_ITEMS_LOSS_TYPES:  # those are already a share of the window's loss
+            loss = loss / gas
+        if self.entropy.enabled:  # loss - coef · mean token entropy (over the policy term's tokens), per window
+            effective = mask if ent_mask is None else ent_mask
+            coef, h = self.entropy.applied(), entropy_bonus(entropy, effective)
+            self.entropy.observe(entropy, effective)
+            loss = loss - coef * h / gas
+            metrics["policy_loss"] = shown
+            shown -= coef * h.item() / (gas if a.loss_type in NUM_ITEMS_LOSS_TYPES else 1)
+        metrics["loss"] = shown
         m = mb["completion_mask"].bool()
         metrics["entropy"] = entropy[m].mean().item() if m.any() else 0.0
         return loss, metrics
@@ -227,6 +256,9 @@ class GRPOTrainer:
                     self.batches.start_pass(flight)
                     window = flight.window(mbs, gas)
                     grad_norm = loop.optimizer_step([partial(self.compute_loss, mb, flight.num_items) for mb in window])
+                    self.entropy.step(self.accelerator)
+                    if self.entropy.enabled:
+                        loop.pending["entropy_coef"].append(self.entropy.coef)
                     flight.advance(len(window), mbs)
                     loop.end_step(grad_norm, self._info(flight), self.batches.epoch)
                 if a.log_completions:
@@ -236,7 +268,10 @@ class GRPOTrainer:
         return self.state
 
     def _training_loop(self) -> TrainingLoop:
-        loop = TrainingLoop.of(self, phase="grpo", owners={"batches": self.batches}, description="GRPO")
+        owners: dict[str, Any] = {"batches": self.batches}
+        if self.entropy.adaptive:  # its coefficient and last measurement resume with the run
+            owners["entropy"] = self.entropy
+        loop = TrainingLoop.of(self, phase="grpo", owners=owners, description="GRPO")
         self.train_model = self.batches.sharded_model = loop.train_model
         # DDP averages gradients only through its own forward, which would rule out token_logps' fast path; so
         # the loss runs on the plain model and the window's gradients are averaged by hand before the step

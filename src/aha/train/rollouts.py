@@ -341,7 +341,13 @@ class RolloutSource:
             counts,
         )  # (n, K)
         rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
-        advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
+        advantages = compute_advantages(
+            rewards,
+            g,
+            scale_rewards=a.scale_rewards,
+            reward_weights=a.reward_weights,
+            multi_objective_aggregation=a.multi_objective_aggregation,
+        )
         batch: Batch = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
