@@ -15,7 +15,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from aha.models.loading import (
-    MODEL_MARKERS,
     adapter_base,
     hub_offline,
     is_adapter,
@@ -23,9 +22,26 @@ from aha.models.loading import (
     resolve_model_path,
     save_model,
 )
-from aha.workflows.rundir import OutputKind, prepare_output
+from aha.workflows.rundir import MARKER, OutputKind, prepare_output, record_output
 
-MODEL_DIR = OutputKind("a model directory", markers=MODEL_MARKERS)
+# what save_model (transformers' and peft's save_pretrained, the tokenizer, the generation config) and the card write
+MODEL_DIR = OutputKind(
+    "a model directory",
+    writes=(
+        "config.json",
+        "generation_config.json",
+        "adapter_config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.*",
+        "vocab.json",
+        "merges.txt",
+        "README.md",
+    ),
+)
 
 
 def check_push(repo_id: str) -> str:
@@ -56,7 +72,8 @@ def push_folder(folder: Path, repo_id: str, token: str, timeout: float = 5.0) ->
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+        # aha's marker (what it wrote into --out) is bookkeeping of this machine, not part of the model
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=[MARKER])
     except Exception as e:  # HTTP, auth, network: one clear line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"push to {repo_id} failed: {msg}; the export is in {folder}") from None
@@ -96,19 +113,22 @@ def export_model(
     Returns `out`; with `push_to_hub`, uploads it to that repository afterwards.
     """
     token = check_push(push_to_hub) if push_to_hub else None
-    resolved = resolve_model_path(source)
+    resolved = resolve_model_path(source, hub=False)  # a run, checkpoint or model directory: never a Hub id
     adapter = is_adapter(resolved)
     if merge_lora and not adapter:
         raise ValueError(f"--merge-lora: {resolved} is not a LoRA adapter (no adapter_config.json)")
     out = prepare_output(out, MODEL_DIR, overwrite, sources=[resolved])
-    model, tok = load_model(resolved, merge_lora=merge_lora)
-    if tok.chat_template is None:
-        from aha.console import console
+    try:
+        model, tok = load_model(resolved, merge_lora=merge_lora)
+        if tok.chat_template is None:
+            from aha.console import console
 
-        console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
-    save_model(model, tok, out)
-    base = adapter_base(resolved) if adapter else None
-    (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
+            console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
+        save_model(model, tok, out)
+        base = adapter_base(resolved) if adapter else None
+        (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
+    finally:
+        record_output(out)
     if push_to_hub:
         push_folder(out, push_to_hub, token or "")
     return out
