@@ -70,6 +70,7 @@ def test_a_run_directory_needs_overwrite_and_then_loses_only_what_aha_wrote(tmp_
     assert sorted(p.name for p in run.iterdir()) == [MARKER, "notes.txt"]
     assert f"kept 1 entry of {run} that aha did not write: notes.txt" in capsys.readouterr().err
     assert _marker(run)["kept"] == ["notes.txt"] and _marker(run)["written"] == []
+    assert prepare_output(run, RUN_DIR, False) == run  # nothing of aha's left: written into without --overwrite
     _dir(run, **{"config.yaml": "y"})  # the next run writes; what it kept stays the user's
     record_output(run)
     assert _marker(run)["written"] == ["config.yaml"]

@@ -4,7 +4,8 @@ self-contained directories that plain ``transformers`` loads, optionally pushed 
 An exported directory holds safetensors weights, ``config.json``, the tokenizer with its chat template,
 a ``generation_config.json`` whose ``eos_token_id`` includes the tokenizer's EOS (so ``generate`` and
 ``pipeline("text-generation")`` stop where training stopped) and a short model card. Nothing in it
-refers to aha.
+refers to aha but its ``.aha-run`` marker (:mod:`aha.workflows.rundir`: what ``--overwrite`` may delete), which
+is not pushed. The source is a local directory: a missing path is an error, never tried as a Hub id.
 """
 
 from __future__ import annotations

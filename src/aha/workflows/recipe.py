@@ -5,7 +5,8 @@ Top-level keys (anything else is an error with a suggestion)::
     trainer: grpo            # optional: grpo (aha train) or sft (aha sft); a mismatch is an error
     model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, model/run/adapter directory, `tiny` or {tiny: {sizes}}
     dataset: {path: openai/gsm8k, name: main, ...}   # an aha.data.load.load_rows spec (Hub, local files, task)
-    rewards: [correctness, {name: length, ideal_length: 50, weight: 0.5}, my_rewards.py:brevity]   # GRPO only
+    rewards: [correctness, {name: length, ideal_length: 50, weight: 0.5}, my_rewards.py:brevity]   # GRPO only;
+                             # a relative reward file is read from the recipe's directory
     peft: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}   # optional LoRA
     merge_lora: false        # also save the adapter merged into the base (RUN/merged/)
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation

@@ -162,6 +162,8 @@ def check_output(out: str | Path, kind: OutputKind, overwrite: bool, *, sources:
         )
     if marker["kind"] != kind.name:
         raise ValueError(f"--out {path} is {marker['kind']}, not {kind.name}; choose another --out")
+    if not _owned(path, kind, marker):
+        return path  # aha's, with nothing of aha's in it (a run that died at once, or only the user's files)
     if kind.resumes and not overwrite:
         return path  # continued
     if not overwrite:
@@ -197,13 +199,11 @@ def _clear(path: Path, kind: OutputKind) -> list[str]:
     """Delete the entries of marked directory `path` that aha wrote; rewrite the marker; returns those kept."""
     marker = read_marker(path)
     assert marker is not None  # check_output refused an unmarked directory
-    written, earlier = set(marker["written"]), set(marker["kept"])
-    kept = []
-    for name in _entries(path):
+    owned = _owned(path, kind, marker)
+    kept = [name for name in _entries(path) if name not in owned]
+    for name in owned:
         entry = path / name
-        if name in earlier or not (name in written or kind.owns(name)):
-            kept.append(name)
-        elif entry.is_dir() and not entry.is_symlink():
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
@@ -218,6 +218,13 @@ def _clear(path: Path, kind: OutputKind) -> list[str]:
             highlight=False,
         )
     return kept
+
+
+def _owned(path: Path, kind: OutputKind, marker: dict[str, Any]) -> list[str]:
+    """The entries of marked directory `path` that aha wrote: those its marker lists and those matching the kind's
+    patterns (a run killed before it recorded them), except those it found there and kept."""
+    written, kept = set(marker["written"]), set(marker["kept"])
+    return [n for n in _entries(path) if n not in kept and (n in written or kind.owns(n))]
 
 
 def _refuse_protected(path: Path) -> None:
