@@ -142,7 +142,7 @@ def test_a_reward_that_returns_only_nan_is_named(here, capsys) -> None:
     (here / "rw.py").write_text("def nan_reward(completions, **kw):\n    return [float('nan')] * len(completions)\n")
     recipe = _recipe(here / "r.yaml", rewards=["rw.py:nan_reward"])
     msg = _fails(["train", str(recipe), "--out", str(here / "run"), "--no-plot"], capsys)
-    assert msg.startswith("reward function 'nan_reward' returned NaN or inf for all 8 samples"), msg
+    assert msg.startswith("reward function 'nan_reward' returned NaN or inf for all "), msg
 
 
 def test_export_of_a_missing_run_is_no_such_directory(here, capsys) -> None:

@@ -150,6 +150,9 @@ def _apply(
         return ValueError(f"YAML syntax error in the value {text!r}: {problem}")
 
     def typed(v: Any, annotation: str, what: str) -> Any:
+        flow = text.lstrip().startswith(("{", "[")) and ("list" in annotation or "dict" in annotation)
+        if problem is not None and flow:
+            raise syntax_error()  # a broken list or mapping where one is expected, not text
         v = coerce(v, annotation)
         if not type_ok(v, annotation) and "str" in annotation and not isinstance(v, str):
             v = text  # e.g. a system prompt with a colon in it parses as a YAML mapping

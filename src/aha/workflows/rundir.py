@@ -216,6 +216,7 @@ def _clear(path: Path, kind: OutputKind) -> list[str]:
             f"write: {', '.join(kept)}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
     return kept
 
