@@ -92,8 +92,10 @@ def test_run_dir_is_not_clobbered(tmp_path: Path, capsys) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     argv = ["train", str(RECIPES / "demo-grpo.yaml"), *_sets([*FAST, "dataset.n=8", "eval=null"]), "--out", str(out)]
-    assert main(argv) == 1
-    assert "already holds files" in capsys.readouterr().err
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, *extra]) == 1
+        assert "is not an aha run directory that aha created: it holds notes.txt" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

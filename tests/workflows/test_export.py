@@ -97,13 +97,58 @@ def test_export_errors(tmp_path, monkeypatch, capsys):
     assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--merge-lora"]) == 1
     assert "not a LoRA adapter" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
-    with pytest.raises(ValueError, match="already holds files"):
-        export_model(tmp_path / "m", tmp_path / "full")
-    with pytest.raises(ValueError, match="not a model directory"):
-        export_model(tmp_path / "m", tmp_path / "full", overwrite=True)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="is not a model directory that aha created: it holds x.txt"):
+            export_model(tmp_path / "m", tmp_path / "full", overwrite=overwrite)
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x.txt"]
+
+
+def test_a_missing_run_is_no_such_directory_never_a_hub_id(tmp_path, monkeypatch, capsys):
+    """The bug: `aha export runs/does_not_exist` was taken for a Hub id (10 network retries, then "couldn't
+    connect")."""
+    monkeypatch.chdir(tmp_path)
+    for runs in (False, True):  # with or without a runs/ folder here
+        if runs:
+            (tmp_path / "runs").mkdir()
+        assert main(["export", "runs/does_not_exist", "--out", "o"]) == 1
+        assert capsys.readouterr().err == "aha export: error: runs/does_not_exist: no such directory\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_replaces_what_export_wrote_and_the_marker_is_not_pushed(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from aha.workflows.rundir import MARKER
+
+    build_tiny(tmp_path / "m", **SIZES)
+    out = export_model(tmp_path / "m", tmp_path / "o")
+    written = json.loads((out / MARKER).read_text())["written"]
+    assert "config.json" in written and "README.md" in written and MARKER not in written
+    (out / "my-notes.txt").write_text("mine")
+    export_model(tmp_path / "m", out, overwrite=True)
+    assert (out / "my-notes.txt").read_text() == "mine" and (out / "config.json").is_file()
+    assert "kept 1 entry" in capsys.readouterr().err
+    seen = {}
+
+    class Api:
+        def __init__(self, token):
+            pass
+
+        def create_repo(self, *a, **k):
+            pass
+
+        def upload_folder(self, **kw):
+            seen.update(kw)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: type("C", (), {"close": lambda self: None})())
+    from aha.workflows.export import push_folder
+
+    push_folder(out, "me/tiny", "token")
+    assert seen["ignore_patterns"] == [MARKER]
 
 
 def test_push_fails_clearly_offline_or_logged_out(tmp_path, monkeypatch, capsys):

@@ -45,16 +45,16 @@ def calls(monkeypatch) -> Calls:
     ran = Calls()
     train, sample = aha.workflows.pipeline.run_training_stage, aha.workflows.pipeline.run_sample_stage
 
-    def run_training(config, out, stage_dir, plot):
+    def run_training(config, out, stage_dir, plot, base):
         ran.append(stage_dir.name)
-        return train(config, out, stage_dir, plot)
+        return train(config, out, stage_dir, plot, base)
 
-    def run_sample(config, out, stage_dir):
+    def run_sample(config, out, stage_dir, base):
         ran.append(stage_dir.name)
         if ran.fail:
             (stage_dir / "partial").mkdir(parents=True)
             raise RuntimeError("killed in stage 3")
-        return sample(config, out, stage_dir)
+        return sample(config, out, stage_dir, base)
 
     monkeypatch.setattr(aha.workflows.pipeline, "run_training_stage", run_training)
     monkeypatch.setattr(aha.workflows.pipeline, "run_sample_stage", run_sample)

@@ -88,6 +88,10 @@ def test_refuses_to_overwrite_and_bad_options(tmp_path, model_dir, capsys) -> No
     out = tmp_path / "s.jsonl"
     out.write_text("keep me\n")
     args = ["sample", "--model", model_dir, "--data", "arithmetic", "--out", str(out)]
+    for extra in ([], ["--overwrite"]):  # no pass-rates sidecar next to it: not an aha sample output
+        assert main([*args, *extra]) == 1
+        assert "exists but aha did not write it" in capsys.readouterr().err and out.read_text() == "keep me\n"
+    (tmp_path / "s.pass_rates.jsonl").write_text("{}\n")  # as aha leaves it
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me\n"
     assert main([*args, "--overwrite", "--min-pass-rate", "0.8", "--max-pass-rate", "0.2"]) == 1

@@ -22,11 +22,32 @@ def reward_name(fn: Callable | PreTrainedModel) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+def reward_from_string(spec: str) -> Any:
+    """A string among the reward functions: a built-in reward's name (``"correctness"``), a custom
+    ``module:function`` / ``file.py:function``, or a reward model (a local directory, or a Hub id ``owner/name``,
+    loaded with ``AutoModelForSequenceClassification``). Anything else is a ValueError listing the built-ins; a
+    missing local path is a FileNotFoundError, never tried on the Hub."""
+    from pathlib import Path
+
+    from aha.models.loading import resolve_model_path
+    from aha.rewards import REGISTRY, get, load_custom
+    from aha.rewards.custom import is_custom_spec
+
+    if spec in REGISTRY:
+        return get(spec)
+    if is_custom_spec(spec) and not Path(spec).expanduser().exists():
+        return load_custom(spec)
+    if "/" not in spec and not Path(spec).expanduser().exists():
+        return get(spec)  # not a built-in: "unknown reward 'x' ...; built-in rewards are: ..."
+    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(spec), num_labels=1)
+
+
 def load_reward_models(
     reward_funcs: Sequence[Any], processing_classes: Any, device: torch.device | str
 ) -> tuple[list[Any], list[Any]]:
-    """Strings become ``AutoModelForSequenceClassification`` models; each model gets a tokenizer (the matching
-    entry of `processing_classes`, or its own from ``config._name_or_path``). Returns (funcs, tokenizers)."""
+    """Strings become rewards (:func:`reward_from_string`: a built-in, a custom function or a reward model); each
+    model gets a tokenizer (the matching entry of `processing_classes`, or its own from ``config._name_or_path``).
+    Returns (funcs, tokenizers)."""
     n = len(reward_funcs)
     if processing_classes is None:
         classes = [None] * n
@@ -39,7 +60,7 @@ def load_reward_models(
     funcs: list[Any] = []
     for k, fn in enumerate(reward_funcs):
         if isinstance(fn, str):
-            fn = AutoModelForSequenceClassification.from_pretrained(fn, num_labels=1)
+            fn = reward_from_string(fn)
         if isinstance(fn, PreTrainedModel):
             fn = fn.to(device).eval().requires_grad_(False)
             if classes[k] is None:
@@ -101,7 +122,8 @@ def score(
     A reward function that raises is called again sample by sample to find the first failing sample:
     ``on_error="raise"`` stops with an error naming the function, that sample and the exception;
     ``on_error="skip"`` gives the failing samples None. NaN/inf rewards become None too. Both are counted
-    in `counts` (``rewards/<name>/errors`` (skip mode only) and ``rewards/<name>/nonfinite``)."""
+    in `counts` (``rewards/<name>/errors`` (skip mode only) and ``rewards/<name>/nonfinite``). A reward whose
+    values for a whole batch are NaN/inf (with no finite one: None is "does not apply") is a ValueError naming it."""
     n = len(completions)
     out = torch.full((n, len(reward_funcs)), float("nan"))
     counts = {} if counts is None else counts
@@ -111,9 +133,9 @@ def score(
             if not reward_processing_classes or reward_processing_classes[k] is None:
                 raise ValueError(f"reward model {name!r} needs a tokenizer (reward_processing_classes)")
             values = torch.tensor(reward_model_scores(fn, reward_processing_classes[k], prompts, completions))
-            counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + int(
-                (~values.isfinite()).sum()
-            )
+            nonfinite = int((~values.isfinite()).sum())
+            _refuse_all_nonfinite(f"reward model {name!r}", nonfinite, n - nonfinite, n)
+            counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
             out[:, k] = torch.where(values.isfinite(), values, torch.nan)
             continue
         errors = 0
@@ -124,7 +146,7 @@ def score(
         if values is None or not hasattr(values, "__len__") or len(values) != n:
             got = "None" if values is None else f"{len(values)} values" if hasattr(values, "__len__") else repr(values)
             raise ValueError(f"reward function {name!r} must return a list of {n} rewards, got {got}")
-        nonfinite = 0
+        nonfinite = finite = 0
         for i, v in enumerate(values):
             if v is None:
                 continue
@@ -134,12 +156,25 @@ def score(
                 raise ValueError(f"reward function {name!r} returned a non-numeric reward {v!r} for sample {i}")
             if math.isfinite(v):
                 out[i, k] = float(v)
+                finite += 1
             else:
                 nonfinite += 1
+        _refuse_all_nonfinite(f"reward function {name!r}", nonfinite, finite, n)
         counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
         if on_error == "skip":
             counts[f"rewards/{name}/errors"] = counts.get(f"rewards/{name}/errors", 0) + errors
     return out
+
+
+def _refuse_all_nonfinite(what: str, nonfinite: int, finite: int, n: int) -> None:
+    """A reward that gives NaN/inf and no finite number for a whole batch is broken, not "does not apply" (that is
+    None): one error naming it, rather than a run that trains on nothing."""
+    if nonfinite and not finite:
+        rest = f" and None for the other {n - nonfinite}" if nonfinite < n else ""
+        raise ValueError(
+            f"{what} returned NaN or inf for all {nonfinite} samples of a batch{rest}: no finite reward; a reward "
+            "returns a number, or None for a sample it does not apply to"
+        )
 
 
 def _per_sample(fn, name, error, prompts, completions, completion_ids, columns, on_error) -> tuple[list[Any], int]:

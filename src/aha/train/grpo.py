@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aha.data.prompts import eos_ids
 from aha.grpo import NUM_ITEMS_LOSS_TYPES, entropy_bonus, importance_sampling_weights, policy_loss, top_entropy_mask
-from aha.models.loading import peft_model, save_model
+from aha.models.loading import peft_model, resolve_model_path, save_model
 from aha.rewards.scoring import load_reward_models
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, make_accelerator
@@ -66,8 +66,8 @@ class GRPOTrainer:
         self.precision = a.mixed_precision  # "bf16" / "fp16": autocast for every policy forward (aha.train.precision)
         self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision)
         self.device = self.accelerator.device
-        if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+        if isinstance(model, str):  # a missing local path is one clear error, never tried as a Hub id
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model))
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
         self.tokenizer = processing_class

@@ -31,10 +31,10 @@ from typing import Any
 from aha.data.load import data_spec
 from aha.eval.evaluate import EvalConfig, evaluate
 from aha.eval.metrics import verified_rows
-from aha.workflows.rundir import OutputKind, check_output, prepare_output
+from aha.workflows.rundir import OutputKind, check_output, prepare_output, record_output
 
 SIZES = ("max_new_tokens", "batch_size")  # the config values sized for the device when left None
-EVAL_DIR = OutputKind("an aha eval directory", markers=("samples.jsonl",))  # + summary.json, compare/, comparison.json
+EVAL_DIR = OutputKind("an aha eval directory", writes=("samples.jsonl", "summary.json", "compare", "comparison.json"))
 
 
 def _write(out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -181,10 +181,13 @@ def run_eval(
     comparison = compare_records(results[0][0], results[1][0], cfg.n) if compare else None
     if out_dir is not None:
         prepare_output(out_dir, EVAL_DIR, overwrite, sources=[*paths, data])
-        _write(out_dir, *results[0])
-        if compare:
-            _write(out_dir / "compare", *results[1])
-            (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        try:
+            _write(out_dir, *results[0])
+            if compare:
+                _write(out_dir / "compare", *results[1])
+                (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        finally:
+            record_output(out_dir)
     return {
         "summary": results[0][1],
         "compare": results[1][1] if compare else None,
