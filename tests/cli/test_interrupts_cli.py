@@ -138,3 +138,24 @@ def test_signal_saves_prints_the_resume_command_and_resumes_bit_identical(tmp_pa
     assert f"resumed from {out / f'checkpoint-{step}'} at step {step}" in capsys.readouterr().err
     ref, mine = reference(kind), _weights(out)
     assert ref.keys() == mine.keys() and all(torch.equal(ref[n], mine[n]) for n in ref)
+
+
+def test_aha_resume_skips_a_damaged_checkpoint_and_refuses_when_none_is_intact(tmp_path, capsys):
+    out = tmp_path / "run"
+    cmd = _command(tmp_path, "sft", out, "--set", "training.max_steps=3", "--set", "training.save_steps=1")
+    assert _main(cmd) == 0
+    (out / "model").rename(tmp_path / "model-done")  # as if it had died after its last checkpoint
+    ckpt = out / "checkpoint-3" / "optimizer.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    capsys.readouterr()
+    assert _main([*cmd, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-3'} is damaged (optimizer.pt has 100 bytes" in err
+    assert f"resuming from {out / 'checkpoint-2'} instead" in err and "Traceback" not in err
+    for name in ("model.safetensors", "rng_state.pt", "trainer_state.json"):
+        for p in checkpoint.list_checkpoints(out):
+            (p / name).write_text("garbage")
+    assert _main([*cmd, "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"aha sft: error: cannot resume: no checkpoint in {out} is intact: ") and "\n" not in err
+    assert "checkpoint-1 is damaged (model.safetensors has 7 bytes" in err and "--overwrite" in err
