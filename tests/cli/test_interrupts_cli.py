@@ -159,3 +159,23 @@ def test_aha_resume_skips_a_damaged_checkpoint_and_refuses_when_none_is_intact(t
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"aha sft: error: cannot resume: no checkpoint in {out} is intact: ") and "\n" not in err
     assert "checkpoint-1 is damaged (model.safetensors has 7 bytes" in err and "--overwrite" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "expected"),
+    [
+        ("train", ["train", "r.yaml", "--overwrite", "--out", "o"], "aha train r.yaml --out o --resume"),
+        ("train", ["train", "r.yaml", "--resume", "o/checkpoint-3", "--out", "o"], "aha train r.yaml --out o --resume"),
+        (
+            "sft",
+            ["sft", "r.yaml", "--resume=auto", "--set", "model={tiny: {}}"],
+            "aha sft r.yaml --set 'model={tiny: {}}' --resume",
+        ),
+        ("sample", ["sample", "--over", "--out", "s.jsonl"], "aha sample --out s.jsonl --resume"),
+        ("pipeline", ["pipeline", "p.yaml", "--overwrite", "--out", "d"], "aha pipeline p.yaml --out d"),
+    ],
+)
+def test_the_resume_command_drops_overwrite_and_any_resume_value(command, argv, expected):
+    from aha.cli import resume_command
+
+    assert resume_command(command, argv) == expected
