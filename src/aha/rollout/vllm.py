@@ -334,12 +334,13 @@ class VLLMRollout:
         texts = [tok.decode(row, skip_special_tokens=True) for row in out]
         return texts, [len(row) for row in out], [not row or row[-1] not in eos for row in out]
 
-    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
-        """`n` completions per prompt, as texts (see "Completions" in the module docstring)."""
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int, start: int = 0) -> list[str]:
+        """`n` completions per prompt, as texts (see "Completions" in the module docstring); `start`: the index of
+        ``prompts[0]`` in the whole job (the request seeds count from it)."""
         tok = self.tokenizer
         ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
         rep = [x for x in ids for _ in range(n)]
-        seeds = [request_seed(seed, i, n) + j for i in range(len(ids)) for j in range(n)]
+        seeds = [request_seed(seed, start + i, n) + j for i in range(len(ids)) for j in range(n)]
         out, _ = self.generate(rep, params, row_seeds=seeds)
         return [tok.decode(row, skip_special_tokens=True) for row in out]
 

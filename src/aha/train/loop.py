@@ -21,12 +21,18 @@ Mixed precision (``precision``: "bf16" / "fp16", see :mod:`aha.train.precision`)
 under autocast, its backward outside it; the parameters and the optimiser state stay fp32. fp16 goes through
 accelerate's gradient scaler (the optimiser prepared by accelerate): a step whose scaled gradients overflow is
 skipped by the scaler, not an error, and counted in ``fp16/nonfinite``; the scaler's state is checkpointed.
+
+Interrupts (:mod:`aha.train.interrupts`): under :func:`~aha.train.interrupts.graceful_signals` (the command line)
+the steps of :meth:`TrainingLoop.running` are a stoppable stretch. A SIGINT/SIGTERM lets the optimiser step in
+flight finish (a GRPO step includes the generation it starts with); at the step boundary the loop saves
+``checkpoint-<step>`` (unless that step was just saved) and raises :class:`~aha.train.interrupts.Interrupted`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +44,7 @@ import torch
 from transformers import get_scheduler
 
 from aha.console import console, progress
-from aha.train import checkpoint
+from aha.train import checkpoint, interrupts
 from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects
 from aha.train.metrics import MetricsLogger
 from aha.train.precision import autocast
@@ -147,6 +153,7 @@ class TrainingLoop:
         self.loss_model_bypasses_ddp = False
         self.pending: dict[str, list[float]] = defaultdict(list)  # metrics since the last logged row
         self.resumed_from: Path | None = None
+        self.saved_step: int | None = None  # the step of this run's newest checkpoint
         self._bar: Any = None
         self._task: Any = None
         self._step_start = time.perf_counter()
@@ -240,6 +247,7 @@ class TrainingLoop:
             self.log_window()
         if step % self.args.save_steps == 0:
             self.save()
+        self.stop_if_requested()
 
     def log_window(self) -> None:
         """One metrics row: each metric averaged over the logging window (counters summed), NaN dropped."""
@@ -257,15 +265,30 @@ class TrainingLoop:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """The progress bar over the run's steps."""
+        """The progress bar over the run's steps, a stretch that a signal stops at a step boundary (see the module
+        docstring)."""
         self._step_start = time.perf_counter()
-        with progress() as bar:
+        with interrupts.stoppable(), progress() as bar:
             self._bar = bar
             self._task = bar.add_task(self.description, total=self.total, info="", completed=self.state.global_step)
             try:
                 yield
             finally:
                 self._bar = None
+            self.stop_if_requested()  # a signal during the last step's tail (after its end_step)
+
+    def stop_if_requested(self) -> None:
+        """At a step boundary: when a signal asked the run to stop (on any process), save the state now (unless
+        this step's checkpoint was just written) and raise :class:`~aha.train.interrupts.Interrupted`."""
+        signum = interrupts.requested()
+        if all_true(self.acc, signum is None):
+            return
+        step = self.state.global_step
+        path = self.output_dir / f"checkpoint-{step}"
+        if self.saved_step != step:
+            self.save()
+        signum = signum or signal.SIGTERM  # None here: the signal reached another process (the launcher's SIGTERM)
+        raise interrupts.Interrupted(signum, saved=path, after=f"step {step}")
 
     def print(self, text: str) -> None:
         (self._bar.console if self._bar is not None else console).print(text)
@@ -322,6 +345,7 @@ class TrainingLoop:
                 save_total_limit=self.args.save_total_limit,
             )
         acc.wait_for_everyone()
+        self.saved_step = self.state.global_step
         return path
 
     def resume(self, spec: str | bool | Path | None) -> Path | None:
@@ -349,6 +373,7 @@ class TrainingLoop:
                 owner.load_local_state_dict(states, self.acc.process_index, self.acc.num_processes, path)
         console.print(f"[bold]{self.description}[/bold]: resumed from {path} at step {self.state.global_step}")
         self.resumed_from = path
+        self.saved_step = self.state.global_step
         return path
 
     def _fail_nonfinite(self, what: str, marks: dict[str, int]) -> None:

@@ -18,7 +18,9 @@ of :class:`aha.workflows.sampling.SampleConfig` and a ``dataset`` (a data spec o
 
 ``DIR/<i>-<name>/`` holds stage i (a run directory, or ``samples.jsonl`` + its pass rates); ``stage_done.json``,
 written last, marks it finished. Re-running on the same DIR skips finished stages (their settings must be
-unchanged) and redoes the first unfinished one. ``DIR/summary.json`` holds the held-out numbers after every stage
+unchanged) and continues the first unfinished one where it stopped when its settings are unchanged (a training
+stage from its newest intact checkpoint, a sample stage from its last chunk; Ctrl-C or SIGTERM saves one on the
+way out), else from the start. ``DIR/summary.json`` holds the held-out numbers after every stage
 (``stages``: greedy accuracy, sampled pass@1, the greedy completions' format rate and mean length, steps, seconds),
 the first evaluation against the last (``accuracy_before``/``_after``, ``pass1_…``, ``format_…``, ``length_…``)
 and the seconds of all stages.
@@ -304,28 +306,65 @@ def validate(raw: dict[str, Any], stages: list[Stage], out: Path, base: Path | N
 def run_training_stage(
     config: dict[str, Any], out: Path, stage_dir: Path, plot: bool, base: Path | None = None
 ) -> dict[str, Any]:
-    """Train one sft/grpo stage into `stage_dir` (its recipe is kept in ``DIR/recipes/``)."""
+    """Train one sft/grpo stage into `stage_dir` (its recipe is kept in ``DIR/recipes/``), continuing from its
+    newest intact checkpoint when an earlier attempt with the same settings left one."""
     from aha.workflows.run import run_recipe
 
     recipe = _training_recipe(config, out, None, None, out / "recipes" / f"{stage_dir.name}.yaml", base)
-    return run_recipe(recipe, overwrite=True, plot=plot)
+    return run_recipe(recipe, overwrite=True, plot=plot, resume=_resume_point(recipe, stage_dir))
+
+
+def _resume_point(recipe: Any, stage_dir: Path) -> str | None:
+    """The checkpoint an unfinished training stage continues from: its newest intact one when the stage ran with
+    these settings before; None (start the stage over) otherwise."""
+    from aha.console import console
+    from aha.train.checkpoint import list_checkpoints, resolve_checkpoint
+
+    config = stage_dir / "config.yaml"
+    if not list_checkpoints(stage_dir) or not config.is_file():
+        return None
+    if yaml.safe_load(config.read_text()) != yaml.safe_load(yaml.safe_dump(recipe.resolved(), allow_unicode=True)):
+        console.print(
+            f"[yellow]stage {stage_dir.name}: its settings changed since it stopped: starting it over[/yellow]"
+        )
+        return None
+    try:
+        found = resolve_checkpoint(stage_dir, "auto")
+    except ValueError as e:
+        console.print(f"[yellow]stage {stage_dir.name}: {e}: starting the stage over[/yellow]", soft_wrap=True)
+        return None
+    if found is not None:
+        console.print(f"stage {stage_dir.name}: continuing from {found}", soft_wrap=True)
+    return str(found) if found is not None else None
 
 
 def run_sample_stage(config: dict[str, Any], out: Path, stage_dir: Path, base: Path | None = None) -> dict[str, Any]:
     """Rejection-sample with the stage's model into ``stage_dir/samples.jsonl``."""
     from aha.models.loading import load_recipe_model
     from aha.rollout.engine import LocalEngine
-    from aha.workflows.sampling import run_sample
+    from aha.workflows.sampling import resumable, run_sample
 
     cfg = _sample_config(config, base)
     model, tok = load_recipe_model(_concrete(config["model"], out, None, None), cfg.seed)
     stage_dir.mkdir(parents=True, exist_ok=True)
     engine = LocalEngine(model, tok, batch_size=cfg.batch_size)
-    summary = run_sample(engine, config["dataset"], stage_dir / "samples.jsonl", cfg, overwrite=True)
+    out_file = stage_dir / "samples.jsonl"
+    resume = resumable(out_file, config["dataset"], cfg)  # an interrupted attempt with these settings
+    summary = run_sample(engine, config["dataset"], out_file, cfg, overwrite=not resume, resume=resume)
     if not summary["kept"]:
         raise ValueError(f"stage {stage_dir.name}: no completion was accepted: nothing to fine-tune on")
     (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _may_continue(stage: Stage, stage_dir: Path) -> bool:
+    """Whether an unfinished stage's directory holds what it may continue from (the stage checks the settings):
+    a training stage's run directory, a sample stage's progress."""
+    from aha.workflows.sampling import partial_paths
+
+    if stage.kind == "sample":
+        return partial_paths(stage_dir / "samples.jsonl")[2].is_file()
+    return (stage_dir / "config.yaml").is_file()
 
 
 HELD_OUT = ("accuracy", "pass1", "format", "length")  # a training stage's summary.json <key>_after (workflows.run)
@@ -421,8 +460,8 @@ def run_pipeline(
                 console.print(f"[dim]stage {st.dirname}: finished earlier, skipped[/dim]")
                 rows += [{**r, "resumed": True} for r in record["rows"]]
                 continue
-            if stage_dir.exists():
-                shutil.rmtree(stage_dir)  # an unfinished stage starts over
+            if stage_dir.exists() and not _may_continue(st, stage_dir):
+                shutil.rmtree(stage_dir)  # an unfinished stage with nothing to continue from starts over
             console.rule(f"stage {st.dirname} ({st.kind})")
             new: list[dict[str, Any]] = []
             if st.kind == "sample":
@@ -433,8 +472,10 @@ def run_pipeline(
                     new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
             new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
             rows += new
-            _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")
-            _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "\n")
+            _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "
+")
+            _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "
+")
     finally:
         record_output(run_dir)
     result = {"pipeline": str(path), "out": str(run_dir), "stages": rows, **before_after(rows)}
