@@ -472,10 +472,8 @@ def run_pipeline(
                     new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
             new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
             rows += new
-            _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "
-")
-            _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "
-")
+            _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")
+            _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "\n")
     finally:
         record_output(run_dir)
     result = {"pipeline": str(path), "out": str(run_dir), "stages": rows, **before_after(rows)}
