@@ -265,6 +265,16 @@ def test_proc_shows_only_the_sandbox(sb):
     still_fine(sb, r)
 
 
+def test_bubblewrap_allows_no_user_namespace_inside(sb):
+    if sb.mechanism != "bubblewrap":
+        pytest.skip("namespaces: the program's uid is never mapped to root anywhere")
+    r = sb.run(
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.unshare(0x10000000), ctypes.get_errno())"
+    )
+    assert r.stdout.split() == ["-1", "28"]  # CLONE_NEWUSER: ENOSPC, user.max_user_namespaces is 0 inside
+    still_fine(sb, r)
+
+
 def test_shell_is_allowed_but_contained(sb):
     target = f"/tmp/aha_sandbox_escape_{secrets.token_hex(6)}"
     code = (
@@ -354,6 +364,9 @@ def test_mechanism_chosen_by_who_runs(tmp_path, monkeypatch, caplog):
         pass
     else:
         assert sandbox.find_bwrap() == str(bwrap_path())
+    with pytest.raises(SandboxError, match="holds the home directory"):  # a python at ~/bin/python would show ~
+        sandbox.bwrap_args("bwrap", "/tmp/w", "/tmp/main.py", [os.path.realpath(os.path.expanduser("~"))], 16)
+    assert "/opt/py" in sandbox.bwrap_args("bwrap", "/tmp/w", "/tmp/main.py", ["/usr", "/opt/py"], 16)
     sandbox.mechanism.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger="aha.sandbox"):

@@ -19,11 +19,12 @@ Two mechanisms, chosen by who runs aha (``mechanism()`` says which, and logs it 
   its own: nothing outside is reachable), IPC, UTS and cgroup namespace, with a file system view of only the
   system directories (``/usr``, ``/etc``, ``/lib*``, ``/bin``, ``/sbin``) and the interpreter's prefix, read-only
   (the user's home and files are not there at all), a fresh ``/proc`` and a minimal ``/dev``. The program runs
-  as the calling user's uid inside its own user namespace, without capabilities and with
-  ``PR_SET_NO_NEW_PRIVS``; ``launcher.py`` is PID 1 of the namespace (``--as-pid-1``): signals from inside reach
-  PID 1 only through handlers and it installs none, it is not dumpable (no ptrace, no ``/proc/1/mem``), and when
-  it exits (or bwrap dies: ``--die-with-parent``) the kernel kills everything left. ``RLIMIT_NPROC`` counts the
-  processes of the user namespace only, so it caps one execution, not the user's other processes.
+  as the calling user's uid inside its own user namespace, without capabilities, with ``PR_SET_NO_NEW_PRIVS``
+  and unable to make user namespaces of its own (``--disable-userns``). ``launcher.py`` is PID 1 of the
+  namespace (``--as-pid-1``): signals from inside reach PID 1 only through handlers and it installs none, it is
+  not dumpable (no ptrace, no ``/proc/1/mem``), and when it exits (or bwrap dies: ``--die-with-parent``) the
+  kernel kills everything left. ``RLIMIT_NPROC`` counts the processes of the user namespace only, so it caps one
+  execution, not the user's other processes.
 
 Both: **limits** ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``,
 no core dumps, a wall-clock timeout, and stdout + stderr read with a bound (killed on overflow); **a fresh
@@ -252,15 +253,23 @@ def run(
 def bwrap_args(bwrap: str, work: str, main: str, prefixes: list[str], disk_mb: int) -> list[str]:
     """bubblewrap's command line up to the command: the namespaces and a read-only view of the system directories
     and `prefixes` (interpreters; the launcher's file too), `work` a tmpfs of `disk_mb` holding `main` read-only."""
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox"]
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
+    args += ["--as-pid-1", "--hostname", "sandbox"]
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
+    home = os.path.realpath(os.path.expanduser("~"))
     for p in prefixes:
-        if not any(p == d or p.startswith(d + os.sep) for d in SYSTEM_DIRS if os.path.isdir(d)):
-            args += ["--ro-bind", p, p]
+        if any(p == d or p.startswith(d + os.sep) for d in SYSTEM_DIRS if os.path.isdir(d)):
+            continue
+        if p == os.sep or home == p or home.startswith(p + os.sep):
+            raise SandboxError(
+                f"sandbox: the interpreter's prefix {p} holds the home directory {home}: under "
+                "bubblewrap it would be in the program's view; use an interpreter installed elsewhere"
+            )
+        args += ["--ro-bind", p, p]
     args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
     args += ["--size", str(disk_mb << 20), "--perms", "0700", "--tmpfs", work]
     args += ["--ro-bind", main, os.path.join(work, "main.py"), "--chdir", work, "--remount-ro", "/", "--"]
