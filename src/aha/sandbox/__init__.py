@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,9 @@ def detect(euid: int, bwrap: str | None) -> Mechanism:
         )
     if bwrap is None:
         raise SandboxError(NO_MECHANISM.format(why="no bubblewrap (bwrap) was found"))
-    probe = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "true"]
+    # the flags of a run; --as-pid-1: bwrap then reaps `true` itself (its own init could be left as a zombie)
+    probe = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--as-pid-1"]
+    probe += ["--ro-bind", "/", "/", "--", "true"]
     try:
         p = subprocess.run(probe, capture_output=True, text=True, timeout=SETUP_TIMEOUT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -298,6 +300,7 @@ def _run_in(
     for name in ("main.py", "stdin"):
         os.chmod(os.path.join(tmp, name), 0o600)
     status_r, status_w = os.pipe()
+    stop_r, stop_w = os.pipe()  # bubblewrap: the init ends the run when this pipe is written to or closed
     work = os.path.join(tmp, "work")
     cfg = {
         "dir": tmp,
@@ -311,6 +314,7 @@ def _run_in(
         "disk_mb": limits["disk_mb"],
         "limits": limits,
         "mode": mech.name,
+        "stop_fd": stop_r,
     }
     launch = [LAUNCHER, "-I", "-S", "-B", str(BOOT), json.dumps(cfg)]
     if mech.name == BUBBLEWRAP:
@@ -326,18 +330,39 @@ def _run_in(
                 stdin=fin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(status_w,),
+                pass_fds=(status_w, stop_r) if mech.name == BUBBLEWRAP else (status_w,),
                 start_new_session=True,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
     except OSError as e:
         os.close(status_r)
+        os.close(stop_w)
         raise SandboxError(f"sandbox: cannot start {launch[0]}: {e}") from e
     finally:
         os.close(status_w)
+        os.close(stop_r)
+
+    def stop() -> float:
+        """Ask for the end of the namespace; returns when it was asked. Namespaces: SIGUSR1 to the keeper, which
+        kills the init and reaps it. Bubblewrap: a word on the stop pipe; the init exits (the kernel kills the
+        rest), and bwrap reaps it and exits. Either way nothing is left, not even a zombie."""
+        try:
+            if mech.name == BUBBLEWRAP:
+                os.write(stop_w, b"stop")
+            else:
+                proc.send_signal(signal.SIGUSR1)
+        except (ProcessLookupError, BrokenPipeError):
+            pass
+        return time.monotonic()
+
     try:
-        return _supervise(proc, status_r, start, timeout, max_output, uid)
+        return _supervise(proc, status_r, start, timeout, max_output, uid, stop)
     finally:
+        if mech.name == BUBBLEWRAP:  # bwrap exits once it reaped the init: a kill now could orphan the init
+            try:
+                proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
         _kill_group(proc)
         try:
             proc.wait(timeout=STOP_GRACE)
@@ -345,6 +370,7 @@ def _run_in(
             proc.kill()
             proc.wait()
         os.close(status_r)
+        os.close(stop_w)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -355,7 +381,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _supervise(
-    proc: subprocess.Popen, status_r: int, start: float, timeout: float, max_output: int, uid: int
+    proc: subprocess.Popen,
+    status_r: int,
+    start: float,
+    timeout: float,
+    max_output: int,
+    uid: int,
+    stop: Callable[[], float],
 ) -> Result:
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
@@ -371,7 +403,7 @@ def _supervise(
                 deadline = start + SETUP_TIMEOUT if started_at is None else started_at + timeout
                 if now >= deadline:
                     reason = "timeout" if started_at is not None else "setup_timeout"
-                    stop_at = _stop(proc)
+                    stop_at = stop()
                     continue
             elif not hard_killed and now >= stop_at + STOP_GRACE:
                 _kill_group(proc)
@@ -393,7 +425,7 @@ def _supervise(
                     data, truncated = data[:room], True
                     if reason is None:
                         reason = "output_limit"
-                        stop_at = _stop(proc)
+                        stop_at = stop()
                 bufs[fd] += data
                 total += len(data)
     finally:
@@ -426,15 +458,6 @@ def _supervise(
         truncated=truncated,
         uid=uid,
     )
-
-
-def _stop(proc: subprocess.Popen) -> float:
-    """Ask the keeper to kill the namespace (it reaps it, so nothing is left); returns when it was asked."""
-    try:
-        proc.send_signal(signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
-    return time.monotonic()
 
 
 __all__ = [

@@ -16,7 +16,8 @@ Stdlib only (it runs without site-packages). As root (config ``mode`` "namespace
 Under bubblewrap (``mode`` "bubblewrap"; bwrap made the namespaces and the file system view, and runs this as
 PID 1 with ``--as-pid-1``) only two: the **init** (``bwrap_init``: no signal handlers, not dumpable, the same
 route check) and the **program** (the same limits, ``PR_SET_NO_NEW_PRIVS``, no uid switch: the user namespace
-maps only the caller's uid). SIGUSR1 to bwrap kills it, and ``--die-with-parent`` then kills the init.
+maps only the caller's uid). To stop early, the parent writes to the init's stop pipe (or closes it, or dies): the
+init exits, and bwrap, which reaps it, then exits too; ``--die-with-parent`` kills the init if bwrap dies first.
 
 Everything that goes wrong before the ``execve`` is written as ``{"error": ...}`` to the status pipe (fd given
 in the config): it is a failure of the sandbox, not of the program. Messages are JSON lines.
@@ -30,6 +31,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -174,6 +176,8 @@ def exec_program(work: str) -> None:
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         os.chdir(work)
         os.set_inheritable(STATUS_FD, False)
+        if CFG["mode"] == "bubblewrap":
+            os.set_inheritable(CFG["stop_fd"], False)
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGPIPE, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "TMPDIR": work}
@@ -208,15 +212,17 @@ def bwrap_init() -> None:
         report(error="cannot set up the sandbox: " + traceback.format_exc())
         os._exit(1)
     report(started=True)
-    start_and_reap(CFG["work"])
+    start_and_reap(CFG["work"], CFG["stop_fd"])
 
 
-def start_and_reap(work: str) -> None:
+def start_and_reap(work: str, stop_fd: int | None = None) -> None:
     """Fork the program, reap every process until it ends, report how it ended, exit (the kernel then kills what
-    is left in the PID namespace)."""
+    is left in the PID namespace). With `stop_fd`, exit as soon as anything is written to it or it is closed."""
     pid = os.fork()
     if pid == 0:
         exec_program(work)
+    if stop_fd is not None:
+        threading.Thread(target=lambda: (os.read(stop_fd, 1), os._exit(0)), daemon=True).start()
     while True:
         got, status = os.wait()
         if got == pid:
