@@ -267,9 +267,10 @@ def bwrap_args(bwrap: str, work: str, main: str, prefixes: list[str], disk_mb: i
         if any(p == d or p.startswith(d + os.sep) for d in SYSTEM_DIRS if os.path.isdir(d)):
             continue
         if p == os.sep or home == p or home.startswith(p + os.sep):
+            what = "the whole file system" if p == os.sep else f"the home directory {home}"
             raise SandboxError(
-                f"sandbox: the interpreter's prefix {p} holds the home directory {home}: under "
-                "bubblewrap it would be in the program's view; use an interpreter installed elsewhere"
+                f"sandbox: the interpreter's prefix {p} would put {what} in the program's view under bubblewrap; "
+                "use an interpreter installed elsewhere (python=...)"
             )
         args += ["--ro-bind", p, p]
     args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
