@@ -241,6 +241,19 @@ def test_harness_that_does_not_start_is_a_sandbox_failure(sb, monkeypatch):
         score("def f(x):\n    return 2 * x", ASSERTS)
 
 
+def test_code_reward_says_which_mechanism_runs(monkeypatch, capsys):
+    try:
+        sandbox.mechanism()
+    except SandboxError as e:
+        pytest.skip(f"no sandbox here: {e}")
+    monkeypatch.setattr(code_rewards, "_announced", set())
+    rewards.get("code")
+    rewards.get("binary_code")
+    err = capsys.readouterr().err
+    assert err.count("sandbox: code rewards run the programs under ") == 1
+    assert f"under {sandbox.mechanism().name} (" in err
+
+
 def test_code_reward_refused_without_a_sandbox(monkeypatch):
     def none():
         raise SandboxError("sandbox: cannot run untrusted code here: not root and no bubblewrap (bwrap) was found")

@@ -32,8 +32,8 @@ that needs the expected value (i.e. solving it), but operands the child computes
 ``assert math.isclose(f(x), 1.5)``) it could forge, as it could monkeypatch modules the tests use. Keep the
 expected values literal (the ``coding`` task's are) when the reward must not be gamed.
 
-The sandbox's mechanism (namespaces as root, else bubblewrap: :func:`aha.sandbox.mechanism`) is logged when a
-code reward is built; with none a code reward is refused (SandboxError saying what to install).
+The sandbox's mechanism (namespaces as root, else bubblewrap: :func:`aha.sandbox.mechanism`) is printed when the
+first code reward is built; with none a code reward is refused (SandboxError saying what to install).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from aha import sandbox
+from aha.console import console
 from aha.rewards import harness
 from aha.rewards.builtin import texts
 from aha.rewards.registry import reward
@@ -60,6 +61,7 @@ FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 HIDDEN = ("trainer_state", "log_extra", "log_metric")
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
+_announced: set[str] = set()
 
 
 def extract_code(text: str, language: str = "python") -> str | None:
@@ -295,7 +297,9 @@ def _check(name: str) -> Any:
             mech = sandbox.mechanism()
         except sandbox.SandboxError as e:
             raise sandbox.SandboxError(f"reward {name!r} cannot run: {e}") from None
-        log.info("reward %r runs the programs under the sandbox's %s", name, mech.description)
+        if mech.description not in _announced:  # at start-up, once: where the completions' programs run
+            _announced.add(mech.description)
+            console.print(f"sandbox: code rewards run the programs under {mech.description}")
 
     return check
 
