@@ -24,6 +24,18 @@ def block(code: str, lang: str = "python") -> str:
 
 
 @pytest.fixture
+def own():
+    """This process's own mechanism, for what does not depend on it (the reward's logic); the cache emptied."""
+    try:
+        sandbox.mechanism()
+    except SandboxError as e:
+        pytest.skip(f"no sandbox here: {e}")
+    code_rewards._score_cached.cache_clear()
+    yield
+    code_rewards._score_cached.cache_clear()
+
+
+@pytest.fixture
 def sb(sandbox_runner, monkeypatch):
     """The rewards' executions go through `sandbox_runner` (a worker as nobody for bubblewrap under root); the
     score cache is emptied so each mechanism really runs them."""
@@ -69,7 +81,7 @@ def call(name: str, completions: list[str], tests: list, **params) -> list:
     return fn(prompts=[[{"role": "user", "content": "q"}]] * len(completions), completions=completions, tests=tests)
 
 
-def test_code_fraction_and_binary(sb):
+def test_code_fraction_and_binary(own):
     completions = [
         block("def f(x):\n    return 2 * x"),  # all pass
         block("def f(x):\n    return x + 1"),  # only f(1) == 2
@@ -83,7 +95,7 @@ def test_code_fraction_and_binary(sb):
     assert call("code", completions[:1], [None]) == [None]
 
 
-def test_stdin_stdout_tests(sb):
+def test_stdin_stdout_tests(own):
     good = block("a, b = map(int, input().split())\nprint(a + b)")
     wrong = block("a, b = map(int, input().split())\nprint(a * b)")
     crash = block("raise SystemExit(1)")
@@ -102,14 +114,14 @@ def test_hanging_test_keeps_earlier_passes(sb):
     assert call("code", [code], [ASSERTS], timeout=1.0) == [pytest.approx(1 / 3)]
 
 
-def test_attacks_score_zero_and_do_not_hurt(sb):
+def test_attacks_score_zero_and_do_not_hurt(own):
     bomb = block("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
     hog = block("x = bytearray(10 * 1024**3)")
     assert call("code", [bomb, hog], [ASSERTS] * 2, timeout=1.0) == [0.0, 0.0]
     assert score("def f(x):\n    return 2 * x", ASSERTS) == 1.0
 
 
-def test_parameter_and_column_errors(sb, caplog, monkeypatch):
+def test_parameter_and_column_errors(own, caplog, monkeypatch):
     monkeypatch.setattr(code_rewards, "_warned", set())  # warned once per process: maybe already
     with pytest.raises(ValueError, match="language"):
         rewards.get("code", language="rust")
@@ -235,7 +247,7 @@ def test_expected_values_never_enter_the_sandbox(sb, monkeypatch):
     assert json.loads(stdin)["tests"] == [["f(3)"], ["f(1)"]]
 
 
-def test_harness_that_does_not_start_is_a_sandbox_failure(sb, monkeypatch):
+def test_harness_that_does_not_start_is_a_sandbox_failure(own, monkeypatch):
     monkeypatch.setattr(code_rewards, "HARNESS", "import os\nos._exit(0)")
     with pytest.raises(SandboxError, match="harness did not start"):
         score("def f(x):\n    return 2 * x", ASSERTS)
