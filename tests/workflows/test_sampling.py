@@ -177,3 +177,23 @@ def test_resumed_real_sampling_draws_as_an_uninterrupted_run(tmp_path, model_dir
     monkeypatch.setattr(aha.rollout.engine, "generate_texts", real)
     assert main([*base, "--out", str(tmp_path / "s.jsonl"), "--resume"]) == 0
     assert (tmp_path / "s.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
+
+
+def test_reward_scores_refuse_a_reward_that_is_nan_for_the_whole_batch():
+    """aha sample --reward: a reward giving NaN/inf for every completion is broken, refused by name; NaN for some
+    completions (or None) adds nothing to theirs, as in training."""
+    import math
+
+    from aha.workflows.sampling import reward_scores
+
+    rows = [{"prompt": "1+1", "answer": "2"}, {"prompt": "2+2", "answer": "4"}]
+
+    def broken(completions, **kw):
+        return [math.nan] * len(completions)
+
+    def partial(completions, **kw):
+        return [1.0, math.inf]
+
+    with pytest.raises(ValueError, match="reward function 'broken' returned NaN or inf for all 2 samples"):
+        reward_scores([broken], rows, ["a", "b"])
+    assert reward_scores([partial, {"name": "length", "ideal_length": 1}], rows, ["a", "bb"]) == [1.0, -1.0]

@@ -134,7 +134,7 @@ def score(
                 raise ValueError(f"reward model {name!r} needs a tokenizer (reward_processing_classes)")
             values = torch.tensor(reward_model_scores(fn, reward_processing_classes[k], prompts, completions))
             nonfinite = int((~values.isfinite()).sum())
-            _refuse_all_nonfinite(f"reward model {name!r}", nonfinite, n - nonfinite, n)
+            refuse_all_nonfinite(f"reward model {name!r}", nonfinite, n - nonfinite, n)
             counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
             out[:, k] = torch.where(values.isfinite(), values, torch.nan)
             continue
@@ -159,14 +159,14 @@ def score(
                 finite += 1
             else:
                 nonfinite += 1
-        _refuse_all_nonfinite(f"reward function {name!r}", nonfinite, finite, n)
+        refuse_all_nonfinite(f"reward function {name!r}", nonfinite, finite, n)
         counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
         if on_error == "skip":
             counts[f"rewards/{name}/errors"] = counts.get(f"rewards/{name}/errors", 0) + errors
     return out
 
 
-def _refuse_all_nonfinite(what: str, nonfinite: int, finite: int, n: int) -> None:
+def refuse_all_nonfinite(what: str, nonfinite: int, finite: int, n: int) -> None:
     """A reward that gives NaN/inf and no finite number for a whole batch is broken, not "does not apply" (that is
     None): one error naming it, rather than a run that trains on nothing."""
     if nonfinite and not finite:

@@ -121,6 +121,7 @@ def reward_scores(specs: list[Any], rows: list[dict[str, Any]], texts: list[str]
     """Weighted summed rewards of `texts` (``texts[i]`` answers ``rows[i]``), TRL's call convention: prompts,
     completions (messages when the prompt is), completion_ids and every other column as keyword lists."""
     from aha.rewards import resolve
+    from aha.rewards.scoring import refuse_all_nonfinite
 
     prompts = [r["prompt"] for r in rows]
     chat = isinstance(prompts[0], list)
@@ -131,7 +132,12 @@ def reward_scores(specs: list[Any], rows: list[dict[str, Any]], texts: list[str]
     for spec in specs:
         fn, weight = resolve(spec)
         values = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
-        total = [t + weight * (v or 0.0) for t, v in zip(total, values)]
+        given = [float(v) for v in values if v is not None]
+        finite = sum(math.isfinite(v) for v in given)
+        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else fn.__name__
+        refuse_all_nonfinite(f"reward function {name!r}", len(given) - finite, finite, len(values))
+        # None and NaN/inf "do not apply" to that completion (as in training): they add nothing
+        total = [t + weight * (v if v is not None and math.isfinite(v) else 0.0) for t, v in zip(total, values)]
     return total
 
 
