@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,15 +189,26 @@ def test_wandb_offline_run_holds_metrics_config_and_the_table(tmp_path, monkeypa
     logs = tmp_path / "logs"
     run_trackers(["wandb"], tmp_path / "out", project="aha-test", run_name="run-w", logging_dir=logs)
     [path] = list((logs / "wandb").glob("offline-run-*/run-*.wandb"))  # logging_dir is wandb's dir
-    records = wandb_records(path)
-    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    for _ in range(100):  # wandb's service process may still be writing the log when finish() returns
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds and "exit" in kinds, (kinds, path.stat().st_size)
+    run = records[kinds.index("run")].run
     assert (run.project, run.display_name) == ("aha-test", "run-w")
     history = []
     for r in records:
         if r.WhichOneof("record_type") == "history":
-            history.append(
-                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-            )
+            step: dict = {}
+            for item in r.history.item:  # a table's fields come as nested keys (completions, _type), ...
+                *outer, last = [item.key] if item.key else list(item.nested_key)
+                place = step
+                for k in outer:
+                    place = place.setdefault(k, {})
+                place[last] = json.loads(item.value_json)
+            history.append(step)
     loss = [(h["_step"], h["train/loss"]) for h in history if "train/loss" in h]
     assert loss == [(1, 0.25), (2, 0.125)]
     assert not any("train/kl" in h for h in history)
@@ -204,12 +216,8 @@ def test_wandb_offline_run_holds_metrics_config_and_the_table(tmp_path, monkeypa
     assert table["_type"] == "table-file" and table["nrows"] == 2
     [saved] = list(path.parent.glob("files/media/table/completions_*.table.json"))
     assert json.loads(saved.read_text())["data"][1] == [2, "2+2=", "5 | 4\nok", 0.0]
-    config = {}
-    for r in records:
-        if r.WhichOneof("record_type") == "config":
-            config |= {item.key: json.loads(item.value_json) for item in r.config.update}
-    value = config["num_generations"]
-    assert (value["value"] if isinstance(value, dict) else value) == 4
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}  # the run's settings
+    assert config["num_generations"] == 4 and config["learning_rate"] == 0.001
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
@@ -221,7 +229,7 @@ def test_mlflow_local_store_holds_metrics_params_and_the_table(tmp_path, monkeyp
 
     logs = tmp_path / "logs"
     run_trackers(["mlflow"], tmp_path / "out", project="aha-test", run_name="run-m", logging_dir=logs)
-    client = MlflowClient(tracking_uri=(logs / "mlruns").as_uri())  # logging_dir/mlruns: the local store
+    client = MlflowClient(tracking_uri=f"sqlite:///{logs / 'mlflow.db'}")  # the local store, in logging_dir
     [run] = client.search_runs([client.get_experiment_by_name("aha-test").experiment_id])
     assert run.info.run_name == "run-m"
     assert run.info.status == "FINISHED"
@@ -231,6 +239,7 @@ def test_mlflow_local_store_holds_metrics_params_and_the_table(tmp_path, monkeyp
     ]
     assert "train/kl" not in run.data.metrics
     assert run.data.params["num_generations"] == "4"
+    assert run.info.artifact_uri.startswith((logs / "mlartifacts").as_uri())
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "completions.json", str(tmp_path))).read_text())
     assert table["columns"] == COLUMNS and table["data"][1] == [2, "2+2=", "5 | 4\nok", 0.0]
 

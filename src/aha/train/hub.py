@@ -25,7 +25,7 @@ REPO_ID = re.compile(r"([\w.-]+/)?[\w.-]+")
 # a checkpoint's training state: pushed with the checkpoint folders, not as the model
 TRAINING_STATE = ["*.pt", "trainer_state.json", "checkpoint_complete.json"]
 # what the final push of OUTPUT_DIR leaves out: checkpoints, half-written ones, trackers' local stores
-NOT_THE_MODEL = ["_*", "checkpoint-*", ".checkpoint-*", "wandb/*", "mlruns/*"]
+NOT_THE_MODEL = ["_*", "checkpoint-*", ".checkpoint-*", "wandb/*", "mlflow.db", "mlartifacts/*"]
 # the GRPO settings the model card shows
 CARD_SETTINGS = (
     "learning_rate",

@@ -11,7 +11,8 @@ through its own library:
 - ``"wandb"``: project WANDB_PROJECT or ``project``, run ``run_name``, files under ``logging_dir`` (default
   OUTPUT_DIR; WANDB_DIR wins when set); ``WANDB_MODE=offline`` works without an account; completions as a
   ``wandb.Table``;
-- ``"mlflow"``: MLFLOW_TRACKING_URI, or a local file store in ``LOGGING_DIR/mlruns``; experiment
+- ``"mlflow"``: MLFLOW_TRACKING_URI, or a local SQLite store ``LOGGING_DIR/mlflow.db`` (artifacts in
+  ``LOGGING_DIR/mlartifacts``; ``mlflow ui --backend-store-uri sqlite:///...`` shows it); experiment
   MLFLOW_EXPERIMENT_NAME or ``project``, run ``run_name``; the settings as params, completions with ``log_table``.
 
 ``"all"`` is every one of them that is installed, ``"none"`` (or ``[]``) none; ``"jsonl"`` names the file that is
@@ -38,7 +39,7 @@ TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
     "trackio": (("trackio",), "pip install trackio"),
     "wandb": (("wandb",), "pip install wandb"),
-    "mlflow": (("mlflow",), "pip install mlflow"),
+    "mlflow": (("mlflow",), "pip install mlflow"),  # mlflow-skinny works too, with sqlalchemy and alembic
 }
 ALWAYS = "jsonl"  # OUTPUT_DIR/metrics.jsonl, written whatever report_to says
 
@@ -194,11 +195,16 @@ class MLflowTracker:
     def __init__(self, run: RunInfo) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(run.logging_dir or run.output_dir) / "mlruns").as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None
+        if not uri:  # MLflow's own local default (a SQLite store; its file store is retired), in the run's folder
+            where = Path(run.logging_dir or run.output_dir).absolute()
+            where.mkdir(parents=True, exist_ok=True)
+            uri, artifacts = f"sqlite:///{where / 'mlflow.db'}", (where / "mlartifacts").as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or run.project
         found = self.client.get_experiment_by_name(name)
-        experiment = found.experiment_id if found is not None else self.client.create_experiment(name)
+        experiment = found.experiment_id if found else self.client.create_experiment(name, artifact_location=artifacts)
         self.run_id = self.client.create_run(experiment, run_name=run.run_name).info.run_id
         self.tracking_uri = uri
         if run.config:
