@@ -128,6 +128,9 @@ def test_grpo_pushes_checkpoints_and_the_final_model_with_a_card(small_tiny, tmp
     ):
         assert text in card, text
     assert "1 optimiser step." in hub.uploads[0]["readme"]  # each checkpoint's card says where it is
+    # the token is in no file that is pushed or kept (checkpoints hold the settings, masked as transformers does)
+    assert not [f for f in (tmp_path / "run").rglob("*") if f.is_file() and b"hf_test" in f.read_bytes()]
+    assert trainer.args.to_dict()["hub_token"] == "<HUB_TOKEN>" and trainer.args.hub_token == "hf_test"
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,8 @@ def test_tensorboard_honours_logging_dir_and_drops_the_dead_runs_steps_on_resume
     acc = tensorboard_events(logs)
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.25), (2, 0.5)]
     assert not (tmp_path / "runs").exists()
+    run_trackers(["tensorboard"], tmp_path, run_name="lr-1e-3")  # a named run: its own folder under runs/
+    assert [e.value for e in tensorboard_events(tmp_path / "runs" / "lr-1e-3").Scalars("train/loss")] == [0.25, 0.125]
 
 
 # ---------------------------------------------------------------------------------------------- trackio

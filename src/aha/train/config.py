@@ -291,4 +291,9 @@ class GRPOConfig:
         return from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields by name, ``hub_token`` masked as transformers does: this goes into checkpoints (pushed with
+        hub_strategy "checkpoint"), the trackers' run settings and the logs."""
+        values = dataclasses.asdict(self)
+        if values.get("hub_token"):
+            values["hub_token"] = "<HUB_TOKEN>"
+        return values

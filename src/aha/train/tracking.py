@@ -4,7 +4,8 @@ tracker behind the :class:`Tracker` protocol, and :class:`Trackers`, the fan-out
 ``OUTPUT_DIR/metrics.jsonl`` (:class:`aha.train.metrics.MetricsLogger`) is always written; these go beside it, each
 through its own library:
 
-- ``"tensorboard"``: event files in ``logging_dir`` (default ``OUTPUT_DIR/runs``, or TENSORBOARD_LOGGING_DIR) via
+- ``"tensorboard"``: event files in ``logging_dir`` (default TENSORBOARD_LOGGING_DIR, or ``OUTPUT_DIR/runs``, in
+  ``runs/RUN_NAME`` when ``run_name`` is set, which TensorBoard shows as the run's name) via
   ``torch.utils.tensorboard`` (or tensorboardX); the run's settings and the completions tables as text;
 - ``"trackio"``: trackio's local store (TRACKIO_DIR, default ``~/.cache/huggingface/trackio``; ``trackio show``),
   project ``project``, run ``run_name``; completions as a ``trackio.Table``;
@@ -116,7 +117,7 @@ class TensorBoardTracker:
         except ImportError:  # torch's writer needs the tensorboard package; tensorboardX is the other writer
             from tensorboardX import SummaryWriter
         env = os.environ.get("TENSORBOARD_LOGGING_DIR")
-        self.log_dir = Path(run.logging_dir or env or run.output_dir / "runs")
+        self.log_dir = Path(run.logging_dir or env or run.output_dir / "runs" / (run.run_name or ""))
         # resumed: events past the checkpoint (logged by the run that died) are dropped, as they will be again
         self.writer = SummaryWriter(
             log_dir=str(self.log_dir), purge_step=run.start_step + 1 if run.start_step else None
