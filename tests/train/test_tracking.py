@@ -223,27 +223,61 @@ def test_wandb_offline_run_holds_metrics_config_and_the_table(tmp_path, monkeypa
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
-def test_mlflow_local_store_holds_metrics_params_and_the_table(tmp_path, monkeypatch):
+def test_mlflow_run_holds_metrics_params_and_the_table(tmp_path, monkeypatch):
+    """Through MLFLOW_TRACKING_URI (a file store here: MLflow's SQLite default takes ~10 s to create its tables)."""
     need("mlflow")
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
     from mlflow.tracking import MlflowClient
 
-    logs = tmp_path / "logs"
-    run_trackers(["mlflow"], tmp_path / "out", project="aha-test", run_name="run-m", logging_dir=logs)
-    client = MlflowClient(tracking_uri=f"sqlite:///{logs / 'mlflow.db'}")  # the local store, in logging_dir
-    [run] = client.search_runs([client.get_experiment_by_name("aha-test").experiment_id])
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "aha-exp")  # wins over project, as in transformers
+    run_trackers(["mlflow"], tmp_path / "out", project="aha-test", run_name="run-m")
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("aha-exp").experiment_id])
     assert run.info.run_name == "run-m"
     assert run.info.status == "FINISHED"
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [
-        (1, 0.25),
-        (2, 0.125),
-    ]
+    loss = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert loss == [(1, 0.25), (2, 0.125)]
     assert "train/kl" not in run.data.metrics
     assert run.data.params["num_generations"] == "4"
-    assert run.info.artifact_uri.startswith((logs / "mlartifacts").as_uri())
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "completions.json", str(tmp_path))).read_text())
     assert table["columns"] == COLUMNS and table["data"][1] == [2, "2+2=", "5 | 4\nok", 0.0]
+    assert not (tmp_path / "out").exists()  # nothing in the run's folder when MLflow is told where to write
+
+
+def test_mlflow_default_store_is_sqlite_in_logging_dir(tmp_path, monkeypatch):
+    need("mlflow")
+    import mlflow.tracking
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    made = []
+
+    class Client:  # records where the tracker points MLflow (creating the SQLite tables is slow)
+        def __init__(self, tracking_uri):
+            made.append(tracking_uri)
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def create_experiment(self, name, artifact_location=None):
+            made.append((name, artifact_location))
+            return "1"
+
+        def create_run(self, experiment, run_name=None):
+            return type("Run", (), {"info": type("Info", (), {"run_id": "r1"})})
+
+        def log_batch(self, run_id, metrics=(), params=()):
+            pass
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Client)
+    logs = tmp_path / "logs"
+    Trackers(["mlflow"], RunInfo(output_dir=tmp_path, project="aha-test", logging_dir=logs)).start()
+    assert made == [
+        f"sqlite:///{logs.absolute() / 'mlflow.db'}",
+        ("aha-test", (logs.absolute() / "mlartifacts").as_uri()),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- the trainers
