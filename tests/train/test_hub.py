@@ -178,6 +178,15 @@ def test_push_failures_are_one_clear_error(small_tiny, tmp_path, monkeypatch):
         pusher.push_folder(tmp_path, "card")
 
 
+def test_a_failed_checkpoint_push_warns_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    FakeHub(monkeypatch, fail="upload")
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    HubPusher(args(tmp_path)).push_checkpoint(ckpt, 1, "card")
+    out = " ".join(capsys.readouterr().err.split())  # aha's console: stderr, wrapped
+    assert "warning" in out and "me/tiny-grpo failed: 503 Server Error" in out and "training goes on" in out
+
+
 def test_hub_fields_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"GRPOConfig\.hub_strategy: must be one of end, every_save"):
         GRPOConfig(hub_strategy="sometimes")

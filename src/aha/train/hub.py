@@ -11,7 +11,8 @@ At each checkpoint, by ``hub_strategy``:
 - ``"checkpoint"``: that, and the whole checkpoint (optimiser and all) to ``last-checkpoint/``, to resume from;
 - ``"all_checkpoints"``: that, and each checkpoint to its own ``checkpoint-<step>/``.
 
-Uploads are synchronous (training waits for them); a failed upload is one error naming the repository.
+Uploads are synchronous (training waits for them). A checkpoint's failed upload is a warning (training goes on, the
+checkpoint is on disk and the next save pushes again); the final one's is an error naming the repository.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+
+from aha.console import console
 
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 REPO_ID = re.compile(r"([\w.-]+/)?[\w.-]+")
@@ -177,10 +180,13 @@ class HubPusher:
             return
         (checkpoint / "README.md").write_text(card)
         message = f"Training in progress, step {step}"
-        self.upload(checkpoint, message, ignore=TRAINING_STATE)
-        if strategy in ("checkpoint", "all_checkpoints"):
-            where = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
-            self.upload(checkpoint, message + ", checkpoint", path_in_repo=where)
+        try:
+            self.upload(checkpoint, message, ignore=TRAINING_STATE)
+            if strategy in ("checkpoint", "all_checkpoints"):
+                where = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
+                self.upload(checkpoint, message + ", checkpoint", path_in_repo=where)
+        except RuntimeError as e:  # a network blip must not end hours of training
+            console.print(f"[yellow]warning[/yellow]: {e}; training goes on")
 
     def push_folder(self, folder: Path, card: str, commit_message: str = "End of training") -> None:
         """Upload `folder` (OUTPUT_DIR with the final model) to the repository's root with `card` as README.md,
