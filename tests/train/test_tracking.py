@@ -222,6 +222,20 @@ def test_wandb_offline_run_holds_metrics_config_and_the_table(tmp_path, monkeypa
     assert config["num_generations"] == 4 and config["learning_rate"] == 0.001
 
 
+def test_wandb_without_an_account_says_what_to_do(tmp_path, monkeypatch):
+    need("wandb")
+    import wandb
+
+    def init(**kw):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(
+        RuntimeError, match=r"wandb\.init failed \(api_key not configured.*`wandb login`.*WANDB_MODE=offline"
+    ):
+        Trackers(["wandb"], RunInfo(output_dir=tmp_path)).start()
+
+
 # ---------------------------------------------------------------------------------------------- MLflow
 def test_mlflow_run_holds_metrics_params_and_the_table(tmp_path, monkeypatch):
     """Through MLFLOW_TRACKING_URI (a file store here: MLflow's SQLite default takes ~10 s to create its tables)."""
