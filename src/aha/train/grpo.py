@@ -13,7 +13,9 @@ prompts × G. For each generation batch:
    ``aha.grpo.policy_loss``.
 
 The maths lives in ``aha.grpo.core``, the optimiser, logging and checkpoints in ``aha.train.loop`` (shared with
-SFT); this file only moves tensors between the model, the batches and the loss.
+SFT); this file only moves tensors between the model, the batches and the loss. Metrics go to
+``OUTPUT_DIR/metrics.jsonl`` and the trackers of ``report_to`` (``aha.train.tracking``, with a completions table
+when ``log_completions``); ``push_to_hub`` pushes the model with a model card (``aha.train.hub``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from aha.data.prompts import eos_ids
 from aha.grpo import NUM_ITEMS_LOSS_TYPES, entropy_bonus, importance_sampling_weights, policy_loss, top_entropy_mask
 from aha.models.loading import peft_model, resolve_model_path, save_model
-from aha.rewards.scoring import load_reward_models
+from aha.rewards.scoring import load_reward_models, reward_name
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, make_accelerator
 from aha.train.entropy import EntropyControl
 from aha.train.forward import has_fast_path, token_logps
+from aha.train.hub import HubPusher, base_model_name, model_card
+from aha.train.hub import dataset_name as name_of_dataset
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
 from aha.train.precision import autocast
@@ -103,6 +107,8 @@ class GRPOTrainer:
         self.entropy = EntropyControl(a)  # the entropy bonus's coefficient (adaptive: moved once per step)
         self.logger: MetricsLogger | None = None  # set in train(): OUTPUT_DIR/metrics.jsonl
         self.loop: TrainingLoop | None = None  # the optimiser, schedule and checkpoints of the running train()
+        # push_to_hub: the Hub repository, created now (a bad token or name fails before training); first process
+        self.hub_pusher = HubPusher(a) if a.push_to_hub and self.accelerator.is_main_process else None
         self.batches = RolloutSource(
             a,
             train_dataset,
@@ -264,7 +270,13 @@ class GRPOTrainer:
                 if a.log_completions:
                     for p, c, r in flight.info.get("_samples", []):
                         loop.print(f"[dim]{p!r}[/dim] -> {c!r} [bold]{r:.2f}[/bold]")
+                    if "_completions" in flight.info:  # the trackers that show tables (wandb, trackio, ...)
+                        table = flight.info["_completions"]
+                        step = self.state.global_step
+                        loop.log_table("completions", ["step", *table["columns"]], [[step, *r] for r in table["rows"]])
                 self.batches.current = None
+        if a.push_to_hub:
+            self.push_to_hub()
         return self.state
 
     def _training_loop(self) -> TrainingLoop:
@@ -278,6 +290,9 @@ class GRPOTrainer:
         ddp = isinstance(loop.train_model, torch.nn.parallel.DistributedDataParallel)
         self.loss_model = self.model if ddp and has_fast_path(self.model) else loop.train_model
         loop.loss_model_bypasses_ddp = self.loss_model is not loop.train_model
+        if self.hub_pusher is not None:  # hub_strategy: push at each checkpoint
+            pusher = self.hub_pusher
+            loop.on_save.append(lambda path: pusher.push_checkpoint(path, self.state.global_step, self.model_card()))
         return loop
 
     def _next_batch(self, loop: TrainingLoop):
@@ -290,6 +305,36 @@ class GRPOTrainer:
     @staticmethod
     def _info(flight) -> str:
         return f"reward {flight.info['reward']:.3f}"
+
+    def model_card(self, dataset_name: str | None = None) -> str:
+        """The README.md of the pushed model: base model, dataset (`dataset_name`, else the dataset's own name),
+        rewards with their weights, the GRPO settings and the steps trained."""
+        a = self.args
+        weights = a.reward_weights or [1.0] * len(self.reward_funcs)
+        repo = self.hub_pusher.repo_id if self.hub_pusher is not None else a.hub_model_id or Path(a.output_dir).name
+        return model_card(
+            repo,
+            a,
+            base_model=base_model_name(self.model),
+            dataset=dataset_name or name_of_dataset(self.train_dataset),
+            rewards=[(reward_name(f), w) for f, w in zip(self.reward_funcs, weights)],
+            steps=self.state.global_step,
+            adapter=hasattr(self.model, "peft_config"),
+            last_row=self.state.log_history[-1] if self.state.log_history else None,
+        )
+
+    def push_to_hub(self, commit_message: str = "End of training", dataset_name: str | None = None) -> str | None:
+        """Save the model to ``output_dir`` and upload it with its model card to ``hub_model_id`` (TRL's
+        ``trainer.push_to_hub()``; ``train()`` calls it at the end when ``push_to_hub``). Every process takes part
+        in the save; the first one uploads. Returns the repository id (None on the other processes)."""
+        out = Path(self.args.output_dir)
+        self.save_model(out)
+        if not self.accelerator.is_main_process:
+            return None
+        if self.hub_pusher is None:  # push_to_hub=False in the config: the repository is made now
+            self.hub_pusher = HubPusher(self.args)
+        self.hub_pusher.push_folder(out, self.model_card(dataset_name), commit_message)
+        return self.hub_pusher.repo_id
 
     def save_model(self, output_dir: str | Path | None = None) -> None:
         """Model (or adapter), tokenizer and generation config (``aha.models.loading.save_model``), on the first

@@ -11,6 +11,10 @@ A trainer builds a :class:`TrainingLoop` and drives it::
             grad_norm = loop.optimizer_step(window)                          # forward/backward each, one step
             loop.end_step(grad_norm, info="loss 0.123")                      # count, log, call back, save
 
+Every logged row goes to ``OUTPUT_DIR/metrics.jsonl`` and to the experiment trackers ``report_to`` names
+(:mod:`aha.train.tracking`, opened by :meth:`TrainingLoop.running` and closed when it ends); ``on_save`` hooks run
+after each periodic checkpoint (the Hub push of GRPO's ``hub_strategy``).
+
 A checkpoint is the sum of the owners' ``state_dict()``: the loop's own (optimiser, scheduler, the metrics of the
 logging window), :class:`TrainerState`, the metrics file's length, the process's RNGs, and each registered owner
 (the trainer's batch source: data order, sampling generator, the batch in flight). An owner with a
@@ -48,6 +52,7 @@ from aha.train import checkpoint, interrupts
 from aha.train.distributed import all_true, average_gradients, full_state_dict, gather_objects
 from aha.train.metrics import MetricsLogger
 from aha.train.precision import autocast
+from aha.train.tracking import Trackers
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
@@ -122,6 +127,7 @@ class TrainingLoop:
         owners: dict[str, Stateful] | None = None,
         description: str | None = None,
         precision: str = "no",
+        trackers: Trackers | None = None,
     ) -> None:
         # accelerate keeps one precision per process (the last Accelerator made sets it); the loop's autocast is its
         # own, but fp16's unscaling and DDP's prepared forward read accelerate's, which must still be this run's
@@ -135,6 +141,8 @@ class TrainingLoop:
         self.precision = precision
         self.acc, self.state, self.tokenizer, self.logger = accelerator, state, tokenizer, logger
         self.callbacks, self.owners = list(callbacks), dict(owners or {})
+        self.trackers = trackers  # report_to's trackers (first process only), opened by running()
+        self.on_save: list[Callable[[Path], None]] = []  # called with each periodic checkpoint's path (first process)
         self.description = description or phase.upper()
         self.output_dir = Path(args.output_dir)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -162,12 +170,14 @@ class TrainingLoop:
     def of(cls, trainer: Any, *, phase: str, owners: dict[str, Stateful], description: str) -> TrainingLoop:
         """The loop of `trainer` (GRPOTrainer, SFTTrainer: ``model``, ``args``, ``accelerator``, ``state``,
         ``tokenizer``, ``callbacks``, ``precision``, ``total_steps()``); the first process writes ``OUTPUT_DIR/metrics.jsonl``
-        unless the trainer was given a ``logger``."""
+        unless the trainer was given a ``logger``, and reports to the trackers of ``args.report_to``."""
         acc, out = trainer.accelerator, Path(trainer.args.output_dir)
+        trackers = None
         if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
             out.mkdir(parents=True, exist_ok=True)
             if trainer.logger is None:
                 trainer.logger = MetricsLogger(out / "metrics.jsonl")
+            trackers = Trackers.of(trainer.args, _plain(trainer.args))
         return cls(
             trainer.model,
             trainer.args,
@@ -181,6 +191,7 @@ class TrainingLoop:
             owners=owners,
             description=description,
             precision=trainer.precision,
+            trackers=trackers,
         )
 
     @property
@@ -246,7 +257,9 @@ class TrainingLoop:
         if step % self.args.logging_steps == 0 or step == self.total:
             self.log_window()
         if step % self.args.save_steps == 0:
-            self.save()
+            path = self.save()
+            for hook in self.on_save if path is not None else ():
+                hook(path)
         self.stop_if_requested()
 
     def log_window(self) -> None:
@@ -260,22 +273,36 @@ class TrainingLoop:
         self.state.log_history.append(row)
         if self.logger is not None:
             self.logger.log(row)
+        if self.trackers is not None:
+            self.trackers.log(row, self.state.global_step)
         for cb in self.callbacks:
             cb(self.state, row)
 
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table (GRPO's completions) to the trackers that show tables, at the current step."""
+        if self.trackers is not None:
+            self.trackers.log_table(name, columns, rows, self.state.global_step)
+
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """The progress bar over the run's steps, a stretch that a signal stops at a step boundary (see the module
-        docstring)."""
+        """The run: the progress bar over its steps, a stretch that a signal stops at a step boundary (see the
+        module docstring), and the trackers' runs (opened at the step it starts from, after any resume; closed when it
+        ends, also on an error)."""
         self._step_start = time.perf_counter()
-        with interrupts.stoppable(), progress() as bar:
-            self._bar = bar
-            self._task = bar.add_task(self.description, total=self.total, info="", completed=self.state.global_step)
-            try:
-                yield
-            finally:
-                self._bar = None
-            self.stop_if_requested()  # a signal during the last step's tail (after its end_step)
+        if self.trackers is not None:
+            self.trackers.start(self.state.global_step)
+        try:
+            with interrupts.stoppable(), progress() as bar:
+                self._bar = bar
+                self._task = bar.add_task(self.description, total=self.total, info="", completed=self.state.global_step)
+                try:
+                    yield
+                finally:
+                    self._bar = None
+                self.stop_if_requested()  # a signal during the last step's tail (after its end_step)
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
 
     def stop_if_requested(self) -> None:
         """At a step boundary: when a signal asked the run to stop (on any process), save the state now (unless

@@ -76,4 +76,13 @@ def rollout_metrics(args, reward_funcs, rewards, lengths, truncated, prompts, co
     if args.log_completions:
         n = args.num_completions_to_print or 2
         m["_samples"] = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))][:n]
+        # every row of this process, for the trackers' completions tables
+        names = [reward_name(fn) for fn in reward_funcs]
+        m["_completions"] = {
+            "columns": ["prompt", "completion", *names, "reward"],
+            "rows": [
+                [str(p), str(c), *rewards[i].tolist(), total[i].item()]
+                for i, (p, c) in enumerate(zip(prompts, completions))
+            ],
+        }
     return m
