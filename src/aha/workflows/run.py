@@ -185,9 +185,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
         trainer.save_model(run / "model")  # every process takes part (FSDP gathers the weights); the first writes
         model = trainer.model
         result: dict[str, Any] = {"steps": state.global_step}
-        if state.log_history:
-            last = state.log_history[-1]
-            result |= {k: last[k] for k in ("reward", "loss") if k in last}
+        rows = [r for r in state.log_history if "loss" in r or "reward" in r]  # not the summary or eval rows
+        if rows:
+            result |= {k: rows[-1][k] for k in ("reward", "loss") if k in rows[-1]}
     else:
         from aha.train.sft import SFTTrainer
 
@@ -198,8 +198,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
         sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
         state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
         result = {"steps": state.global_step}
-        if state.log_history:
-            result["loss"] = state.log_history[-1]["loss"]
+        rows = [r for r in state.log_history if "loss" in r]  # not the summary row
+        if rows:
+            result["loss"] = rows[-1]["loss"]
     if not main:
         return {"trainer": recipe.kind, **result}
     total, trainable = _count(model)
