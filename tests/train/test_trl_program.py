@@ -3,11 +3,13 @@ reward functions using TRL's trainer keyword arguments, report_to="none"."""
 
 import asyncio
 
+import pytest
 from datasets import Dataset
 from transformers import TrainerCallback
 
 # a TRL program reads: from trl import GRPOConfig, GRPOTrainer
 from aha import GRPOConfig, GRPOTrainer
+from aha.models.tiny import build_tiny
 
 
 def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
@@ -76,3 +78,47 @@ def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
     assert "eval_train_progress" in eval_rows[0]  # log_metric in the evaluation: under eval_
     assert {"eval_reward", "eval_completions/mean_length", "eval_rewards/answer_reward/mean"} <= set(metrics)
     assert "train_runtime" in result.metrics and result.training_loss == result.metrics["train_loss"]
+
+
+def test_logged_names_are_trls(small_tiny, tmp_path):
+    """TRL 1.16 itself as the oracle: every key of its training, eval and summary rows is in aha's."""
+    trl = pytest.importorskip("trl")
+    dataset = Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "4+4="]})
+
+    def length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def keys(config_cls, trainer_cls, model, tok, name, **extra):
+        args = config_cls(
+            output_dir=str(tmp_path / name),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=6,
+            max_steps=1,
+            logging_steps=1,
+            eval_strategy="steps",
+            eval_steps=1,
+            per_device_eval_batch_size=4,
+            num_generations_eval=2,
+            **extra,
+        )
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=[length],
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=dataset.select(range(2)),
+            processing_class=tok,
+        )
+        trainer.train()
+        train, evaluation, summary = trainer.state.log_history
+        return set(train), set(evaluation), set(summary)
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, seed=0)
+    theirs = keys(trl.GRPOConfig, trl.GRPOTrainer, *build_tiny(**sizes), "trl", save_strategy="no")
+    ours = keys(GRPOConfig, GRPOTrainer, *small_tiny, "aha")
+    for mine, trls in zip(ours, theirs):
+        assert trls <= mine, sorted(trls - mine)

@@ -42,7 +42,7 @@ from aha.models.loading import peft_model, save_model
 from aha.rewards.scoring import load_reward_models
 from aha.train.callbacks import Callbacks
 from aha.train.config import GRPOConfig
-from aha.train.distributed import full_state_dict, make_accelerator, sum_all
+from aha.train.distributed import full_state_dict, gather_rows, make_accelerator, sum_all
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.loop import TrainerState, TrainingLoop, TrainOutput, log_row
 from aha.train.metrics import MetricsLogger
@@ -261,6 +261,11 @@ class GRPOTrainer:
             use_bias_correction_kl=a.use_bias_correction_kl,
             sampling_weights=mb.get("sampling_weights"),
         )
+        if "clip_ratio/low_mean" in metrics:  # TRL's extremes of the per-process clip ratios
+            both = torch.tensor([[metrics["clip_ratio/low_mean"], metrics["clip_ratio/high_mean"]]], device=self.device)
+            both = gather_rows(self.accelerator, both)  # (W, 2)
+            metrics["clip_ratio/low_min"] = both[:, 0].min().item()
+            metrics["clip_ratio/high_max"] = both[:, 1].max().item()
         metrics["loss"] = loss.item()
         if a.loss_type != "dapo":
             loss = loss / (a.gradient_accumulation_steps if accumulation is None else accumulation)

@@ -69,10 +69,15 @@ def rollout_metrics(
         "reward_std": scored.std().item() if scored.numel() > 1 else float("nan"),  # TRL's: over the batch
         "frac_reward_zero_std": zero_std_groups(total, g).float().mean().item(),
         "completions/mean_length": lengths.float().mean().item(),
+        "completions/min_length": lengths.min().item(),
         "completions/max_length": lengths.max().item(),
         "completions/clipped_ratio": truncated.float().mean().item(),
         "num_tokens": int(lengths.sum().item()),
     }
+    ended = lengths[~truncated].float() if (~truncated).any() else torch.zeros(1)  # TRL's: 0 when none ended
+    m["completions/mean_terminated_length"] = ended.mean().item()
+    m["completions/min_terminated_length"] = ended.min().item()
+    m["completions/max_terminated_length"] = ended.max().item()
     for k, fn in enumerate(reward_funcs):
         col = rewards[:, k]
         m[f"rewards/{reward_name(fn)}/mean"] = torch.nanmean(col).item()
