@@ -80,15 +80,30 @@ def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
     assert "train_runtime" in result.metrics and result.training_loss == result.metrics["train_loss"]
 
 
-def test_logged_names_are_trls(small_tiny, tmp_path):
-    """TRL 1.16 itself as the oracle: every key of its training, eval and summary rows is in aha's."""
+EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end")
+EVENTS += ("on_log", "on_evaluate", "on_save", "on_train_end")
+
+
+class EventLog(TrainerCallback):
+    def __init__(self):
+        self.events = []
+
+    def __getattribute__(self, name):
+        if name in EVENTS:
+            return lambda args, state, control, **kw: self.events.append((name, state.global_step))
+        return super().__getattribute__(name)
+
+
+def test_logged_names_and_events_are_trls(small_tiny, tmp_path):
+    """TRL 1.16 itself as the oracle: every key of its training, eval and summary rows is in aha's, and callbacks see
+    the same events at the same steps."""
     trl = pytest.importorskip("trl")
-    dataset = Dataset.from_dict({"prompt": ["1+1=", "2+2=", "3+3=", "4+4="]})
+    dataset = Dataset.from_dict({"prompt": [f"{a}+{a}=" for a in range(8)]})
 
     def length(completions, **kwargs):
         return [float(len(c)) for c in completions]
 
-    def keys(config_cls, trainer_cls, model, tok, name, **extra):
+    def run(config_cls, trainer_cls, model, tok, name, **extra):
         args = config_cls(
             output_dir=str(tmp_path / name),
             use_cpu=True,
@@ -97,7 +112,7 @@ def test_logged_names_are_trls(small_tiny, tmp_path):
             per_device_train_batch_size=4,
             num_generations=4,
             max_completion_length=6,
-            max_steps=1,
+            max_steps=2,
             logging_steps=1,
             eval_strategy="steps",
             eval_steps=1,
@@ -105,6 +120,7 @@ def test_logged_names_are_trls(small_tiny, tmp_path):
             num_generations_eval=2,
             **extra,
         )
+        log = EventLog()
         trainer = trainer_cls(
             model=model,
             reward_funcs=[length],
@@ -112,13 +128,16 @@ def test_logged_names_are_trls(small_tiny, tmp_path):
             train_dataset=dataset,
             eval_dataset=dataset.select(range(2)),
             processing_class=tok,
+            callbacks=[log],
         )
         trainer.train()
-        train, evaluation, summary = trainer.state.log_history
-        return set(train), set(evaluation), set(summary)
+        train, evaluation = trainer.state.log_history[:2]
+        return (set(train), set(evaluation), set(trainer.state.log_history[-1])), log.events
 
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, seed=0)
-    theirs = keys(trl.GRPOConfig, trl.GRPOTrainer, *build_tiny(**sizes), "trl", save_strategy="no")
-    ours = keys(GRPOConfig, GRPOTrainer, *small_tiny, "aha")
+    theirs, their_events = run(trl.GRPOConfig, trl.GRPOTrainer, *build_tiny(**sizes), "trl", save_strategy="no")
+    ours, our_events = run(GRPOConfig, GRPOTrainer, *small_tiny, "aha", save_steps=10**6)
     for mine, trls in zip(ours, theirs):
         assert trls <= mine, sorted(trls - mine)
+    assert our_events == their_events, (our_events, their_events)
+    assert ("on_evaluate", 2) in our_events and our_events[-1] == ("on_train_end", 2)
