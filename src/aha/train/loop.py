@@ -1,6 +1,11 @@
 """The training skeleton GRPO and SFT share: optimiser and schedule by name, accelerate set-up, accumulation
 windows with ``no_sync``, the non-finite guard, step bookkeeping, logging, callbacks, checkpoints and resume.
 
+The callbacks (``aha.train.callbacks``: ``transformers.TrainerCallback`` objects and aha's plain ``fn(state, row)``)
+decide, through their ``TrainerControl``, when a step logs, evaluates, saves and when the run stops, as in
+transformers' ``Trainer``; at the end of a run the summary row (``train_runtime``, ``train_loss``, ...) closes
+``state.log_history``.
+
 A trainer builds a :class:`TrainingLoop` and drives it::
 
     loop = TrainingLoop(model, args, phase="sft", total_steps=n, ..., owners={"batches": batches})
@@ -201,7 +206,8 @@ class TrainingLoop:
     ) -> TrainingLoop:
         """The loop of `trainer` (GRPOTrainer, SFTTrainer: ``model``, ``args``, ``accelerator``, ``state``,
         ``tokenizer``, ``callbacks``, ``precision``, ``total_steps()``); the first process writes ``OUTPUT_DIR/metrics.jsonl``
-        unless the trainer was given a ``logger``."""
+        unless the trainer was given a ``logger``. `evaluate`: what an evaluation during training runs (when the
+        callbacks' control asks for one: ``eval_strategy``, ``eval_on_start``, a callback), None without an eval set."""
         acc, out = trainer.accelerator, Path(trainer.args.output_dir)
         if acc.is_main_process:  # only the first process writes (metrics, checkpoints, the model)
             out.mkdir(parents=True, exist_ok=True)
