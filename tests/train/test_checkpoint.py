@@ -101,7 +101,7 @@ def test_resume_in_process_matches_uninterrupted(tmp_path, monkeypatch):
     assert checkpoint.latest_checkpoint(out) == out / "checkpoint-2"
     resumed = _trainer(out)
     state = resumed.train(resume_from_checkpoint="auto")
-    assert state.global_step == 4 and [r["step"] for r in state.log_history] == [1, 2, 3, 4]
+    assert state.global_step == 4 and [r["step"] for r in state.log_history] == [1, 2, 3, 4, 4]  # + the summary
     for (name, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert _lines(tmp_path / "ref") == _lines(out)

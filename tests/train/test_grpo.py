@@ -42,7 +42,7 @@ def test_reward_rises_end_to_end(small_tiny, tmp_path):
     model, tok = small_tiny
     trainer = GRPOTrainer(model, digit_share, _cfg(tmp_path), _rows(), processing_class=tok)
     state = trainer.train()
-    rewards = [row["reward"] for row in state.log_history]
+    rewards = [row["reward"] for row in state.log_history[:-1]]  # the last row: the run's summary
     assert state.global_step == 30
     assert rewards[-1] > rewards[0] + 0.1, rewards
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -83,7 +83,7 @@ def test_kl_iterations_and_accumulation(small_tiny, tmp_path):
     before = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
     state = trainer.train()
     assert state.global_step == 4
-    last = state.log_history[-1]
+    last = state.log_history[-2]  # the last window (the summary row follows it)
     assert last["kl"] >= 0.0
     # the reference model stays frozen while the policy moves
     for k, v in trainer.ref_model.state_dict().items():

@@ -1,12 +1,20 @@
 """Calling reward functions (and reward models) on a generation batch, with errors that name the culprit.
 
-A reward function is a callable ``fn(prompts, completions, completion_ids, **columns) -> list[float]``; a
-reward model is a ``PreTrainedModel`` for sequence classification whose logit 0 on prompt + completion
-is the reward (as in TRL)."""
+A reward function is a callable ``fn(prompts, completions, completion_ids, **columns) -> list[float]``, plain or
+``async def`` (the async ones of a batch run concurrently, on one event loop kept for the process, as TRL runs
+them); a reward model is a ``PreTrainedModel`` for sequence classification whose logit 0 on prompt + completion is
+the reward (as in TRL). A trainer also passes TRL's keyword arguments (``trainer_state``, ``log_extra``,
+``log_metric``: :class:`RewardLogs`) to every function that takes them (by name or through ``**kwargs``)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+import logging
 import math
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +22,32 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from aha.data.prompts import is_conversational
+
+log = logging.getLogger("aha.rewards")
+TRAINER_KWARGS = ("trainer_state", "log_extra", "log_metric")  # what TRL passes besides the dataset columns
+
+
+class RewardLogs:
+    """What reward functions log through TRL's ``log_metric(name, value)`` (a scalar per call, averaged over the
+    batch's calls) and ``log_extra(column, values)`` (one value per sample, extra columns of the completions
+    table); the trainer collects both after scoring a batch (:meth:`take`)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+        self.extra: dict[str, list[Any]] = defaultdict(list)
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics[name].append(float(value))
+
+    def log_extra(self, column: str, values: list[Any]) -> None:
+        self.extra[column].extend(values)
+
+    def take(self) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+        """The metrics and extra columns logged since the last call, and an empty log."""
+        out = dict(self.metrics), dict(self.extra)
+        self.metrics.clear()
+        self.extra.clear()
+        return out
 
 
 def reward_name(fn: Callable | PreTrainedModel) -> str:
@@ -75,6 +109,42 @@ def load_reward_models(
     return funcs, classes
 
 
+def is_async(fn: Callable) -> bool:
+    """Does calling `fn` return a coroutine (``async def``, a partial of one, an object with ``async __call__``)?"""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def accepted(fn: Callable, names: Sequence[str]) -> list[str]:
+    """Which of the keyword arguments `names` `fn` takes: all with ``**kwargs`` (or a signature that cannot be
+    read), else those it names."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return list(names)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return list(names)
+    named = {p.name for p in params}
+    return [n for n in names if n in named]
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def run_async(coro: Any) -> Any:
+    """Run `coro` to its end on the process's reward event loop (a daemon thread, started on first use, so that
+    async clients made by a reward function stay bound to one loop across batches, and a caller inside a running
+    loop such as a notebook still works)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="aha-rewards-async", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _LOOP).result()
+
+
 def reward_model_texts(tokenizer, prompts: list[Any], completions: list[Any]) -> list[str]:
     """Prompt + completion as one text: the chat template for conversations (when the tokenizer has one)."""
     texts = []
@@ -115,9 +185,12 @@ def score(
     reward_processing_classes: Sequence[Any] | None = None,
     on_error: str = "raise",
     counts: dict[str, int] | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """(N, K) float tensor of rewards; None/NaN become NaN ("does not apply"). Reward models are scored
-    with the matching entry of `reward_processing_classes`.
+    with the matching entry of `reward_processing_classes`. `trainer_kwargs` (TRL's ``trainer_state``,
+    ``log_extra``, ``log_metric``) go to each function that takes them; the async functions run concurrently.
+    A sample that no function scores is logged as a warning (TRL's), naming its prompt, completion and columns.
 
     A reward function that raises is called again sample by sample to find the first failing sample:
     ``on_error="raise"`` stops with an error naming the function, that sample and the exception;
@@ -127,6 +200,23 @@ def score(
     n = len(completions)
     out = torch.full((n, len(reward_funcs)), float("nan"))
     counts = {} if counts is None else counts
+    extra = trainer_kwargs or {}
+
+    def kwargs_of(fn: Callable) -> dict[str, Any]:
+        return {**columns, **{k: extra[k] for k in accepted(fn, list(extra))}}
+
+    funcs = [(k, fn) for k, fn in enumerate(reward_funcs) if not isinstance(fn, PreTrainedModel)]
+    waiting = [(k, fn) for k, fn in funcs if is_async(fn)]
+    results: dict[int, Any] = {}  # k -> the values, or the exception the batch call raised
+    if waiting:  # TRL's: every async function of the batch at once
+
+        async def one(fn: Callable) -> Any:
+            return await fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs_of(fn))
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(one(fn) for _, fn in waiting), return_exceptions=True)
+
+        results.update(zip([k for k, _ in waiting], run_async(gather())))
     for k, fn in enumerate(reward_funcs):
         name = reward_name(fn)
         if isinstance(fn, PreTrainedModel):
@@ -139,10 +229,16 @@ def score(
             out[:, k] = torch.where(values.isfinite(), values, torch.nan)
             continue
         errors = 0
+        kwargs = kwargs_of(fn)
         try:
-            values = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            if k in results:
+                values = results[k]
+                if isinstance(values, BaseException):
+                    raise values
+            else:
+                values = fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
         except Exception as e:
-            values, errors = _per_sample(fn, name, e, prompts, completions, completion_ids, columns, on_error)
+            values, errors = _per_sample(fn, name, e, prompts, completions, completion_ids, kwargs, on_error)
         if values is None or not hasattr(values, "__len__") or len(values) != n:
             got = "None" if values is None else f"{len(values)} values" if hasattr(values, "__len__") else repr(values)
             raise ValueError(f"reward function {name!r} must return a list of {n} rewards, got {got}")
@@ -163,6 +259,14 @@ def score(
         counts[f"rewards/{name}/nonfinite"] = counts.get(f"rewards/{name}/nonfinite", 0) + nonfinite
         if on_error == "skip":
             counts[f"rewards/{name}/errors"] = counts.get(f"rewards/{name}/errors", 0) + errors
+    unscored = torch.isnan(out).all(dim=1)
+    if unscored.any():  # TRL's warning, for the first such sample
+        i = int(unscored.nonzero()[0, 0])
+        sample = {c: v[i] for c, v in columns.items()} | {"prompt": prompts[i], "completion": completions[i]}
+        log.warning(
+            f"All reward functions returned None for the following kwargs:\n{sample}\n"
+            "Please ensure that at least one reward function returns a valid reward."
+        )
     return out
 
 
@@ -177,13 +281,15 @@ def refuse_all_nonfinite(what: str, nonfinite: int, finite: int, n: int) -> None
         )
 
 
-def _per_sample(fn, name, error, prompts, completions, completion_ids, columns, on_error) -> tuple[list[Any], int]:
-    """`fn` raised `error` on the whole batch: call it on one sample at a time. Returns (values, errors),
-    failing samples as None (skip mode), or raises naming the first failing sample."""
+def _per_sample(fn, name, error, prompts, completions, completion_ids, kwargs, on_error) -> tuple[list[Any], int]:
+    """`fn` raised `error` on the whole batch: call it on one sample at a time (the dataset columns sliced, TRL's
+    trainer keyword arguments as they are). Returns (values, errors), failing samples as None (skip mode), or
+    raises naming the first failing sample."""
     values: list[Any] = []
     errors = 0
+    columns = {c: v for c, v in kwargs.items() if c not in TRAINER_KWARGS}
     for i in range(len(completions)):
-        cols = {c: v[i : i + 1] for c, v in columns.items()}
+        cols = {c: v[i : i + 1] for c, v in columns.items()} | {c: kwargs[c] for c in kwargs if c in TRAINER_KWARGS}
         try:
             got = fn(
                 prompts=prompts[i : i + 1],
@@ -191,6 +297,8 @@ def _per_sample(fn, name, error, prompts, completions, completion_ids, columns, 
                 completion_ids=completion_ids[i : i + 1],
                 **cols,
             )
+            if inspect.isawaitable(got):
+                got = run_async(got)
             got = list(got)
             if len(got) != 1:
                 raise ValueError(f"returned {len(got)} rewards for 1 sample")

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -130,6 +131,15 @@ class GRPOConfig:
     vllm_importance_sampling_clip_max: float | None = 3.0
     vllm_importance_sampling_clip_min: float | None = None
     vllm_importance_sampling_cap: float | None = None  # TRL's deprecated alias of clip_max: when set, it wins
+    # --- evaluation, callbacks' reference sync (transformers' / TRL 1.16's names and defaults; aha.train.grpo)
+    eval_strategy: str = "no"  # "no", "steps" (every eval_steps) or "epoch" (at each pass's end) over eval_dataset
+    eval_steps: float | None = None  # None: logging_steps; a float in (0, 1): that fraction of the run's steps
+    eval_on_start: bool = False  # evaluate once before the first step
+    per_device_eval_batch_size: int = 8  # completions per eval batch on each process (prompts × num_generations_eval)
+    num_generations_eval: int | None = None  # completions per eval prompt; None: num_generations (1 allowed)
+    sync_ref_model: bool = False  # TR-DPO: π_ref ← α·π_θ + (1-α)·π_ref every ref_model_sync_steps (needs beta > 0)
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_rewards, bool):  # TRL's bool form
@@ -275,6 +285,7 @@ class GRPOConfig:
             "hub_model_id",
             "must be a Hub repository id, 'user/name' or 'name'",
         )
+        self._check_eval()
         if self.push_to_hub and hub_offline(probe=True):
             raise ValueError(
                 "GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): set push_to_hub=False"
@@ -350,6 +361,41 @@ class GRPOConfig:
             "this run trains on-policy (num_iterations=1, steps_per_generation=gradient_accumulation_steps, no "
             "vLLM), so no sequence can drift from its sampler: raise num_iterations or steps_per_generation, or "
             "leave it None",
+        )
+
+    def _check_eval(self) -> None:
+        need = partial(require, self)
+        self.eval_strategy = str(getattr(self.eval_strategy, "value", self.eval_strategy))  # transformers' enum
+        need(self.eval_strategy in ("no", "steps", "epoch"), "eval_strategy", "must be 'no', 'steps' or 'epoch'")
+        if self.eval_strategy == "steps" and not self.eval_steps:  # as transformers
+            self.eval_steps = self.logging_steps
+        if self.eval_steps is not None:
+            need(self.eval_steps > 0, "eval_steps", "must be > 0 (a step count, or a fraction of the run below 1)")
+            need(
+                self.eval_steps < 1 or self.eval_steps == int(self.eval_steps),
+                "eval_steps",
+                "must be an integer when 1 or more",
+            )
+            if self.eval_steps >= 1:
+                self.eval_steps = int(self.eval_steps)
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1")
+        need(
+            self.num_generations_eval is None or self.num_generations_eval >= 1, "num_generations_eval", "must be >= 1"
+        )
+        g = self.num_generations_eval or self.num_generations
+        need(
+            self.eval_strategy == "no" or (self.per_device_eval_batch_size * self.world_size) % g == 0,
+            "per_device_eval_batch_size",
+            f"times the processes ({self.world_size}) must be a multiple of the completions per eval prompt "
+            f"(num_generations_eval, else num_generations: {g})",
+        )
+        need(0 <= self.ref_model_mixup_alpha <= 1, "ref_model_mixup_alpha", "must be in [0, 1]")
+        need(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be >= 1")
+        need(
+            not self.sync_ref_model or self.beta != 0.0,
+            "sync_ref_model",
+            "needs beta > 0: with beta=0.0 there is no reference model to synchronise; set sync_ref_model=False or "
+            "a non-zero beta",
         )
 
     # ------------------------------------------------------------------------------------ helpers

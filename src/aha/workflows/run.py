@@ -188,9 +188,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
             trainer.save_model(run / "model")  # every process takes part (FSDP gathers the weights); the first writes
             model = trainer.model
             result: dict[str, Any] = {"steps": state.global_step}
-            if state.log_history:
-                last = state.log_history[-1]
-                result |= {k: last[k] for k in ("reward", "loss") if k in last}
+            logged = [r for r in state.log_history if "loss" in r or "reward" in r]  # not the summary or eval rows
+            if logged:
+                result |= {k: logged[-1][k] for k in ("reward", "loss") if k in logged[-1]}
         else:
             from aha.train.sft import SFTTrainer
 
@@ -201,8 +201,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
             sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
             state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
             result = {"steps": state.global_step}
-            if state.log_history:
-                result["loss"] = state.log_history[-1]["loss"]
+            logged = [r for r in state.log_history if "loss" in r]  # not the summary row
+            if logged:
+                result["loss"] = logged[-1]["loss"]
         if not main:
             return {"trainer": recipe.kind, **result}
         total, trainable = _count(model)
