@@ -24,6 +24,7 @@ the task's parameters, ``rewards.<name or index>.*`` against the reward's parame
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ import yaml
 from aha.data.load import spec_name
 from aha.settings import coerce, field_types, from_dict, suggest, type_ok
 from aha.train.config import GRPOConfig
+from aha.workflows.openr1 import ORIGIN, is_openr1_config, translate
 
 TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training")
 EVAL_TYPES = {
@@ -329,6 +331,7 @@ class Recipe:
     merge_lora: bool = False
     eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    translated: dict[str, Any] | None = None  # an Open R1/TRL config's aha recipe (after --set), as written
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -409,9 +412,13 @@ def load_recipe(
 ) -> Recipe:
     """Read, override (``--set``) and validate a recipe. Errors are one-line ValueErrors/FileNotFoundErrors."""
     raw = read_recipe(path)
+    src = str(path)
+    translated: list[str] | None = None
+    if is_openr1_config(raw):  # an Open R1 / `trl grpo` config: the aha recipe it means (aha.workflows.openr1)
+        translation = translate(raw, src, kind)
+        raw, translated = translation.recipe, translation.notes
     for s in sets:
         apply_set(raw, s, kind)
-    src = str(path)
     for key in raw:
         if key not in TOP_KEYS:
             raise ValueError(f"{src}: unknown recipe key {key!r}{suggest(key, TOP_KEYS)}; keys: {', '.join(TOP_KEYS)}")
@@ -457,6 +464,9 @@ def load_recipe(
     if merge_lora and peft is None:
         raise ValueError("merge_lora needs a LoRA run (a `peft:` section)")
     recipe = Recipe(kind, src, model, raw.get("dataset"), config, output_dir, rewards, peft, merge_lora, None, notes)
+    if translated is not None:
+        recipe.translated = copy.deepcopy(raw)
+        notes[:0] = translated
     if peft is not None:
         try:
             recipe.lora_config()
@@ -511,6 +521,19 @@ def _check_eval(ev: Any, tok: Any, notes: list[str]) -> dict[str, Any] | None:
 
 def dry_run_report(recipe: Recipe) -> str:
     """The resolved config as YAML, followed by what was (and was not) checked, as YAML comments."""
-    text = yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True, width=100)
     lines = [f"# {n}" for n in recipe.notes]
+    if recipe.translated is not None:  # the aha recipe to adopt, rather than every resolved default
+        text = yaml.safe_dump(recipe.translated, sort_keys=False, allow_unicode=True, width=100)
+        return (
+            f"# {translated_line(recipe)}\n"
+            + text
+            + "\n".join(["# --dry-run: recipe is valid; nothing was trained", *lines])
+            + "\n"
+        )
+    text = yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True, width=100)
     return text + "\n".join(["# --dry-run: recipe is valid; nothing was trained", *lines]) + "\n"
+
+
+def translated_line(recipe: Recipe) -> str:
+    """The line saying a recipe file was read as an Open R1/TRL config."""
+    return f"{recipe.source}: read as {ORIGIN}, translated to the aha recipe `aha train --dry-run` prints"
