@@ -210,6 +210,14 @@ def test_smollm2_lora_and_reward_parameters(tmp_path, capsys, monkeypatch) -> No
     assert "bf16" not in adopted["training"]  # torch_dtype float32: aha's float32 training as it is
 
 
+def test_renamed_rewards_and_their_differences_are_noted() -> None:
+    raw = {"model_name_or_path": "tiny", "dataset_name": "arithmetic", "reward_funcs": ["length", "cosine"]}
+    t = translate(raw, "c.yaml")
+    assert t.recipe["rewards"][0] == {"name": "kimi_length", "unit": "characters"}  # Open R1's length is Kimi's
+    assert "reward 'length' as aha's 'kimi_length': min/max length over each prompt's completions" in t.notes[0]
+    assert t.notes[1].startswith("reward 'cosine': the length is clipped at max_len")
+
+
 def test_trl_grpo_config_and_dotted_reward(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "my_rewards.py").write_text("def brevity(completions, **kw):\n    return [0.0 for _ in completions]\n")

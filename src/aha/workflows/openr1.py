@@ -42,6 +42,7 @@ class RewardMap:
     aha: str
     fixed: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    differs: str = ""  # how aha's reward differs from Open R1's (a dry-run note)
 
 
 COSINE_KEYS = {
@@ -52,24 +53,30 @@ COSINE_KEYS = {
     "cosine_max_len": ("max_len", 1000),
 }
 REWARDS: dict[str, RewardMap] = {
-    "accuracy": RewardMap("accuracy"),
-    "format": RewardMap("format"),
-    "tag_count": RewardMap("tag_count"),
-    "reasoning_steps": RewardMap("reasoning_steps"),
-    "cosine": RewardMap("cosine", {"unit": "characters"}, COSINE_KEYS),  # Open R1 measures len(text)
+    "accuracy": RewardMap("accuracy", differs="a gold solution math-verify cannot parse scores None, not 1.0"),
+    "format": RewardMap("format", differs="any whitespace between the blocks, where Open R1 wants newlines"),
+    "tag_count": RewardMap("tag_count", differs="counts the bare tags, where Open R1 counts them with newlines"),
+    "reasoning_steps": RewardMap("reasoning_steps", differs="numbered lines and bullets count on every line"),
+    "cosine": RewardMap(  # Open R1 measures len(text)
+        "cosine", {"unit": "characters"}, COSINE_KEYS, "the length is clipped at max_len (Open R1's rises past it)"
+    ),
     "repetition_penalty": RewardMap(
         "repetition_penalty",
         keys={"repetition_n_grams": ("ngram_size", 3), "repetition_max_penalty": ("max_penalty", -1.0)},
     ),
-    "length": RewardMap("kimi_length", {"unit": "characters"}),  # Open R1's len_reward is Kimi 1.5's
-    "code": RewardMap("code", {"tests_column": "verification_info"}),
-    "binary_code": RewardMap("binary_code", {"tests_column": "verification_info"}),
+    "length": RewardMap(  # Open R1's len_reward is Kimi 1.5's
+        "kimi_length", {"unit": "characters"}, differs="min/max length over each prompt's completions, not the batch"
+    ),
+    "code": RewardMap("code", {"tests_column": "verification_info"}, differs="Python run in aha's local sandbox"),
+    "binary_code": RewardMap(
+        "binary_code", {"tests_column": "verification_info"}, differs="Python run in aha's local sandbox"
+    ),
     "soft_overlong_punishment": RewardMap(
         "soft_overlong",
         keys={"max_completion_len": ("max_completion_len", 16384), "soft_punish_cache": ("soft_punish_cache", 4096)},
     ),
     # `trl grpo`'s names
-    "accuracy_reward": RewardMap("accuracy"),
+    "accuracy_reward": RewardMap("accuracy", differs="a gold solution math-verify cannot parse scores None"),
     "get_soft_overlong_punishment": RewardMap("soft_overlong", {"max_completion_len": 1280, "soft_punish_cache": 256}),
 }
 # Open R1's and TRL's rewards aha does not have: name -> what it is
@@ -212,6 +219,9 @@ def _reward_entries(raw: dict[str, Any], src: str, notes: list[str]) -> list[Any
                 entry[param] = raw.get(key, default)
                 used.add(key)
             used.update(("code_provider", "parallel_code_exec_per_proc") if name in CODE_REWARDS else ())
+            renamed = f" as aha's {m.aha!r}" if m.aha != name else ""
+            if renamed or m.differs:
+                notes.append(f"reward {name!r}{renamed}" + (f": {m.differs}" if m.differs else ""))
         elif name in REGISTRY:  # an aha reward by its own name
             entry = {"name": name}
         elif "." in name and not name.endswith(".py") and ":" not in name:  # trl grpo's dotted import path

@@ -523,7 +523,7 @@ def dry_run_report(recipe: Recipe) -> str:
     """The resolved config as YAML, followed by what was (and was not) checked, as YAML comments."""
     lines = [f"# {n}" for n in recipe.notes]
     if recipe.translated is not None:  # the aha recipe to adopt, rather than every resolved default
-        text = yaml.safe_dump(recipe.translated, sort_keys=False, allow_unicode=True, width=100)
+        text = yaml.dump(recipe.translated, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
         return (
             f"# {translated_line(recipe)}\n"
             + text
@@ -532,6 +532,16 @@ def dry_run_report(recipe: Recipe) -> str:
         )
     text = yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True, width=100)
     return text + "\n".join(["# --dry-run: recipe is valid; nothing was trained", *lines]) + "\n"
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """safe_dump, with multi-line strings (system prompts) as ``|`` blocks: the text as the user wrote it."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
 
 
 def translated_line(recipe: Recipe) -> str:
