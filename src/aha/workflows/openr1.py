@@ -183,6 +183,12 @@ class Translation:
     notes: list[str]
 
 
+def _short(value: Any, width: int = 60) -> str:
+    """A value as messages show it: its repr, cut to `width` characters (a chat template is thousands)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def is_openr1_config(raw: dict[str, Any]) -> bool:
     """Is this mapping an Open R1 / ``trl grpo`` config (``model_name_or_path`` at the top, no aha ``model:`` or
     ``training:`` section) rather than an aha recipe?"""
@@ -335,7 +341,7 @@ def translate(raw: dict[str, Any], src: str, kind: str = "grpo") -> Translation:
         # anything else goes to training:, where GRPOConfig names it (with its own did-you-mean)
     for key, (allowed, why) in REFUSED.items():
         if key in raw and raw[key] not in allowed:
-            raise ValueError(f"{src}: {key}: {raw[key]!r} has no aha counterpart: {why}")
+            raise ValueError(f"{src}: {key}: {_short(raw[key])} has no aha counterpart: {why}")
     eval_on = raw.get("eval_strategy") not in (None, "no") or raw.get("do_eval") is True
     if eval_on and "dataset_test_split" in raw:
         raise ValueError(
@@ -356,5 +362,5 @@ def translate(raw: dict[str, Any], src: str, kind: str = "grpo") -> Translation:
     recipe["training"] = training
     for key, why in NOT_CARRIED.items():
         if key in raw and raw[key] is not None:
-            notes.append(f"{key}: {raw[key]!r} not carried: {why}")
+            notes.append(f"{key}: {_short(raw[key])} not carried: {why}")
     return Translation(recipe, notes)
