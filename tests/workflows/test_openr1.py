@@ -252,7 +252,10 @@ def test_builtin_task_and_tiny_model(tmp_path, capsys) -> None:
         ),
         ({"learnin_rate": 1e-5}, r"GRPOConfig has no field 'learnin_rate' \(did you mean 'learning_rate'"),
         ({"cosine_max_len": 100}, r"cosine_max_len sets Open R1's 'cosine' reward, which reward_funcs does not list"),
-        ({"chat_template": "{{ x }}" * 50}, r"chat_template: '(\{\{ x \}\})+\{\{… has no aha counterpart: aha uses the"),
+        (
+            {"chat_template": "{{ x }}" * 50},
+            r"chat_template: '(\{\{ x \}\})+\{\{… has no aha counterpart: aha uses the",
+        ),
         ({"dataset_mixture": {"datasets": [{"id": "a/b"}]}}, r"dataset_mixture: .*aha reads one data set"),
         ({"model_revision": "v1"}, r"model_revision: 'v1' .*--revision"),
         ({"lora_r": 8}, r"lora_r is set but use_peft is not"),

@@ -11,7 +11,9 @@ Top-level keys (anything else is an error with a suggestion)::
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation
     training: {learning_rate: 1.0e-5, ...}   # GRPOConfig fields (aha train) or SFTConfig fields (aha sft)
 
-Training settings live under ``training:`` only. ``--set a.b=value`` overrides any key (values are YAML,
+An Open R1 / ``trl grpo --config`` file (flat, with ``model_name_or_path``) is read as the aha recipe it means
+(:mod:`aha.workflows.openr1`); ``--set`` then overrides that recipe's keys. Training settings live under
+``training:`` only. ``--set a.b=value`` overrides any key (values are YAML,
 type-checked against the target, below). Validation never loads weights or Hub data: built-in
 tasks and local files are read for real (so the columns the rewards need are checked), Hub data sets are
 reported as not checkable.
