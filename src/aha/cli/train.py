@@ -12,7 +12,7 @@ KIND = "grpo"
 
 def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``aha train`` and ``aha sft`` share."""
-    p.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    p.add_argument("recipe", help="recipe YAML file (see recipes/), or an Open R1 / `trl grpo --config` YAML file")
     add_set_option(
         p,
         "override a recipe key (dotted path, YAML value), e.g. training.learning_rate=1e-5, model=tiny, "
@@ -45,12 +45,16 @@ def add_parser(sub) -> None:
 
 
 def run_kind(args: argparse.Namespace, kind: str) -> int:
-    from aha.workflows.recipe import dry_run_report, load_recipe
+    from aha.workflows.recipe import dry_run_report, load_recipe, translated_line
 
     recipe = load_recipe(args.recipe, args.sets, kind=kind, out=args.out, merge=args.merge)
     if args.dry_run:
-        print(dry_run_report(recipe), end="")
+        print(dry_run_report(recipe), end="")  # an Open R1/TRL config's report starts with the line below
         return 0
+    if recipe.translated is not None:
+        from aha.console import console
+
+        console.print(translated_line(recipe), markup=False, highlight=False, soft_wrap=True)
     from aha.workflows.run import run_recipe
 
     run_recipe(recipe, overwrite=args.overwrite, plot=not args.no_plot, resume=args.resume)

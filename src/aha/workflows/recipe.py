@@ -12,7 +12,9 @@ Top-level keys (anything else is an error with a suggestion)::
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation
     training: {learning_rate: 1.0e-5, ...}   # GRPOConfig fields (aha train) or SFTConfig fields (aha sft)
 
-Training settings live under ``training:`` only. ``--set a.b=value`` overrides any key (values are YAML,
+An Open R1 / ``trl grpo --config`` file (flat, with ``model_name_or_path``) is read as the aha recipe it means
+(:mod:`aha.workflows.openr1`); ``--set`` then overrides that recipe's keys. Training settings live under
+``training:`` only. ``--set a.b=value`` overrides any key (values are YAML,
 type-checked against the target, below). Validation never loads weights or Hub data: built-in
 tasks and local files are read for real (so the columns the rewards need are checked), Hub data sets are
 reported as not checkable.
@@ -25,6 +27,7 @@ the task's parameters, ``rewards.<name or index>.*`` against the reward's parame
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import yaml
 from aha.data.load import spec_name
 from aha.settings import coerce, field_types, from_dict, suggest, type_ok
 from aha.train.config import GRPOConfig
+from aha.workflows.openr1 import ORIGIN, is_openr1_config, translate
 
 TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training")
 EVAL_TYPES = {
@@ -365,6 +369,7 @@ class Recipe:
     merge_lora: bool = False
     eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    translated: dict[str, Any] | None = None  # an Open R1/TRL config's aha recipe (after --set), as written
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -452,9 +457,13 @@ def load_recipe(
     directory."""
     raw = read_recipe(path)
     where = Path(base) if base is not None else Path(path).resolve().parent
+    src = str(path)
+    translated: list[str] | None = None
+    if is_openr1_config(raw):  # an Open R1 / `trl grpo` config: the aha recipe it means (aha.workflows.openr1)
+        translation = translate(raw, src, kind)
+        raw, translated = translation.recipe, translation.notes
     for s in sets:
         apply_set(raw, s, kind, where)
-    src = str(path)
     for key in raw:
         if key not in TOP_KEYS:
             raise ValueError(f"{src}: unknown recipe key {key!r}{suggest(key, TOP_KEYS)}; keys: {', '.join(TOP_KEYS)}")
@@ -500,6 +509,9 @@ def load_recipe(
     if merge_lora and peft is None:
         raise ValueError("merge_lora needs a LoRA run (a `peft:` section)")
     recipe = Recipe(kind, src, model, raw.get("dataset"), config, output_dir, rewards, peft, merge_lora, None, notes)
+    if translated is not None:
+        recipe.translated = copy.deepcopy(raw)
+        notes[:0] = translated
     if peft is not None:
         try:
             recipe.lora_config()
@@ -554,6 +566,29 @@ def _check_eval(ev: Any, tok: Any, notes: list[str]) -> dict[str, Any] | None:
 
 def dry_run_report(recipe: Recipe) -> str:
     """The resolved config as YAML, followed by what was (and was not) checked, as YAML comments."""
-    text = yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True, width=100)
     lines = [f"# {n}" for n in recipe.notes]
+    if recipe.translated is not None:  # the aha recipe to adopt, rather than every resolved default
+        text = yaml.dump(recipe.translated, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
+        return (
+            f"# {translated_line(recipe)}\n"
+            + text
+            + "\n".join(["# --dry-run: recipe is valid; nothing was trained", *lines])
+            + "\n"
+        )
+    text = yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True, width=100)
     return text + "\n".join(["# --dry-run: recipe is valid; nothing was trained", *lines]) + "\n"
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """safe_dump, with multi-line strings (system prompts) as ``|`` blocks: the text as the user wrote it."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None),
+)
+
+
+def translated_line(recipe: Recipe) -> str:
+    """The line saying a recipe file was read as an Open R1/TRL config."""
+    return f"{recipe.source}: read as {ORIGIN}, translated to the aha recipe `aha train --dry-run` prints"
