@@ -1,5 +1,6 @@
 """A TRL 1.16 program runs on aha with only its import changed: eval_dataset, a TrainerCallback, async and sync
-reward functions using TRL's trainer keyword arguments, report_to="none"."""
+reward functions using TRL's trainer keyword arguments, report_to="tensorboard" (read back with TensorBoard's own
+event reader)."""
 
 import asyncio
 
@@ -10,6 +11,8 @@ from transformers import TrainerCallback
 # a TRL program reads: from trl import GRPOConfig, GRPOTrainer
 from aha import GRPOConfig, GRPOTrainer
 from aha.models.tiny import build_tiny
+
+EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
 
 
 def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
@@ -51,7 +54,7 @@ def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
         per_device_eval_batch_size=4,
         num_generations_eval=2,
         log_completions=True,
-        report_to="none",
+        report_to="tensorboard",
         use_cpu=True,
     )
     tracker = EvalTracker()
@@ -78,6 +81,10 @@ def test_trl_program_with_only_the_import_changed(small_tiny, tmp_path):
     assert "eval_train_progress" in eval_rows[0]  # log_metric in the evaluation: under eval_
     assert {"eval_reward", "eval_completions/mean_length", "eval_rewards/answer_reward/mean"} <= set(metrics)
     assert "train_runtime" in result.metrics and result.training_loss == result.metrics["train_loss"]
+    events = EventAccumulator(str(tmp_path / "out" / "runs"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("eval/loss")] == [2, 3]  # during train(); evaluate() after it is not
 
 
 EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_step_begin", "on_step_end", "on_epoch_end")

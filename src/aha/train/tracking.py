@@ -238,16 +238,18 @@ OPEN: dict[str, type] = {
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
-    """A metrics row as the trackers take it: numbers only (NaN and None dropped), named ``train/<name>`` as
-    transformers does (``eval/...`` and ``eval_...`` keep their names); ``phase`` and ``step`` are the run and
-    the x-axis, not metrics."""
+    """A metrics row as the trackers take it: numbers only (NaN and None dropped), named as transformers' trackers
+    name them: ``train/<name>``, a trainer evaluation's ``eval_<name>`` as ``eval/<name>`` (``eval/...`` kept);
+    ``phase`` and ``step`` are the run and the x-axis, not metrics."""
     out: dict[str, float] = {}
     for k, v in row.items():
         if k in ("phase", "step") or isinstance(v, str) or v is None:
             continue
         if not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
             continue
-        out[k if k.startswith(("eval/", "eval_", "train/")) else f"train/{k}"] = float(v)
+        if k.startswith("eval_"):
+            k = "eval/" + k.removeprefix("eval_")
+        out[k if k.startswith(("eval/", "train/")) else f"train/{k}"] = float(v)
     return out
 
 
