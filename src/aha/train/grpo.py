@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from aha.data.prompts import eos_ids
 from aha.grpo import importance_sampling_weights, policy_loss, top_entropy_mask
@@ -37,6 +37,7 @@ from aha.train.distributed import full_state_dict, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
+from aha.train.policy import compile_policy, load_policy, prepare_policy, process_group_options, set_run_flags
 from aha.train.precision import autocast
 from aha.train.rollouts import Batch, RolloutSource
 
@@ -63,12 +64,20 @@ class GRPOTrainer:
             raise ValueError(f"GRPOTrainer: train_dataset needs a 'prompt' column, found {sorted(train_dataset[0])}")
         # one process, or one of several under `accelerate launch` / `torchrun` (see aha.train.distributed)
         self.precision = a.mixed_precision  # "bf16" / "fp16": autocast for every policy forward (aha.train.precision)
-        self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision)
+        set_run_flags(a)
+        self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision, **process_group_options(a))
         self.device = self.accelerator.device
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_policy(model, a)
+        elif a.model_init_kwargs is not None:
+            raise ValueError(
+                "GRPOConfig.model_init_kwargs applies when the model is given by name; this one is already built: "
+                "load it with those options yourself, or pass its name"
+            )
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            processing_class = AutoTokenizer.from_pretrained(
+                model.config._name_or_path, trust_remote_code=a.trust_remote_code
+            )
         self.tokenizer = processing_class
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -77,12 +86,7 @@ class GRPOTrainer:
         self.model = model.to(self.device)  # the plain model: sampling, saving; `train_model` is the one wrapped
         self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
         self.loss_model = self.model  # what compute_loss calls: train_model, or under DDP the plain model
-        if a.gradient_checkpointing:
-            # transformers 5.2x renamed it activation checkpointing (the old name warns); older ones have only the old
-            enable = (
-                getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
-            )
-            enable()
+        prepare_policy(self.model, a)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("GRPOTrainer: give at least one reward function")
@@ -96,8 +100,11 @@ class GRPOTrainer:
             )
         self.train_dataset = train_dataset
         self.ref_model = self._make_reference() if a.beta != 0.0 else None
+        if a.torch_compile:  # after the reference copy: π_ref runs eagerly
+            compile_policy(self.model, a)
         self.eos = eos_ids(self.tokenizer, self.model)
         self.callbacks = list(callbacks)
+        self.head = {"head_fp32": True} if a.cast_lm_head_to_fp32 else {}  # token_logps' lm_head precision
         self.state = TrainerState()
         self.logger: MetricsLogger | None = None  # set in train(): OUTPUT_DIR/metrics.jsonl
         self.loop: TrainingLoop | None = None  # the optimiser, schedule and checkpoints of the running train()
@@ -164,9 +171,10 @@ class GRPOTrainer:
             part = [batch[k][s : s + mb] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
             if reference and self.ref_model is None:  # PEFT: adapter off
                 with self.model.disable_adapter():
-                    outs.append(token_logps(self.model, *part, self.args.temperature)[0])
+                    outs.append(token_logps(self.model, *part, self.args.temperature, **self.head)[0])
             else:
-                outs.append(token_logps(self.ref_model if reference else self.model, *part, self.args.temperature)[0])
+                model = self.ref_model if reference else self.model
+                outs.append(token_logps(model, *part, self.args.temperature, **self.head)[0])
         return torch.cat(outs)
 
     # ---------------------------------------------------------------------------------- update
@@ -181,6 +189,7 @@ class GRPOTrainer:
             mb["completion_mask"],
             a.temperature,
             with_entropy=True,
+            **self.head,
         )  # (B, T), (B, T)
         mask = top_entropy_mask(entropy, mb["completion_mask"], a.top_entropy_quantile)  # (B, T)
         loss, metrics = policy_loss(

@@ -75,5 +75,8 @@ def rollout_metrics(args, reward_funcs, rewards, lengths, truncated, prompts, co
         m[f"rewards/{reward_name(fn)}/std"] = col[~col.isnan()].std().item() if (~col.isnan()).sum() > 1 else 0.0
     if args.log_completions:
         n = args.num_completions_to_print or 2
-        m["_samples"] = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))][:n]
+        samples = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))]
+        if getattr(args, "log_unique_prompts", False):  # one completion per distinct prompt
+            samples = list({p: (p, c, r) for p, c, r in reversed(samples)}.values())[::-1]
+        m["_samples"] = samples[:n]
     return m
