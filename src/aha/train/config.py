@@ -280,8 +280,6 @@ class GRPOConfig:
             self.gradient_checkpointing = self.activation_checkpointing
         if self.activation_checkpointing_kwargs is not None:
             self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
-        self.activation_checkpointing = self.gradient_checkpointing
-        self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # as transformers: naming a backend or mode turns compilation on
         if self.steps_per_generation is None:

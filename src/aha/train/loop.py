@@ -426,6 +426,7 @@ class TrainingLoop:
         loop = files["loop_state.pt"]
         self.load_state_dict({**files["optimizer.pt"], **loop["loop"]})
         self.state.load_state_dict(meta)
+        self.last_epoch = self.state.epoch
         if self.logger is not None:
             self.logger.load_state_dict(meta)
         checkpoint.set_global_rng_state(files["rng_state.pt"])
