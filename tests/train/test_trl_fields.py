@@ -137,6 +137,7 @@ HONOURED: dict[str, str] = {
     "vllm_gpu_memory_utilization": "test_vllm_fields_reach_the_engine",
     "vllm_max_model_length": "test_vllm_fields_reach_the_engine",
     "vllm_importance_sampling_correction": "test_vllm_fields_reach_the_engine",
+    "vllm_model_impl": "test_vllm_fields_reach_the_engine",
     "vllm_importance_sampling_mode": "tests/grpo/test_importance_sampling.py::test_token_truncate_clamps_each_token",
     "vllm_importance_sampling_clip_max": "test_vllm_fields_reach_the_engine",
     "vllm_importance_sampling_clip_min": "tests/grpo/test_importance_sampling.py::test_sequence_mask_zeroes_sequences_outside_the_band",
@@ -466,6 +467,8 @@ def test_optim_args_reach_the_optimizer(small_tiny, tmp_path):
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["nesterov"] is True
     with pytest.raises(ValueError, match="optim_args must be 'key=value"):
         GRPOConfig(optim_args="momentum")
+    with pytest.raises(ValueError, match="optim_args: momentum not read by optim='adamw_torch', which takes none"):
+        GRPOConfig(optim_args="momentum=0.9")
 
 
 def test_adam_hyperparameters_reach_adamw(small_tiny, tmp_path):
@@ -506,6 +509,8 @@ def test_scheduler_by_name_with_kwargs_and_fractional_warmup(small_tiny, tmp_pat
     assert loop.scheduler.get_last_lr()[0] == pytest.approx(1e-4)  # the floor: min_lr_rate × learning_rate
     with pytest.raises(ValueError, match="reduce_lr_on_plateau steps on an evaluation metric"):
         GRPOConfig(lr_scheduler_type="reduce_lr_on_plateau")
+    with pytest.raises(ValueError, match=r"lr_scheduler_type='cosine_with_min_lr' with lr_scheduler_kwargs=\{\}"):
+        _loop(_trainer(small_tiny, tmp_path, lr_scheduler_type="cosine_with_min_lr"))
 
 
 def test_max_grad_norm_clips_and_zero_turns_clipping_off(small_tiny, tmp_path):
@@ -1040,5 +1045,9 @@ def test_vllm_fields_reach_the_engine(small_tiny, tmp_path, monkeypatch):
     batch = colocate.batches.sample_batch().batch
     assert made[-1] == {"mode": "colocate", "max_model_len": 64, "gpu_memory_utilization": 0.5}
     assert batch["sampling_weights"].max() == pytest.approx(4.0)
+    _trainer(small_tiny, tmp_path, vllm_model_impl="transformers", **common).batches.sample_batch()
+    assert made[-1]["model_impl"] == "transformers"
+    with pytest.raises(ValueError, match="vllm_model_impl: a server chooses its own model implementation"):
+        _cfg(tmp_path, vllm_mode="server", vllm_model_impl="transformers", **common)
     off = _trainer(small_tiny, tmp_path, vllm_importance_sampling_correction=False, **common)
     assert "sampling_weights" not in off.batches.sample_batch().batch

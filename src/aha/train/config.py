@@ -240,7 +240,7 @@ class GRPOConfig:
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to answer /health
     vllm_gpu_memory_utilization: float = 0.3  # colocate only (a server takes its own --gpu-memory-utilization)
     vllm_max_model_length: int | None = None  # None: prompt + completion lengths (or the model's own limit)
-    vllm_model_impl: str = "vllm"
+    vllm_model_impl: str = "vllm"  # colocate: "transformers" runs vLLM on transformers' modelling code
     vllm_enable_sleep_mode: bool = False
     vllm_structured_outputs_regex: str | None = None
     vllm_group_port: int = 51216
@@ -356,6 +356,16 @@ class GRPOConfig:
             "must be an http(s):// URL such as 'http://127.0.0.1:8000' (or None to use host and port)",
         )
         need(bool(self.vllm_server_host), "vllm_server_host", "must not be empty")
+        need(
+            self.vllm_model_impl in ("vllm", "transformers", "auto"),
+            "vllm_model_impl",
+            "must be 'vllm' or 'transformers'",
+        )
+        need(
+            self.vllm_model_impl == "vllm" or self.vllm_mode == "colocate",
+            "vllm_model_impl",
+            "a server chooses its own model implementation: start it with `vllm serve --model-impl ...`",
+        )
         need(1 <= self.vllm_server_port <= 65535, "vllm_server_port", "must be a TCP port in 1..65535")
         need(self.vllm_server_timeout > 0, "vllm_server_timeout", "must be > 0 seconds")
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
@@ -494,11 +504,18 @@ class GRPOConfig:
         need(0 <= self.adam_beta2 < 1, "adam_beta2", "must be in [0, 1)")
         if self.optim_args:
             try:
-                parse_optim_args(self.optim_args)
+                keys = set(parse_optim_args(self.optim_args))
             except ValueError:
                 raise ValueError(
                     f"GRPOConfig.optim_args must be 'key=value,key=value', got {self.optim_args!r}"
                 ) from None
+            known = OPTIM_ARGS.get(self.optim)
+            if known is not None and not keys <= known:
+                takes = f"takes {', '.join(sorted(known))}" if known else "takes none (its options are fields)"
+                raise ValueError(
+                    f"GRPOConfig.optim_args: {', '.join(sorted(keys - known))} not read by optim={self.optim!r}, which "
+                    f"{takes}: use adam_beta1/adam_beta2/adam_epsilon/weight_decay, or another optim"
+                )
 
     def _check_models(self) -> None:
         def need(cond: bool, name: str, msg: str) -> None:
@@ -696,6 +713,15 @@ OPTIM_REFUSED = {
         for name in ("schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd")
     },
 }
+# what transformers reads from optim_args for the optimisers torch provides (the library ones read their own)
+OPTIM_ARGS: dict[str, set[str]] = {
+    "adamw_torch": set(),
+    "adamw_torch_fused": set(),
+    "adafactor": set(),
+    "sgd": {"momentum", "dampening", "weight_decay", "nesterov"},
+    "adagrad": {"lr_decay", "weight_decay", "eps"},
+    "rmsprop": {"momentum", "alpha", "eps", "weight_decay", "centered"},
+}
 # optimiser name prefix -> the module it needs (transformers builds it; aha checks it is there first)
 OPTIM_LIBRARIES = {
     "galore": "galore_torch",
@@ -782,8 +808,6 @@ REFUSED: dict[str, str] = {
     "transformers_continuous_batching_config": "see use_transformers_continuous_batching",
     "use_transformers_paged": "deprecated in TRL; use rollout_backend='fast' or use_vllm=True",
     "log_multimodal": "aha trains on text prompts only, so there are no images to log",
-    "vllm_model_impl": "aha's vLLM engine uses vLLM's own model implementation; the transformers backend is not "
-    "wired in",
     "vllm_enable_sleep_mode": "aha's colocated engine does not sleep between generations: lower "
     "vllm_gpu_memory_utilization to leave the trainer room",
     "vllm_structured_outputs_regex": "constrained decoding is not wired into aha's vLLM engine: reward the format "

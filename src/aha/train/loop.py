@@ -186,13 +186,19 @@ class TrainingLoop:
             self.optimizer = accelerator.prepare_optimizer(self.optimizer)
         self.scaler = accelerator.scaler  # fp16's gradient scaler (None otherwise)
         self.params = params
-        self.scheduler = get_scheduler(
-            args.lr_scheduler_type,
-            self.optimizer,
-            warmup_steps(args, total_steps),
-            total_steps,
-            scheduler_specific_kwargs=getattr(args, "lr_scheduler_kwargs", None) or {},
-        )
+        kwargs = getattr(args, "lr_scheduler_kwargs", None) or {}
+        try:
+            self.scheduler = get_scheduler(
+                args.lr_scheduler_type,
+                self.optimizer,
+                warmup_steps(args, total_steps),
+                total_steps,
+                scheduler_specific_kwargs=kwargs,
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"lr_scheduler_type={args.lr_scheduler_type!r} with lr_scheduler_kwargs={kwargs}: {err}"
+            ) from None
         self.logging_every, self.save_every = (
             every(args.logging_steps, total_steps),
             every(args.save_steps, total_steps),

@@ -388,6 +388,8 @@ class RolloutSource:
                 mode = {"server_base_url": url, "server_timeout": a.vllm_server_timeout}
             else:
                 mode = {"max_model_len": self.max_model_len(), "gpu_memory_utilization": a.vllm_gpu_memory_utilization}
+                if a.vllm_model_impl != "vllm":  # vLLM's LLM(model_impl=...); its default picks its own code
+                    mode["model_impl"] = a.vllm_model_impl
             self.vllm = VLLMRollout(self.model, self.tokenizer, mode=a.vllm_mode, seed=a.seed, **mode)
             self.synced_step = self.state.global_step if a.vllm_mode == "colocate" else -1
         if self.synced_step != self.state.global_step:
