@@ -633,9 +633,19 @@ def test_trust_remote_code_reaches_from_pretrained(small_tiny, tmp_path, monkeyp
         return small_tiny[0]
 
     monkeypatch.setattr(policy.AutoModelForCausalLM, "from_pretrained", fake)
-    cfg = _cfg(tmp_path, trust_remote_code=True)
-    GRPOTrainer("org/remote-model", digit_share, cfg, _rows(), processing_class=small_tiny[1])
+    cfg = _cfg(tmp_path, trust_remote_code=True, model_init_kwargs={"dtype": "float32"})
+    import aha.rewards.scoring as scoring
+
+    rm = {}
+
+    def fake_rm(name, **kwargs):  # a reward model given by name takes the same options (as in TRL)
+        rm.update(kwargs, name=name)
+        return torch.nn.Identity()  # a callable: no tokenizer needed
+
+    monkeypatch.setattr(scoring.AutoModelForSequenceClassification, "from_pretrained", fake_rm)
+    GRPOTrainer("org/remote-model", [digit_share, "org/rm"], cfg, _rows(), processing_class=small_tiny[1])
     assert seen["name"] == "org/remote-model" and seen["trust_remote_code"] is True
+    assert rm == {"name": "org/rm", "num_labels": 1, "dtype": torch.float32, "trust_remote_code": True}
 
 
 def test_disable_dropout(small_tiny, tmp_path):

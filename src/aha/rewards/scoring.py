@@ -23,10 +23,16 @@ def reward_name(fn: Callable | PreTrainedModel) -> str:
 
 
 def load_reward_models(
-    reward_funcs: Sequence[Any], processing_classes: Any, device: torch.device | str
+    reward_funcs: Sequence[Any],
+    processing_classes: Any,
+    device: torch.device | str,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Strings become ``AutoModelForSequenceClassification`` models; each model gets a tokenizer (the matching
-    entry of `processing_classes`, or its own from ``config._name_or_path``). Returns (funcs, tokenizers)."""
+    """Strings become ``AutoModelForSequenceClassification`` models (``from_pretrained(**model_kwargs)``: the
+    trainer's ``model_init_kwargs`` and ``trust_remote_code``); each model gets a tokenizer (the matching entry of
+    `processing_classes`, or its own from ``config._name_or_path``). Returns (funcs, tokenizers)."""
+    model_kwargs = dict(model_kwargs or {})
+    remote = {"trust_remote_code": model_kwargs["trust_remote_code"]} if "trust_remote_code" in model_kwargs else {}
     n = len(reward_funcs)
     if processing_classes is None:
         classes = [None] * n
@@ -39,11 +45,11 @@ def load_reward_models(
     funcs: list[Any] = []
     for k, fn in enumerate(reward_funcs):
         if isinstance(fn, str):
-            fn = AutoModelForSequenceClassification.from_pretrained(fn, num_labels=1)
+            fn = AutoModelForSequenceClassification.from_pretrained(fn, num_labels=1, **model_kwargs)
         if isinstance(fn, PreTrainedModel):
             fn = fn.to(device).eval().requires_grad_(False)
             if classes[k] is None:
-                classes[k] = AutoTokenizer.from_pretrained(fn.config._name_or_path)
+                classes[k] = AutoTokenizer.from_pretrained(fn.config._name_or_path, **remote)
             if classes[k].pad_token_id is None:
                 classes[k].pad_token = classes[k].eos_token
             if fn.config.pad_token_id is None:

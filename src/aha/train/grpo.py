@@ -37,7 +37,14 @@ from aha.train.distributed import full_state_dict, make_accelerator
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
-from aha.train.policy import compile_policy, load_policy, prepare_policy, process_group_options, set_run_flags
+from aha.train.policy import (
+    compile_policy,
+    init_kwargs,
+    load_policy,
+    prepare_policy,
+    process_group_options,
+    set_run_flags,
+)
 from aha.train.precision import autocast
 from aha.train.rollouts import Batch, RolloutSource
 
@@ -92,7 +99,7 @@ class GRPOTrainer:
             raise ValueError("GRPOTrainer: give at least one reward function")
         # strings -> reward models; each reward model gets its tokenizer (None for plain functions)
         self.reward_funcs, self.reward_processing_classes = load_reward_models(
-            funcs, reward_processing_classes, self.device
+            funcs, reward_processing_classes, self.device, init_kwargs(a)
         )
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise ValueError(

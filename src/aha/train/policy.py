@@ -1,6 +1,6 @@
 """The policy model and the process as a ``GRPOConfig`` asks for them, before training starts.
 
-* :func:`load_policy`: a model given by name, with ``model_init_kwargs`` (``dtype``/``torch_dtype``,
+* :func:`load_policy` (:func:`init_kwargs`, reward models given by name take them too): a model given by name, with ``model_init_kwargs`` (``dtype``/``torch_dtype``,
   ``attn_implementation``, ...) and ``trust_remote_code``; float32 unless ``dtype`` says otherwise (as TRL: aha
   trains fp32 weights under autocast);
 * :func:`prepare_policy`: ``disable_dropout``, ``use_liger_kernel`` (transformers' Liger integration, the fused
@@ -24,15 +24,22 @@ from transformers import AutoModelForCausalLM
 from aha.train.forward import decoder_and_head, has_fast_path
 
 
-def load_policy(name: str, args: Any) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(name, **model_init_kwargs)``; a dtype given by name is a torch dtype."""
+def init_kwargs(args: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for models given by name (the policy, reward models):
+    ``model_init_kwargs`` with a dtype given by name as a torch dtype (float32 when none is given) and
+    ``trust_remote_code``."""
     kwargs = dict(args.model_init_kwargs or {})
     if "torch_dtype" in kwargs:  # the old name transformers still reads, under its new one
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     dtype = kwargs.get("dtype", torch.float32)
     kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    return kwargs
+
+
+def load_policy(name: str, args: Any) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(name, **init_kwargs(args))``."""
+    return AutoModelForCausalLM.from_pretrained(name, **init_kwargs(args))
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
