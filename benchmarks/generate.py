@@ -86,19 +86,22 @@ def run_case(case: dict, batch: int, new_tokens: int, reps: int, backends: dict,
     params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
     no_eos = [len(tok) + 7]  # outside the vocabulary: never sampled, so no row stops early
     times: dict[str, list[float]] = {name: [] for name in backends}
+    cpu: dict[str, float] = {name: 0.0 for name in backends}  # CPU seconds of this process's threads, timed reps
 
-    def once(name):
+    def once(name, timed=True):
         fn = backends[name]
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(0)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn(model, prompt_ids, prompt_mask, params, no_eos, tok.pad_token_id, gen)
         dt = time.perf_counter() - t
+        if timed:
+            cpu[name] += time.process_time() - c
         assert out.shape == (batch, new_tokens), (name, tuple(out.shape))
         return dt
 
     for name in backends:  # warm-up
-        once(name)
+        once(name, timed=False)
     order = list(backends)
     for r in range(reps):
         for name in order if r % 2 == 0 else order[::-1]:  # A B, B A, ...: cancels drift
@@ -107,7 +110,7 @@ def run_case(case: dict, batch: int, new_tokens: int, reps: int, backends: dict,
         **case,
         "params": model_dims(model)["params"],
         "prompt_len": prompt_ids.size(1),
-        "stats": {name: summary(ts) for name, ts in times.items()},
+        "stats": {name: {**summary(ts), "busy": cpu[name] / sum(ts)} for name, ts in times.items()},
         "tokens": batch * new_tokens,
     }
 
@@ -261,10 +264,11 @@ def print_case(res: dict, threads: int) -> None:
     print(
         f"\n== {label(res)} ({res['params'] / 1e6:.2f} M params, prompt width {res['prompt_len']}), {plural(threads, 'thread')}"
     )
-    print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8}")
+    print(f"{'backend':<10} {'tokens/s':>10} {'s (median)':>11} {'min':>8} {'max':>8} {'CPU busy':>9}")
     for name, st in res["stats"].items():
         print(
             f"{name:<10} {res['tokens'] / st['median']:>10.0f} {st['median']:>11.3f} {st['min']:>8.3f} {st['max']:>8.3f}"
+            f" {st['busy']:>8.2f}c"
         )
     for other in ("hf", "baseline"):
         if other in res["stats"]:

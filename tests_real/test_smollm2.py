@@ -65,3 +65,23 @@ def test_grpo_with_lora_then_eval_then_export_reloads(smollm2, tmp_path, capsys)
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     reply = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply  # 2 small LoRA steps leave the model's knowledge where it was
+
+
+def test_gguf_export_of_the_real_model_reads_back_and_answers(smollm2, tmp_path, capsys) -> None:
+    """aha export --gguf q8_0 of SmolLM2 (30 layers, GQA 9/3, tied embeddings, the smollm pre-tokenizer): the file
+    transformers' GGUF loader reads back still answers the check prompt, with the same chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "smollm2-q8_0.gguf"
+    assert main(["export", str(smollm2), "--out", str(out), "--gguf", "q8_0"]) == 0
+    capsys.readouterr()
+    assert out.stat().st_size < 200e6  # 8-bit: about a quarter of the fp32 weights (538 MB)
+    model = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name)
+    tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    ref = AutoTokenizer.from_pretrained(smollm2)
+    rendered = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert rendered == ref.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    ids = ref(rendered, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        reply = model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1] :]
+    assert "Paris" in ref.decode(reply, skip_special_tokens=True)

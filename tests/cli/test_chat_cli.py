@@ -51,7 +51,7 @@ def test_chat_piped_loop(model_dir, capsys, monkeypatch, replies):
 
 def test_chat_missing_model(tmp_path, capsys):
     assert main(["chat", "--model", str(tmp_path / "nope"), "hi"]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "nope: no such directory (and not a Hub id)" in capsys.readouterr().err
 
 
 class _Recorder:

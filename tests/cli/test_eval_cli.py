@@ -43,8 +43,8 @@ def test_eval_cli_on_a_file_default_k(models, tmp_path, capsys):
         (["--k", "1,16"], "--k 16 is larger than --n 8"),
         (["--data", "BAD"], "no answer column in"),
         (["--data", "arithmetc"], "not a built-in task (did you mean arithmetic?)"),
-        (["--model", "MISSING"], "does not exist"),
-        (["--out", "FULL"], "already holds files"),
+        (["--model", "MISSING"], "missing: no such directory"),
+        (["--out", "FULL"], "is not an aha eval directory that aha created"),
     ],
 )
 def test_eval_cli_errors(models, tmp_path, capsys, extra, message):

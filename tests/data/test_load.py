@@ -316,3 +316,19 @@ def test_few_shot_turns_go_before_the_question_after_the_system_prompt(tmp_path)
 def test_bad_few_shot_is_refused_naming_the_example(bad, match):
     with pytest.raises(ValueError, match=match):
         load_rows({"task": "arithmetic", "n": 2, "few_shot": bad})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "what"),
+    [
+        ("rows.jsonl", '{"prompt": "a"}\n\n{"prompt": "b"}\n{"prompt": "c",}\n{"prompt": "d"}\n', 4, "not valid JSON"),
+        ("rows.jsonl", '{"prompt": "a"}\n[1, 2]\n', 2, "a row must be a JSON object"),
+        ("rows.json", '[\n  {"prompt": "a"},\n  {"prompt": "b"\n]\n', 4, "not valid JSON"),
+    ],
+)
+def test_a_bad_json_line_is_named_by_file_and_line(tmp_path, name, text, line, what):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_rows({"path": str(path)})
+    assert str(e.value).startswith(f"{path}: line {line}: {what}"), str(e.value)

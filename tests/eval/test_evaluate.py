@@ -185,3 +185,49 @@ def test_no_progress_lines_with_aha_no_progress(tiny, monkeypatch, capsys):
     monkeypatch.setenv("AHA_NO_PROGRESS", "1")  # what CI sets; aha train's bar is off with it too
     _progress_run(tiny, monkeypatch)
     assert "eval tiny:" not in capsys.readouterr().err
+
+
+class _Engine:
+    """A TextEngine that answers each question with its own answer (or a wrong one for 'bad' questions), and
+    records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def complete_with_lengths(self, prompts, params, seed):
+        self.calls.append((params.greedy, seed, len(prompts)))
+        texts = [f"<think>x</think><answer>{'0' if 'bad' in p[-1]['content'] else '5'}</answer>" for p in prompts]
+        return texts, [7] * len(prompts), [False] * len(prompts)
+
+
+def test_an_engine_generates_instead_of_the_model(tiny):
+    """evaluate(engine=...) with no model: every completion comes from the engine, one call per phase, graded as
+    the model's would be (what `aha eval --backend vllm` runs)."""
+    _, tok = tiny
+    rows = _rows({"2+3 ok": "5", "4+1 ok": "5", "bad 1+1": "2"})
+    engine = _Engine()
+    cfg = EvalConfig(n=4, ks=[1, 4], max_new_tokens=8, batch_size=2, seed=3)
+    records, metrics = evaluate(None, tok, rows, Verifier("gsm8k"), cfg, engine=engine)
+    assert engine.calls == [(True, 3, 3), (False, 4, 12)]  # greedy rows, then the n samples of each
+    assert metrics["greedy_accuracy"] == pytest.approx(2 / 3) and metrics["pass@1"] == pytest.approx(2 / 3)
+    assert metrics["mean_length"] == 7 and metrics["truncated"] == 0.0
+    assert [r["n_correct"] for r in records] == [4, 4, 0]
+    with pytest.raises(ValueError, match="a model or an engine"):
+        evaluate(None, tok, rows, Verifier("gsm8k"), cfg)
+
+
+def test_backend_vllm_without_vllm_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from aha.cli import main
+
+    build_tiny(tmp_path / "m", **SIZES)
+    capsys.readouterr()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    args = ["eval", "--model", str(tmp_path / "m"), "--data", "arithmetic", "--limit", "2", "--backend", "vllm"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--backend vllm needs vLLM" in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--batch-size", "4"]) == 1
+    assert "--batch-size is for --backend fast" in capsys.readouterr().err

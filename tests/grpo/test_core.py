@@ -9,14 +9,18 @@ import pytest
 import torch
 
 from aha.grpo import (
+    adaptive_entropy_coef,
+    applied_entropy_coef,
     clip_ratio,
     completion_mask_after_eos,
     compute_advantages,
     entropy_from_logits,
     group_rewards,
     k3_kl,
+    off_policy_mask,
     policy_loss,
     selective_log_softmax,
+    vespo_weights,
     zero_std_groups,
 )
 
@@ -174,6 +178,86 @@ def test_on_policy_gradient_flows_and_kl_metric():
 def test_policy_loss_bad_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         policy_loss(torch.zeros(2, 3), None, None, torch.ones(2), torch.ones(2, 3), **kwargs)
+
+
+# --------------------------------------------------------------------------------------- other loss types
+def test_sapo_on_policy_gradient_is_ppos():
+    """At ρ = 1 SAPO's gate has PPO's gradient: d/dρ (4/τ) σ(τ (ρ - 1)) = 1, whatever τ."""
+    adv = torch.tensor([1.0, -0.5])
+    grads = {}
+    for loss_type, kw in (("grpo", {}), ("sapo", dict(sapo_temperature_pos=0.3, sapo_temperature_neg=3.0))):
+        logps = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
+        policy_loss(logps, None, None, adv, torch.ones(2, 2), loss_type=loss_type, **kw)[0].backward()
+        grads[loss_type] = logps.grad
+    torch.testing.assert_close(grads["sapo"], grads["grpo"])
+
+
+def test_cispo_caps_the_weight_not_the_gradient():
+    """CISPO: -sg(min(ρ, ε_high)) · A · logp. A token far above the cap keeps a gradient (ε_high · A), unlike PPO's."""
+    logps = torch.tensor([[-1.0]], requires_grad=True)
+    old = logps.detach() - math.log(3.0)  # ρ = 3
+    loss, metrics = policy_loss(
+        logps, old, None, torch.tensor([2.0]), torch.ones(1, 1), loss_type="cispo", epsilon_high=1.5
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.5 * 2.0 * -1.0)
+    assert logps.grad.item() == pytest.approx(-1.5 * 2.0)
+    assert metrics["cispo_clip_ratio"] == 1.0
+
+
+def test_luspo_weighs_each_sequence_by_its_length():
+    logps = torch.zeros(2, 3)  # on-policy: L_t = -A
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    loss, _ = policy_loss(logps, None, None, torch.tensor([1.0, 1.0]), mask, loss_type="luspo")
+    assert loss.item() == pytest.approx(-(3 + 1) / 2)  # GSPO's per-sequence loss × its length, then the mean
+
+
+def test_vespo_gamma_weights():
+    """φ(w) = e^λ w^k e^(-λw): 1 on-policy, peaked at w = k/λ, the (k, λ) pair chosen by the advantage's sign."""
+    mask = torch.ones(3, 2)
+    log_ratio = torch.tensor([[0.0, 0.0], [0.2, 0.3], [0.2, 0.3]])  # w = 1, e^0.5, e^0.5
+    phi = vespo_weights(torch.tensor([1.0, 1.0, -1.0]), log_ratio, mask, k_pos=2.0, lambda_pos=3.0, k_neg=1.0)
+    w = math.exp(0.5)
+    expected = [1.0, math.exp(3.0) * w**2 * math.exp(-3.0 * w), math.exp(2.0) * w * math.exp(-2.0 * w)]
+    torch.testing.assert_close(phi.squeeze(1), torch.tensor(expected))
+    # token-level sampler weights multiply w: e^-0.25 per token on row 1 cancel its drift (w = 1, φ = 1)
+    sw = torch.tensor([[1.0, 1.0], [math.exp(-0.25), math.exp(-0.25)], [1.0, 1.0]])
+    phi = vespo_weights(torch.tensor([1.0, 1.0, -1.0]), log_ratio, mask, sw, k_pos=2.0, lambda_pos=3.0, k_neg=1.0)
+    assert phi[1].item() == pytest.approx(1.0)
+
+
+def test_off_policy_mask_drops_only_drifted_negative_sequences():
+    logps = torch.zeros(4, 2)
+    behaviour = torch.tensor([[0.8, 0.6], [0.8, 0.6], [0.1, 0.1], [float("nan"), 0.2]])  # mean KL .7, .7, .1, .1
+    adv = torch.tensor([-1.0, 1.0, -1.0, -1.0])
+    keep = off_policy_mask(adv, logps, behaviour, torch.ones(4, 2), 0.5)
+    assert keep.squeeze(1).tolist() == [0.0, 1.0, 1.0, 1.0]  # A >= 0 always stays; NaN counts as no drift
+
+
+def test_entropy_controller_steps():
+    step = dict(target=0.2, delta=0.005, coef_min=0.0, coef_max=1.0)
+    assert adaptive_entropy_coef(0.0, 0.1, **step) == pytest.approx(0.005)  # at or below target: up
+    assert adaptive_entropy_coef(0.0, 0.3, **step) == 0.0  # above: down, floored
+    assert adaptive_entropy_coef(0.999, 0.0, **step) == 1.0  # capped
+    assert applied_entropy_coef(0.3, math.inf, 0.2) == 0.0 and applied_entropy_coef(0.3, 0.2, 0.2) == 0.3
+
+
+def test_normalize_then_sum_standardises_each_reward_first():
+    """GDPO: a reward on a 100× larger scale no longer drowns the other one."""
+    small = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    big = torch.tensor([0.0, 100.0, 50.0, 50.0])
+    rewards = torch.stack([small, big], 1)  # (4, 2): one group of 4
+    z = lambda r: (r - r.mean()) / (r.std() + 1e-4)  # noqa: E731
+    total = z(small) + z(big)
+    expected = (total - total.mean()) / (total.std() + 1e-4)
+    ours = compute_advantages(rewards, 4, multi_objective_aggregation="normalize_then_sum")
+    torch.testing.assert_close(ours, expected)
+    summed = compute_advantages(rewards, 4)
+    assert summed.argmax() == 1 and ours.argmax() != 1  # summing first: the big reward decides alone
+    with pytest.raises(ValueError, match="scale_rewards='none' does not apply"):
+        compute_advantages(rewards, 4, scale_rewards="none", multi_objective_aggregation="normalize_then_sum")
+    with pytest.raises(ValueError, match="multi_objective_aggregation must be one of"):
+        compute_advantages(rewards, 4, multi_objective_aggregation="mean")
 
 
 # --------------------------------------------------------------------------------------- log-probs

@@ -267,3 +267,23 @@ def test_a_gguf_file_as_a_model_path_is_converted_once_and_cached_by_content(tmp
     assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == sorted(
         [first.rsplit("/", 1)[1], file_sha256(changed)[:32]]
     )
+
+
+def test_q8_0_files_hold_8_bit_blocks_that_transformers_dequantizes(tmp_path) -> None:
+    """q8_0: each 32-wide block of a row is int8 codes times one f16 scale; a row that is not whole blocks (here
+    none: the tiny model's widths are multiples of 32) would stay f16. Read back close to the weights."""
+    import gguf
+
+    model, tok = tiny()
+    path = write_gguf(model, tok, tmp_path / "t.gguf", dtype="q8_0")
+    assert gguf_metadata(path)["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    kinds = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    assert kinds["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32  # norms stay f32
+    again = AutoModelForCausalLM.from_pretrained(convert_gguf(path, tmp_path / "m"))
+    for name, weight in model.state_dict().items():
+        got = again.state_dict()[name]
+        step = weight.abs().amax(-1, keepdim=True) / 127 if weight.ndim == 2 else 0  # one code's worth, per row
+        assert ((got - weight).abs() <= step + 1e-6).all(), name
+        if weight.ndim == 2:
+            assert not torch.equal(got, weight), name  # it was really quantised

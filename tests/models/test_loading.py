@@ -100,3 +100,38 @@ def test_load_model_passes_dtype_and_attention_to_from_pretrained(tmp_path, smal
     eager, _ = load_model(tmp_path / "m", dtype=torch.bfloat16, attn_implementation="eager")
     assert next(default.parameters()).dtype == torch.float32 and next(eager.parameters()).dtype == torch.bfloat16
     assert eager.config._attn_implementation == "eager" != default.config._attn_implementation
+
+
+@pytest.mark.parametrize(
+    ("text", "local"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", False),  # owner/name: a Hub id
+        ("runs/does_not_exist", True),  # runs/ is a directory here
+        ("some/missing/path", True),  # more than one '/'
+        ("./model", True),
+        ("~/model", True),
+        ("/abs/model", True),
+        ("owner/name/", True),
+        ("dir\\model", True),
+        ("gpt2", True),  # not owner/name: only a local directory could be meant
+    ],
+)
+def test_what_looks_like_a_local_path_is_never_a_hub_id(tmp_path, monkeypatch, text, local) -> None:
+    from aha.models.loading import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_local(text) is local
+
+
+def test_a_missing_model_path_is_named_and_never_tried_on_the_hub(tmp_path, monkeypatch) -> None:
+    from aha.models.loading import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("some/missing/path", "runs/does_not_exist", "./nope"):
+        with pytest.raises(FileNotFoundError, match=f"^{path}: no such directory \\(and not a Hub id\\)$"):
+            load_model(path)
+    assert resolve_model_path("owner/name") == "owner/name"
+    with pytest.raises(FileNotFoundError, match="^owner/name: no such directory$"):  # hub=False: local only
+        resolve_model_path("owner/name", hub=False)

@@ -72,6 +72,25 @@ def test_load_custom_file_errors(user_module):
         load_custom(f"{user_module / 'aha_test_user_rewards.py'}:nope")
 
 
+def test_a_relative_file_is_read_from_base_and_the_message_says_where(user_module, tmp_path, monkeypatch):
+    from aha.rewards.custom import anchored
+
+    monkeypatch.chdir(tmp_path.parent)  # not where the file is
+    assert load_custom("aha_test_user_rewards.py:brevity", base=user_module)(["abc"]) == [0.25]
+    fn, _ = resolve({"name": "aha_test_user_rewards.py:brevity", "scale": 2.0}, base=user_module)
+    assert fn(completions=["abc"]) == [0.5]
+    with pytest.raises(ValueError) as e:
+        load_custom("rw.py:f", base=user_module)
+    assert f"no file '{user_module / 'rw.py'}' (a relative path is read from the recipe's directory" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        load_custom("rw.py:f")  # the Python API and command-line flags: the working directory
+    assert f"no file '{tmp_path.parent / 'rw.py'}' (a relative path is read from the working directory" in str(e.value)
+    assert anchored("rw.py:f", "/a") == "/a/rw.py:f"
+    assert anchored({"name": "sub/rw.py:f", "weight": 2}, "/a") == {"name": "/a/sub/rw.py:f", "weight": 2}
+    assert anchored("/abs/rw.py:f", "/a") == "/abs/rw.py:f" and anchored("format", "/a") == "format"
+    assert anchored("pkg.mod:f", "/a") == "pkg.mod:f"  # a module, found on sys.path
+
+
 def test_resolve_names_dicts_and_custom(user_module):
     fn, weight = resolve("accuracy")
     assert fn.__name__ == "accuracy" and weight == 1.0

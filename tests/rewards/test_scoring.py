@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -86,7 +88,7 @@ def test_trainer_scores_with_reward_model(small_tiny, reward_model, tmp_path, as
     assert rollout.info[f"rewards/{name}/mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
     if as_path:  # logged under the last part of the path, like TRL
         state = trainer.train()
-        assert "rewards/rm-tiny/mean" in state.log_history[-1]
+        assert "rewards/rm-tiny/mean" in state.log_history[-2]  # the last window (the summary row follows)
 
 
 def test_reward_model_errors(small_tiny, reward_model, tmp_path):
@@ -97,3 +99,49 @@ def test_reward_model_errors(small_tiny, reward_model, tmp_path):
         GRPOTrainer(policy, [spy, model], _cfg(tmp_path), rows, tok, reward_processing_classes=[None])
     with pytest.raises(ValueError, match=r"reward_funcs\[0\]"):
         GRPOTrainer(policy, [42], _cfg(tmp_path), rows, tok)
+
+
+def _score(fn, n=4):
+    from aha.rewards.scoring import score
+
+    return score([fn], ["q"] * n, ["c"] * n, [[1]] * n, {})
+
+
+@pytest.mark.parametrize(
+    ("values", "tail"),
+    [
+        ([math.nan] * 4, "NaN or inf for all 4 samples of a batch: no finite"),
+        ([math.inf, -math.inf, math.inf, math.inf], "NaN or inf for all 4 samples of a batch: no finite"),
+        ([None, math.nan, None, math.nan], "NaN or inf for all 2 samples of a batch and None for the other 2"),
+    ],
+)
+def test_a_reward_with_no_finite_value_in_a_batch_is_refused_by_name(values, tail):
+    def broken_parser(completions, **kw):
+        return values
+
+    with pytest.raises(ValueError) as e:
+        _score(broken_parser)
+    assert str(e.value).startswith(f"reward function 'broken_parser' returned {tail}"), str(e.value)
+    assert "or None for a sample it does not apply to" in str(e.value)
+
+
+def test_some_nonfinite_or_all_none_is_still_accepted():
+    out = _score(lambda completions, **kw: [math.nan, 1.0, None, math.inf])
+    assert torch.isnan(out[[0, 2, 3], 0]).all() and out[1, 0] == 1.0
+    assert torch.isnan(_score(lambda completions, **kw: [None] * 4)).all()  # "does not apply" to this batch
+
+
+def test_strings_are_built_in_rewards_custom_functions_or_reward_models(tmp_path, monkeypatch, reward_model):
+    from aha.rewards.scoring import reward_from_string
+
+    assert reward_from_string("format").__name__ == "format"
+    (tmp_path / "rw.py").write_text("def mine(completions, **kw):\n    return [2.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    assert reward_from_string("rw.py:mine")(["a"]) == [2.0]
+    assert isinstance(reward_from_string(str(reward_model[2])), LlamaForSequenceClassification)
+    with pytest.raises(ValueError) as e:
+        reward_from_string("corectness")  # never tried as a Hub model
+    assert str(e.value).startswith("unknown reward 'corectness' (did you mean correctness")
+    assert "built-in rewards are: " in str(e.value) and "format" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="^some/missing/rm: no such directory"):
+        reward_from_string("some/missing/rm")

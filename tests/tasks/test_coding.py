@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from datasets import Dataset
 
@@ -14,10 +12,8 @@ from aha.tasks.coding import FAMILIES, Coding
 
 
 def sandbox_or_skip() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox needs root")
     try:
-        sandbox.run("pass")
+        sandbox.run("pass")  # this process's own mechanism (namespaces as root, else bubblewrap)
     except SandboxError as e:
         pytest.skip(f"no sandbox here: {e}")
 

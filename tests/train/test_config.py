@@ -206,3 +206,46 @@ def test_fp16_on_cpu_is_a_clear_error(monkeypatch):
 def test_bf16_and_fp16_together_are_refused():
     msg = error(bf16=True, fp16=True)
     assert "bf16=True and fp16=True" in msg and "choose one" in msg
+
+
+EVAL_AND_SYNC_FIELDS = [  # aha.train.grpo's evaluation and reference sync
+    "eval_strategy",
+    "eval_steps",
+    "eval_on_start",
+    "per_device_eval_batch_size",
+    "num_generations_eval",
+    "sync_ref_model",
+    "ref_model_mixup_alpha",
+    "ref_model_sync_steps",
+]
+
+
+def test_eval_and_sync_defaults_match_installed_trl():
+    trl = pytest.importorskip("trl")
+    if not trl.__version__.startswith("1.16."):
+        pytest.skip(f"defaults are TRL 1.16's, trl {trl.__version__} is installed")
+    theirs = {f.name: f.default for f in dataclasses.fields(trl.GRPOConfig)}
+    ours = GRPOConfig()
+    for name in EVAL_AND_SYNC_FIELDS:
+        assert getattr(ours, name) == theirs[name], name
+
+
+def test_eval_fields_as_transformers():
+    from transformers import IntervalStrategy
+
+    assert GRPOConfig(eval_strategy="steps", logging_steps=7).eval_steps == 7  # unset: logging_steps
+    assert GRPOConfig(eval_strategy=IntervalStrategy.EPOCH).eval_strategy == "epoch"
+    assert GRPOConfig(eval_strategy="steps", eval_steps=3.0).eval_steps == 3
+    assert GRPOConfig(eval_strategy="steps", eval_steps=0.25).eval_steps == 0.25  # a fraction of the run
+    assert "eval_strategy" in error(eval_strategy="sometimes")
+    assert "eval_steps" in error(eval_strategy="steps", eval_steps=2.5)
+    assert "per_device_eval_batch_size" in error(eval_strategy="steps", per_device_eval_batch_size=6)
+    assert GRPOConfig(eval_strategy="steps", per_device_eval_batch_size=6, num_generations_eval=3)
+    assert "num_generations_eval" in error(num_generations_eval=0)
+
+
+def test_sync_ref_model_needs_beta():
+    msg = error(sync_ref_model=True)
+    assert "sync_ref_model" in msg and "beta" in msg
+    assert GRPOConfig(sync_ref_model=True, beta=0.04).ref_model_sync_steps == 512
+    assert "ref_model_mixup_alpha" in error(sync_ref_model=True, beta=0.1, ref_model_mixup_alpha=1.5)

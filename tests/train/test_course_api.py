@@ -124,7 +124,7 @@ def test_course_program_runs(tmp_path):
     )
     trainer.train()
     assert trainer.state.global_step == 3
-    assert len(trainer.state.log_history) == 3
+    assert len(trainer.state.log_history) == 4  # 3 windows and the summary
     assert "rewards/reward_len/mean" in trainer.state.log_history[0]
     after = trainer.model.state_dict()
     for k, v in base_before.items():  # the base is bit-identical, only the adapter learned

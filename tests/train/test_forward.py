@@ -110,6 +110,45 @@ def test_lm_head_logps_gradient_matches_autograd():
         torch.testing.assert_close(a, b)
 
 
+def test_lm_head_entropy_gradient_matches_autograd():
+    """With entropy_grad the entropy output carries d H / d logits = -p (log p + H) too (the entropy bonus's)."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(8, 11, bias=True)
+    h = torch.randn(13, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 11, (13,), generator=g)
+    up, up_ent = torch.randn(13, generator=g), torch.randn(13, generator=g)
+    for use_logp in (True, False):  # the entropy alone, too
+        logp, ent = forward.lm_head_logps(h, head, targets, 0.5, budget=4 * 11, entropy_grad=True)
+        ((logp * up).sum() * use_logp + (ent * up_ent).sum()).backward()
+        mine = (h.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+        h.grad = None
+        head.zero_grad()
+        logits = head(h) / 0.5
+        ref = torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+        ref_ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        ((ref * up).sum() * use_logp + (ref_ent * up_ent).sum()).backward()
+        for a, b in zip(mine, (h.grad, head.weight.grad, head.bias.grad)):
+            torch.testing.assert_close(a, b)
+        h.grad = None
+        head.zero_grad()
+
+
+def test_fast_path_entropy_gradient_equals_one_padded_forward(model, monkeypatch):
+    monkeypatch.setitem(forward.TOKENS_PER_CHUNK, "cpu", 64)
+    parts = batch(True, seed=3)
+    weights = torch.linspace(-1.0, 1.0, B)[:, None]
+    grads = []
+    for fn in (forward._token_logps_plain, forward.token_logps):
+        model.zero_grad(set_to_none=True)
+        logps, ent = fn(model, *parts, 0.7, with_entropy=True, entropy_grad=True)
+        assert ent.requires_grad
+        ((logps + 0.3 * ent) * parts[3] * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        rel = float((grads[1][name] - g).norm() / g.norm())
+        assert rel < 1e-5, (name, rel)
+
+
 def test_other_models_take_the_plain_path(model):
     class Wrapper(torch.nn.Module):  # e.g. DDP: its forward must be called
         def __init__(self, inner):

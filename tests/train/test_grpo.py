@@ -42,7 +42,7 @@ def test_reward_rises_end_to_end(small_tiny, tmp_path):
     model, tok = small_tiny
     trainer = GRPOTrainer(model, digit_share, _cfg(tmp_path), _rows(), processing_class=tok)
     state = trainer.train()
-    rewards = [row["reward"] for row in state.log_history]
+    rewards = [row["reward"] for row in state.log_history[:-1]]  # the last row: the run's summary
     assert state.global_step == 30
     assert rewards[-1] > rewards[0] + 0.1, rewards
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -83,7 +83,7 @@ def test_kl_iterations_and_accumulation(small_tiny, tmp_path):
     before = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
     state = trainer.train()
     assert state.global_step == 4
-    last = state.log_history[-1]
+    last = state.log_history[-2]  # the last window (the summary row follows it)
     assert last["kl"] >= 0.0
     # the reference model stays frozen while the policy moves
     for k, v in trainer.ref_model.state_dict().items():
@@ -128,6 +128,27 @@ def test_bad_reward_function_is_named(small_tiny, tmp_path, bad, match):
     trainer = GRPOTrainer(model, bad, _cfg(tmp_path, max_steps=1), _rows(8), processing_class=tok)
     with pytest.raises(ValueError, match=f"my_reward.*{match}|{match}.*my_reward"):
         trainer.batches.generate_and_score(_rows(4))
+
+
+def test_all_nan_reward_is_refused_by_name_in_training(small_tiny, tmp_path):
+    model, tok = small_tiny
+
+    def always_nan(completions, **kw):
+        return [float("nan")] * len(completions)
+
+    trainer = GRPOTrainer(model, [digit_share, always_nan], _cfg(tmp_path, max_steps=1), _rows(8), processing_class=tok)
+    with pytest.raises(ValueError, match="^reward function 'always_nan' returned NaN or inf for all 32 samples"):
+        trainer.batches.generate_and_score(_rows(4))
+
+
+def test_a_missing_model_path_or_an_unknown_reward_name_is_one_clear_error(small_tiny, tmp_path):
+    model, tok = small_tiny
+    with pytest.raises(FileNotFoundError, match=r"^some/missing/path: no such directory \(and not a Hub id\)$"):
+        GRPOTrainer("some/missing/path", digit_share, _cfg(tmp_path), _rows(8))
+    with pytest.raises(ValueError, match="^unknown reward 'x'; built-in rewards are: .*correctness"):
+        GRPOTrainer(model, ["x"], _cfg(tmp_path), _rows(8), processing_class=tok)
+    trainer = GRPOTrainer(model, ["format", digit_share], _cfg(tmp_path), _rows(8), processing_class=tok)
+    assert [f.__name__ for f in trainer.reward_funcs] == ["format", "digit_share"]  # a built-in by name
 
 
 def test_dataset_errors(small_tiny, tmp_path):

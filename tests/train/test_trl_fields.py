@@ -1,6 +1,5 @@
 """Every field of TRL 1.16's GRPOConfig is in aha.GRPOConfig, with TRL's default, and is either honoured (each with
-the test below, or elsewhere, that shows its effect), owned by another branch (pending its merge), or refused with
-one clear error when set. docs/trl-config.md is generated from these tables: ``AHA_WRITE_DOCS=1 pytest -k docs``."""
+the test below, or elsewhere, that shows its effect) or refused with one clear error when set. docs/trl-config.md is generated from these tables: ``AHA_WRITE_DOCS=1 pytest -k docs``."""
 
 from __future__ import annotations
 
@@ -142,78 +141,38 @@ HONOURED: dict[str, str] = {
     "vllm_importance_sampling_clip_max": "test_vllm_fields_reach_the_engine",
     "vllm_importance_sampling_clip_min": "tests/grpo/test_importance_sampling.py::test_sequence_mask_zeroes_sequences_outside_the_band",
     "vllm_importance_sampling_cap": "test_vllm_fields_reach_the_engine",
-}
-
-# fields other branches implement (or refuse); added here with TRL's name, type and default only. The lead
-# reconciles them at merge: each moves to HONOURED or to REFUSED there.
-OWNED_ELSEWHERE: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "loss_type",  # honoured (grpo/bnpo/dr_grpo/dapo); the losses branch adds TRL's other loss types
-            "multi_objective_aggregation",
-            "sapo_temperature_neg",
-            "sapo_temperature_pos",
-            "vespo_k_pos",
-            "vespo_lambda_pos",
-            "vespo_k_neg",
-            "vespo_lambda_neg",
-            "entropy_coef",
-            "use_adaptive_entropy",
-            "entropy_coef_min",
-            "entropy_coef_max",
-            "entropy_coef_delta",
-            "entropy_target",
-            "off_policy_mask_threshold",
-        ],
-        "losses",
-    ),
-    **dict.fromkeys(
-        [
-            "report_to",
-            "project",
-            "trackio_space_id",
-            "trackio_bucket_id",
-            "trackio_static_space_id",
-            "push_to_hub",
-            "hub_token",
-            "hub_private_repo",
-            "hub_model_id",
-            "hub_strategy",
-            "hub_always_push",
-            "hub_revision",
-            "log_completions_hub_repo",
-        ],
-        "trackers",
-    ),
-    **dict.fromkeys(
-        [
-            "eval_strategy",
-            "eval_steps",
-            "eval_delay",
-            "per_device_eval_batch_size",
-            "eval_on_start",
-            "eval_do_concat_batches",
-            "eval_use_gather_object",
-            "eval_accumulation_steps",
-            "num_generations_eval",
-            "sync_ref_model",
-            "ref_model_mixup_alpha",
-            "ref_model_sync_steps",
-            # evaluation-adjacent: read only when evaluating, so the trainerapi branch decides them
-            "prediction_loss_only",
-            "include_for_metrics",
-            "batch_eval_metrics",
-            "bf16_full_eval",
-            "fp16_full_eval",
-            "do_eval",
-            "do_predict",
-            "load_best_model_at_end",
-            "metric_for_best_model",
-            "greater_is_better",
-            "restore_callback_states_from_checkpoint",
-        ],
-        "trainerapi",
-    ),
+    # merged from main: losses, trackers and the Hub, evaluation and the reference's refresh
+    "loss_type": "tests/train/test_grpo_objectives.py::test_new_loss_types_train",
+    "multi_objective_aggregation": "tests/train/test_grpo_objectives.py::test_multi_objective_aggregation_in_rollouts",
+    "sapo_temperature_neg": "tests/train/test_grpo_objectives.py::test_compute_loss_passes_each_option",
+    "sapo_temperature_pos": "tests/train/test_grpo_objectives.py::test_compute_loss_passes_each_option",
+    "vespo_k_pos": "tests/train/test_grpo_objectives.py::test_compute_loss_passes_each_option",
+    "vespo_lambda_pos": "test_vespo_lambda_pos_and_k_neg_change_the_loss",
+    "vespo_k_neg": "test_vespo_lambda_pos_and_k_neg_change_the_loss",
+    "vespo_lambda_neg": "tests/train/test_grpo_objectives.py::test_compute_loss_passes_each_option",
+    "entropy_coef": "tests/train/test_grpo_objectives.py::test_entropy_bonus_in_compute_loss",
+    "use_adaptive_entropy": "tests/train/test_grpo_objectives.py::test_adaptive_entropy_moves_the_coefficient_and_resumes",
+    "entropy_coef_min": "test_adaptive_entropy_coefficient_stays_within_its_bounds",
+    "entropy_coef_max": "test_adaptive_entropy_coefficient_stays_within_its_bounds",
+    "entropy_coef_delta": "tests/train/test_entropy.py::test_adaptive_over_processes_and_resumed",
+    "entropy_target": "tests/train/test_entropy.py::test_adaptive_over_processes_and_resumed",
+    "off_policy_mask_threshold": "tests/train/test_grpo_objectives.py::test_compute_loss_passes_each_option",
+    "report_to": "tests/train/test_tracking.py::test_grpo_reports_its_rows_and_completions_to_tensorboard",
+    "project": "tests/train/test_tracking.py::test_trackio_logs_metrics_config_and_a_table",
+    "push_to_hub": "tests/train/test_hub.py::test_grpo_pushes_checkpoints_and_the_final_model_with_a_card",
+    "hub_token": "tests/train/test_hub.py::test_hub_model_id_defaults_to_output_dirs_name_and_the_token_to_the_login",
+    "hub_private_repo": "tests/train/test_hub.py::test_grpo_pushes_checkpoints_and_the_final_model_with_a_card",
+    "hub_model_id": "tests/train/test_hub.py::test_hub_model_id_defaults_to_output_dirs_name_and_the_token_to_the_login",
+    "hub_strategy": "tests/train/test_hub.py::test_hub_strategy_decides_what_each_checkpoint_pushes",
+    "eval_strategy": "tests/train/test_grpo_trainer_api.py::test_eval_during_training_leaves_the_training_alone",
+    "eval_steps": "tests/train/test_grpo_trainer_api.py::test_eval_during_training_leaves_the_training_alone",
+    "eval_delay": "test_eval_delay_holds_the_first_evaluations_back",
+    "per_device_eval_batch_size": "tests/train/test_grpo_trainer_api.py::test_evaluate_returns_trls_eval_metrics",
+    "eval_on_start": "tests/train/test_grpo_trainer_api.py::test_eval_during_training_leaves_the_training_alone",
+    "num_generations_eval": "tests/train/test_grpo_trainer_api.py::test_evaluate_returns_trls_eval_metrics",
+    "sync_ref_model": "tests/train/test_grpo_trainer_api.py::test_sync_ref_model_mixes_the_policy_into_the_reference",
+    "ref_model_mixup_alpha": "tests/train/test_grpo_trainer_api.py::test_sync_ref_model_mixes_the_policy_into_the_reference",
+    "ref_model_sync_steps": "tests/train/test_grpo_trainer_api.py::test_sync_ref_model_mixes_the_policy_into_the_reference",
 }
 
 # refused unless another field makes them apply: field -> (when they apply, a value refused with the defaults)
@@ -256,7 +215,7 @@ def test_trls_defaults_construct():
 
 
 def test_every_trl_field_is_classified_once():
-    groups = [set(HONOURED), set(OWNED_ELSEWHERE), set(REFUSED), set(REFUSED_UNLESS)]
+    groups = [set(HONOURED), set(REFUSED), set(REFUSED_UNLESS)]
     for i, a in enumerate(groups):
         for b in groups[i + 1 :]:
             assert not a & b, f"fields in two tables: {sorted(a & b)}"
@@ -318,9 +277,9 @@ def render_docs() -> str:
         "# TRL 1.16 `GRPOConfig` fields in `aha.GRPOConfig`",
         "",
         "Every field of TRL 1.16's `GRPOConfig` exists in `aha.GRPOConfig` with TRL's name, type and default. Each is",
-        "**honoured** (the test named shows its effect), **refused** with one error naming it when set to anything",
-        "but its default (the reason and what to use instead below), or **pending**: owned by a branch not merged",
-        "yet. Generated by `tests/train/test_trl_fields.py`, which fails when this file is stale; regenerate with",
+        "**honoured** (the test named shows its effect) or **refused** with one error naming it when set to anything",
+        "but its default (the reason and what to use instead below). Generated by `tests/train/test_trl_fields.py`,",
+        "which fails when this file is stale; regenerate with",
         "`AHA_WRITE_DOCS=1 pytest tests/train/test_trl_fields.py -k docs`.",
         "",
         "| field | TRL default | in aha | details |",
@@ -335,13 +294,8 @@ def render_docs() -> str:
             lines.append(f"| `{name}` | {default} | honoured | {note} |")
         elif name in REFUSED:
             lines.append(f"| `{name}` | {default} | refused | {REFUSED[name]} |")
-        elif name in REFUSED_UNLESS:
-            lines.append(f"| `{name}` | {default} | refused unless it applies | {REFUSED_UNLESS[name][0]} |")
         else:
-            note = f"branch `{OWNED_ELSEWHERE[name]}`"
-            if name in DEFAULTS_DIFFER:
-                note += f"; aha's default: {DEFAULTS_DIFFER[name]}"
-            lines.append(f"| `{name}` | {default} | pending | {note} |")
+            lines.append(f"| `{name}` | {default} | refused unless it applies | {REFUSED_UNLESS[name][0]} |")
     extra = [n for n in OURS if n not in TRL_DEFAULTS]
     lines += ["", "aha's own fields (not in TRL 1.16): " + ", ".join(f"`{n}`" for n in extra) + "."]
     lines += [
@@ -523,7 +477,7 @@ def test_max_grad_norm_clips_and_zero_turns_clipping_off(small_tiny, tmp_path):
         with torch.no_grad():
             for p, b in zip(model.parameters(), before):
                 p.copy_(b)
-        return moved, state.log_history[-1]["grad_norm"]
+        return moved, state.log_history[-2]["grad_norm"]  # the step's row (the last is the run's summary)
 
     moved, norm = step(0.0)  # no clipping: the whole gradient
     assert norm > 1e-3 and moved == pytest.approx(norm, rel=1e-3)
@@ -788,7 +742,7 @@ def test_torch_empty_cache_steps(small_tiny, tmp_path, monkeypatch):
 def test_logging_strategies_and_fractional_steps(small_tiny, tmp_path):
     def steps(name, **kw):
         trainer = _trainer(small_tiny, tmp_path / name, rows=_rows(8), **kw)
-        return [row["step"] for row in trainer.train().log_history]
+        return [row["step"] for row in trainer.train().log_history if "train_runtime" not in row]  # not the summary
 
     assert steps("ratio", max_steps=4, logging_steps=0.5) == [2, 4]
     assert steps("first", max_steps=4, logging_steps=3, logging_first_step=True) == [1, 3, 4]
@@ -1061,3 +1015,62 @@ def test_vllm_fields_reach_the_engine(small_tiny, tmp_path, monkeypatch):
         _cfg(tmp_path, vllm_mode="server", vllm_model_impl="transformers", **common)
     off = _trainer(small_tiny, tmp_path, vllm_importance_sampling_correction=False, **common)
     assert "sampling_weights" not in off.batches.sample_batch().batch
+
+
+# ------------------------------------------------------------------------------------------------ merged from main
+def test_vespo_lambda_pos_and_k_neg_change_the_loss(small_tiny, tmp_path):
+    """compute_loss reads vespo_lambda_pos and vespo_k_neg (the two VESPO fields the objectives' tests leave at
+    TRL's defaults): changing either changes a micro-batch's loss, on the side of the advantages it names."""
+    trainer = _trainer(small_tiny, tmp_path, loss_type="vespo", num_iterations=2)
+    mb = dict(trainer.batches.generate_and_score(_rows(2)).batch)
+    n, t = mb["completion_ids"].shape
+    with torch.no_grad():
+        current = trainer.logps(mb, reference=False)
+    mb["old_logps"] = current - torch.linspace(-0.5, 0.5, n).unsqueeze(1)  # ratios on both sides of 1
+    mb["advantages"] = torch.linspace(-1.0, 1.0, n)
+
+    def loss(**fields):
+        for k, v in fields.items():
+            setattr(trainer.args, k, v)
+        with torch.no_grad():
+            return trainer.compute_loss(mb, 20.0)[0].item()
+
+    base = loss()
+    assert loss(vespo_lambda_pos=6.0) != pytest.approx(base, rel=1e-4)
+    assert loss(vespo_lambda_pos=3.0) == pytest.approx(base)
+    assert loss(vespo_k_neg=1.0) != pytest.approx(base, rel=1e-4)
+
+
+def test_adaptive_entropy_coefficient_stays_within_its_bounds():
+    from types import SimpleNamespace
+
+    from aha.train.entropy import EntropyControl
+
+    one = SimpleNamespace(num_processes=1)
+
+    def coef_after(entropy, steps, **kw):
+        control = EntropyControl(GRPOConfig(use_adaptive_entropy=True, entropy_target=1.0, **kw))
+        for _ in range(steps):
+            control.observe(torch.full((1, 2), entropy), torch.ones(1, 2))
+            control.step(one)
+        return control.coef
+
+    # below the target the coefficient rises by entropy_coef_delta each step, up to entropy_coef_max
+    assert coef_after(0.1, 3, entropy_coef=0.1, entropy_coef_delta=0.05) == pytest.approx(0.25)
+    assert coef_after(0.1, 3, entropy_coef=0.1, entropy_coef_delta=0.05, entropy_coef_max=0.2) == pytest.approx(0.2)
+    # above it, it falls, down to entropy_coef_min
+    assert coef_after(5.0, 3, entropy_coef=0.3, entropy_coef_delta=0.05) == pytest.approx(0.15)
+    assert coef_after(5.0, 3, entropy_coef=0.3, entropy_coef_delta=0.05, entropy_coef_min=0.2) == pytest.approx(0.2)
+
+
+def test_eval_delay_holds_the_first_evaluations_back(small_tiny, tmp_path):
+    def evals(name, **kw):
+        model, tok = small_tiny
+        cfg = _cfg(tmp_path / name, max_steps=4, eval_strategy="steps", eval_steps=1, num_generations_eval=1, **kw)
+        trainer = GRPOTrainer(model, digit_share, cfg, _rows(), processing_class=tok, eval_dataset=_rows(2))
+        return [row["step"] for row in trainer.train().log_history if "eval_loss" in row]
+
+    assert evals("none") == [1, 2, 3, 4]
+    assert evals("delay", eval_delay=3) == [3, 4]
+    with pytest.raises(ValueError, match="GRPOConfig.eval_delay"):
+        GRPOConfig(eval_delay=-1)

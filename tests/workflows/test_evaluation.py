@@ -58,15 +58,14 @@ def test_run_eval_on_a_file_detects_columns_and_format(tiny_dir, tmp_path):
 def test_run_eval_errors(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="--k 8 is larger than --n 4"):
         run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=4, ks=[1, 8]))
-    with pytest.raises(FileNotFoundError, match="model path .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="nope: no such directory"):
         run_eval(str(tmp_path / "nope"), "arithmetic", EvalConfig(n=1, ks=[1]))
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    with pytest.raises(ValueError, match="already holds files"):
-        run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=1, ks=[1]), out=out)
-    with pytest.raises(ValueError, match="not an aha eval directory"):  # --overwrite deletes only eval output
-        run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=1, ks=[1]), out=out, overwrite=True)
+    for overwrite in (False, True):  # not made by aha: never written into, even with --overwrite
+        with pytest.raises(ValueError, match="is not an aha eval directory that aha created: it holds notes.txt"):
+            run_eval(str(tiny_dir), "arithmetic", EvalConfig(n=1, ks=[1]), out=out, overwrite=overwrite)
     assert (out / "notes.txt").read_text() == "keep"
     cfg = EvalConfig(n=1, ks=[1], max_new_tokens=3)
     with pytest.raises(ValueError, match="--limit must be at least 1"):
@@ -74,6 +73,14 @@ def test_run_eval_errors(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="not a built-in task"):
         run_eval(str(tiny_dir), "arithmetc", cfg)
     run_eval(str(tiny_dir), "arithmetic", cfg, limit=2, out=tmp_path / "ev")
-    (tmp_path / "ev" / "stale.txt").write_text("old")
-    run_eval(str(tiny_dir), "arithmetic", cfg, limit=2, out=tmp_path / "ev", overwrite=True)  # an eval dir: replaced
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["samples.jsonl", "summary.json"]
+    (tmp_path / "ev" / "mine.txt").write_text("the user's")
+    (tmp_path / "ev" / "summary.json").write_text("stale")
+    run_eval(str(tiny_dir), "arithmetic", cfg, limit=2, out=tmp_path / "ev", overwrite=True)  # what aha wrote: replaced
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        ".aha-run",
+        "mine.txt",
+        "samples.jsonl",
+        "summary.json",
+    ]
+    assert (tmp_path / "ev" / "mine.txt").read_text() == "the user's"
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_questions"] == 2

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import aha.workflows.pipeline
 from aha.cli import main
@@ -45,16 +46,16 @@ def calls(monkeypatch) -> Calls:
     ran = Calls()
     train, sample = aha.workflows.pipeline.run_training_stage, aha.workflows.pipeline.run_sample_stage
 
-    def run_training(config, out, stage_dir, plot):
+    def run_training(config, out, stage_dir, plot, base):
         ran.append(stage_dir.name)
-        return train(config, out, stage_dir, plot)
+        return train(config, out, stage_dir, plot, base)
 
-    def run_sample(config, out, stage_dir):
+    def run_sample(config, out, stage_dir, base):
         ran.append(stage_dir.name)
         if ran.fail:
             (stage_dir / "partial").mkdir(parents=True)
             raise RuntimeError("killed in stage 3")
-        return sample(config, out, stage_dir)
+        return sample(config, out, stage_dir, base)
 
     monkeypatch.setattr(aha.workflows.pipeline, "run_training_stage", run_training)
     monkeypatch.setattr(aha.workflows.pipeline, "run_sample_stage", run_sample)
@@ -121,3 +122,51 @@ def test_dry_run_checks_every_stage(capsys) -> None:
 def test_bad_overrides(bad: str, message: str, capsys) -> None:
     assert main(["pipeline", RECIPE, "--dry-run", "--set", bad]) == 1
     assert message in capsys.readouterr().err
+
+
+TWO_STAGES = f"""
+model: {SMALL}
+training: {{seed: 0, logging_steps: 1, use_cpu: true}}
+stages:
+  - {{name: sft, kind: sft, dataset: {{task: arithmetic, split: sft, n: 32}},
+     training: {{max_steps: 4, save_steps: 100, learning_rate: 1.0e-2, per_device_train_batch_size: 8}}}}
+  - {{name: rs, kind: sample, dataset: {{task: arithmetic, split: train, n: 4}}, n: 2, max_new_tokens: 6, keep: all}}
+"""
+
+
+def test_ctrl_c_in_a_training_stage_continues_from_its_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    import signal
+
+    from safetensors.torch import load_file
+
+    from aha.train.loop import TrainingLoop
+
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(TWO_STAGES)
+    assert main(["pipeline", str(recipe), "--out", str(tmp_path / "ref"), "--no-plot"]) == 0
+    log_window = TrainingLoop.log_window
+
+    def ctrl_c_at_step_2(self):
+        log_window(self)
+        if self.state.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(TrainingLoop, "log_window", ctrl_c_at_step_2)
+    out = tmp_path / "p"
+    argv = ["pipeline", str(recipe), "--out", str(out), "--no-plot"]
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        f"aha pipeline: stopped by SIGINT after step 2; saved {out / '1-sft' / 'checkpoint-2'}; resume with: "
+        f"aha pipeline {recipe} --out {out} --no-plot"  # without --overwrite, which would start over
+    )
+    monkeypatch.setattr(TrainingLoop, "log_window", log_window)
+    assert main(argv) == 0
+    assert f"stage 1-sft: continuing from {out / '1-sft' / 'checkpoint-2'}" in capsys.readouterr().err
+    a, b = (
+        load_file(tmp_path / "ref" / "1-sft" / "model" / "model.safetensors"),
+        load_file(out / "1-sft" / "model" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "2-rs" / "samples.jsonl").read_text() == (tmp_path / "ref" / "2-rs" / "samples.jsonl").read_text()

@@ -66,6 +66,55 @@ def test_malformed_yaml_gives_the_line(tmp_path: Path) -> None:
         read_recipe(bad)
 
 
+def test_a_directory_or_a_binary_file_is_not_a_recipe(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=f"^{tmp_path}/ is a directory, not a recipe file"):
+        read_recipe(f"{tmp_path}/")
+    blob = tmp_path / "model.safetensors"
+    blob.write_bytes(b"\x00\x01\xff\xfe binary")
+    with pytest.raises(ValueError, match=f"^{blob}: not a recipe: not UTF-8 text \\(byte 2 is 0xff\\)"):
+        read_recipe(blob)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "key"),
+    [
+        ("dataset={task: arithmetic", "dataset"),
+        ("training={max_steps: 2", "training"),
+        ("training.report_to=[none", "training.report_to"),
+        ("eval.dataset={task: arithmetic", "eval.dataset"),
+        ("rewards=[format, correctness", "rewards"),
+        ("rewards.0={name: format", "rewards.0"),
+    ],
+)
+def test_a_yaml_syntax_error_in_a_set_is_reported_as_one(assignment: str, key: str) -> None:
+    r = read_recipe(RECIPES / "demo-grpo.yaml")
+    before = json.dumps(r, sort_keys=True)
+    value = assignment.partition("=")[2]
+    with pytest.raises(ValueError) as e:
+        apply_set(r, assignment, "grpo")
+    assert str(e.value).startswith(f"--set {key}: YAML syntax error in the value {value!r}: "), str(e.value)
+    assert json.dumps(r, sort_keys=True) == before
+
+
+def test_a_relative_reward_file_is_the_recipes_neighbour(tmp_path: Path, monkeypatch) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "rw.py").write_text("def fn(completions, **kw):\n    return [1.0] * len(completions)\n")
+    recipe = project / "r.yaml"
+    recipe.write_text("model: tiny\ndataset: {task: arithmetic, n: 8}\nrewards: [rw.py:fn]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory has no rw.py: the recipe's directory is where it is read
+    (entry,) = load_recipe(recipe).rewards
+    assert entry.fn(["a", "b"]) == [1.0, 1.0]
+    recipe.write_text("model: tiny\ndataset: {task: arithmetic, n: 8}\nrewards: [missing.py:fn]\n")
+    with pytest.raises(ValueError) as e:
+        load_recipe(recipe)
+    assert f"no file '{project / 'missing.py'}' (a relative path is read from the recipe's directory {project})" in str(
+        e.value
+    )
+
+
 def test_missing_recipe_and_unknown_top_key(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")

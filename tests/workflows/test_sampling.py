@@ -9,6 +9,7 @@ import pytest
 
 import aha.rollout.engine
 from aha.cli import main
+from aha.rollout.engine import request_seed
 from aha.tasks import get_task
 
 N = 4
@@ -88,6 +89,10 @@ def test_refuses_to_overwrite_and_bad_options(tmp_path, model_dir, capsys) -> No
     out = tmp_path / "s.jsonl"
     out.write_text("keep me\n")
     args = ["sample", "--model", model_dir, "--data", "arithmetic", "--out", str(out)]
+    for extra in ([], ["--overwrite"]):  # no pass-rates sidecar next to it: not an aha sample output
+        assert main([*args, *extra]) == 1
+        assert "exists but aha did not write it" in capsys.readouterr().err and out.read_text() == "keep me\n"
+    (tmp_path / "s.pass_rates.jsonl").write_text("{}\n")  # as aha leaves it
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me\n"
     assert main([*args, "--overwrite", "--min-pass-rate", "0.8", "--max-pass-rate", "0.2"]) == 1
@@ -108,3 +113,87 @@ def test_real_run_on_a_tiny_model(tmp_path, model_dir) -> None:
         mine = [x for x in lines if x["prompt"] == r["prompt"]]
         assert all(x["pass_rate"] == r["pass_rate"] == r["accepted"] / 3 for x in mine)
         assert sum(x["correct"] for x in mine) <= r["accepted"]
+
+
+def _ctrl_c_on_call(monkeypatch, k: int, inner) -> list[int]:
+    """Make generate_texts send this process a SIGINT during its `k`-th call; returns the calls' seeds."""
+    import signal
+
+    seeds: list[int] = []
+
+    def generate(*args, **kwargs):
+        seeds.append(kwargs["seed"])
+        if len(seeds) == k:
+            signal.raise_signal(signal.SIGINT)  # recorded; the chunk in flight finishes
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(aha.rollout.engine, "generate_texts", generate)
+    return seeds
+
+
+def test_ctrl_c_keeps_the_accepted_chunks_and_resume_finishes_the_same_file(tmp_path, model_dir, monkeypatch, capsys):
+    import aha.workflows.sampling
+
+    monkeypatch.setattr(aha.workflows.sampling, "CHUNK", 5)  # 20 prompts: 4 chunks
+    base = ["sample", "--model", model_dir, "--data", "arithmetic", "--n", str(N), "--limit", "20", "--batch-size", "4"]
+    _ctrl_c_on_call(monkeypatch, 0, _fake_generate)
+    assert main([*base, "--out", str(tmp_path / "ref.jsonl")]) == 0
+    out = tmp_path / "s.jsonl"
+    seeds = _ctrl_c_on_call(monkeypatch, 2, _fake_generate)
+    capsys.readouterr()
+    assert main([*base, "--out", str(out)]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    partial = tmp_path / ".s.jsonl.partial"
+    assert last == (
+        f"aha sample: stopped by SIGINT after 10 of 20 prompts; saved {partial}; resume with: "
+        f"aha sample --model {model_dir} --data arithmetic --n {N} --limit 20 --batch-size 4 --out {out} --resume"
+    )
+    assert seeds == [0, request_seed(0, 5, N)] and not out.exists()
+    rates, kept = _expected(20)
+    assert len(_read(partial)) == sum(min(round(r * N), 2) for r in rates[:10])  # the first two chunks' lines
+    assert main([*base, "--out", str(out)]) == 1  # neither resumed nor overwritten: refused
+    assert "an interrupted run left its progress" in capsys.readouterr().err
+    assert main([*base, "--out", str(out), "--resume", "--n", "2"]) == 1  # other settings: refused
+    assert "other settings" in capsys.readouterr().err
+    assert main([*base, "--out", str(out), "--resume"]) == 0
+    assert out.read_text() == (tmp_path / "ref.jsonl").read_text() and len(_read(out)) == kept
+    assert (tmp_path / "s.pass_rates.jsonl").read_text() == (tmp_path / "ref.pass_rates.jsonl").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.")) == []
+    assert main([*base, "--out", str(out), "--resume"]) == 1  # nothing left to resume
+    assert "no interrupted run" in capsys.readouterr().err
+
+
+def test_resumed_real_sampling_draws_as_an_uninterrupted_run(tmp_path, model_dir, monkeypatch):
+    """The real sampler: each chunk's draws depend on where it starts, not on where a run stopped."""
+    import aha.workflows.sampling
+
+    monkeypatch.setattr(aha.workflows.sampling, "CHUNK", 2)
+    base = ["sample", "--model", model_dir, "--data", "arithmetic:digits=1", "--n", "2", "--limit", "6"]
+    base += ["--max-new-tokens", "6", "--keep", "all", "--batch-size", "2"]
+    real = aha.rollout.engine.generate_texts
+    assert main([*base, "--out", str(tmp_path / "ref.jsonl")]) == 0
+    _ctrl_c_on_call(monkeypatch, 1, real)
+    assert main([*base, "--out", str(tmp_path / "s.jsonl")]) == 130
+    monkeypatch.setattr(aha.rollout.engine, "generate_texts", real)
+    assert main([*base, "--out", str(tmp_path / "s.jsonl"), "--resume"]) == 0
+    assert (tmp_path / "s.jsonl").read_text() == (tmp_path / "ref.jsonl").read_text()
+
+
+def test_reward_scores_refuse_a_reward_that_is_nan_for_the_whole_batch():
+    """aha sample --reward: a reward giving NaN/inf for every completion is broken, refused by name; NaN for some
+    completions (or None) adds nothing to theirs, as in training."""
+    import math
+
+    from aha.workflows.sampling import reward_scores
+
+    rows = [{"prompt": "1+1", "answer": "2"}, {"prompt": "2+2", "answer": "4"}]
+
+    def broken(completions, **kw):
+        return [math.nan] * len(completions)
+
+    def partial(completions, **kw):
+        return [1.0, math.inf]
+
+    with pytest.raises(ValueError, match="reward function 'broken' returned NaN or inf for all 2 samples"):
+        reward_scores([broken], rows, ["a", "b"])
+    assert reward_scores([partial, {"name": "length", "ideal_length": 1}], rows, ["a", "bb"]) == [1.0, -1.0]

@@ -63,7 +63,13 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the results in an existing non-empty --out")
     p.add_argument("--compare", default=None, metavar="OTHER_MODEL", help="evaluate another model side by side")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    add_dtype_option(p)
+    p.add_argument(
+        "--backend",
+        choices=("fast", "vllm"),
+        default="fast",
+        help="who samples: fast (aha's sampler on the loaded model, default) or vllm (an in-process vLLM engine)",
+    )
+    add_dtype_option(p, extra="; with --backend vllm: the engine's dtype (auto: vLLM's choice)")
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -141,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         compare=args.compare,
         dtype=args.dtype,
+        backend=args.backend,
     )
     console = Console(soft_wrap=False)
     if result["comparison"] is not None:

@@ -55,6 +55,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--min-reward", type=float, default=1.0, help="with --reward: accept when the sum is >= this")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run of the same command that Ctrl-C, SIGTERM or a crash stopped: keep the samples it "
+        "accepted and sample the prompts it had not reached (the options must be the same)",
+    )
     t = p.add_argument_group("teacher (default: the --model in this process, aha's fast sampler)")
     t.add_argument(
         "--backend",
@@ -105,8 +111,7 @@ ENDPOINT_ONLY = ("tokenizer", "api_key", "concurrency", "timeout", "retries")
 def run(args: argparse.Namespace) -> int:
     from aha.console import console
     from aha.rollout.server import EndpointError
-    from aha.workflows.rundir import check_output
-    from aha.workflows.sampling import OUTPUT, SampleConfig, run_sample
+    from aha.workflows.sampling import SampleConfig, check_sample_output, run_sample
 
     cfg = SampleConfig(
         n=args.n,
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
-    check_output(args.out, OUTPUT, args.overwrite, sources=[args.data])  # before loading the model
+    check_sample_output(args.out, args.overwrite, args.resume, sources=[args.data])  # before loading the model
     if args.endpoint is not None and args.backend != "fast":
         raise ValueError("--endpoint and --backend are exclusive: the endpoint is the teacher")
     given = [f"--{name.replace('_', '-')}" for name in ENDPOINT_ONLY if getattr(args, name) is not None]
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     engine = None
     try:
         engine = _engine(args, cfg)
-        summary = run_sample(engine, args.data, args.out, cfg, overwrite=args.overwrite)
+        summary = run_sample(engine, args.data, args.out, cfg, overwrite=args.overwrite, resume=args.resume)
     except EndpointError as e:
         print(f"aha sample: error: endpoint {e}", file=sys.stderr)
         return 1

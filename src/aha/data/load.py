@@ -148,6 +148,34 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
     return builders.pop(), [str(f) for f in files]
 
 
+def bad_json_line(files: list[str]) -> str | None:
+    """``FILE: line N: what is wrong`` for the first line of a JSON-lines file that is not a JSON object (a ``.json``
+    file holding one JSON document: where that document breaks), or None when every file parses."""
+    for file in files:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = Path(file).read_bytes()[: e.start].count(b"\n") + 1
+            return f"{file}: line {line}: not UTF-8 text (byte {e.start})"
+        if file.lower().endswith(".json") and text.lstrip()[:1] in ("[", "{"):
+            try:
+                json.loads(text)
+                continue
+            except json.JSONDecodeError as e:
+                if text.lstrip()[:1] == "[" or "\n" not in text.strip():
+                    return f"{file}: line {e.lineno}: not valid JSON: {e.msg} (column {e.colno})"
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{file}: line {n}: not valid JSON: {e.msg} (column {e.colno})"
+            if not isinstance(value, dict):
+                return f"{file}: line {n}: a row must be a JSON object ({{...}}), got {type(value).__name__}"
+    return None
+
+
 def _load_dataset(spec: dict[str, Any]) -> tuple[Any, str]:
     """The `datasets.Dataset` of the spec's split, and a name for it in messages."""
     from datasets import load_dataset
@@ -159,7 +187,10 @@ def _load_dataset(spec: dict[str, Any]) -> tuple[Any, str]:
         try:
             # A local file or directory is the requested split, whatever its file names.
             ds = load_dataset(builder, data_files={split: files}, split=split)
-        except Exception as e:  # malformed JSON, CSV, parquet: name the file, keep the cause
+        except Exception as e:  # malformed JSON, CSV, parquet: name the file (and the line), keep the cause
+            bad = bad_json_line(files) if builder == "json" else None
+            if bad is not None:
+                raise ValueError(bad) from e
             raise ValueError(f"data: cannot read {where} as {builder}: {type(e).__name__}: {e}") from e
         return ds, where
     where = f"{path!r}" + (f" (config {name!r})" if name else "") + f" split {split!r}"

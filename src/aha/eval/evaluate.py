@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -123,17 +123,36 @@ class ProgressLines:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+class TextEngine(Protocol):
+    """What generates for :func:`evaluate` instead of the local model (e.g. :class:`aha.rollout.vllm.VLLMRollout`):
+    one completion per prompt as (texts, token lengths with the EOS, truncated flags), seeded by `seed`."""
+
+    def complete_with_lengths(
+        self, prompts: list[Any], params: SamplingParams, seed: int
+    ) -> tuple[list[str], list[int], list[bool]]: ...
+
+
 def evaluate(
-    model, tokenizer, rows: list[dict[str, Any]], verifier: Verifier, cfg: EvalConfig, label: str = "eval"
+    model,
+    tokenizer,
+    rows: list[dict[str, Any]],
+    verifier: Verifier,
+    cfg: EvalConfig,
+    label: str = "eval",
+    engine: TextEngine | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Greedy and ``cfg.n`` sampled completions per row (each with ``prompt`` and ``answer``), graded by
     `verifier`. Returns (per-question records, metrics); see the module doc. The model is evaluated in eval mode
-    and left in the mode it was in."""
+    and left in the mode it was in. With `engine` (then `model` may be None) the completions come from it, in one
+    call per phase, and `cfg`'s sizes must already be set (``batch_size`` is not used)."""
     from aha.console import progress
 
     if not rows:
         raise ValueError("evaluation: no rows to evaluate")
-    cfg = cfg.for_device(next(model.parameters()).device)
+    if model is not None:
+        cfg = cfg.for_device(next(model.parameters()).device)
+    elif engine is None:
+        raise ValueError("evaluate: give a model or an engine")
     prompts = [r["prompt"] for r in rows]
     if tokenizer.chat_template is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
@@ -142,8 +161,9 @@ def evaluate(
     greedy_p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
     sample_p = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     rep = [p for p in prompts for _ in range(cfg.n)]  # a question's n samples are consecutive
-    was_training = model.training
-    model.eval()
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
     try:
         with progress() as bar:
             tid = bar.add_task(label, total=len(prompts) + len(rep), info="")
@@ -159,6 +179,10 @@ def evaluate(
                     if done < len(todo):  # the phase's last line comes with its numbers
                         lines.update(f"{phase} {done}/{len(todo)} {unit}", info)
 
+                if engine is not None:
+                    out = engine.complete_with_lengths(todo, params, seed)
+                    advance(len(todo))
+                    return out
                 kw = {"batch_size": cfg.batch_size, "seed": seed, "on_batch": advance}
                 return generate_texts(model, tokenizer, todo, params, **kw)
 
@@ -173,7 +197,8 @@ def evaluate(
             lines.update(f"sampled {len(rep)}/{len(rep)} completions", info, force=True)
             bar.update(tid, info=info)
     finally:
-        model.train(was_training)
+        if model is not None:
+            model.train(was_training)
     records = []
     for i, row in enumerate(rows):
         samples = sampled[i * cfg.n : (i + 1) * cfg.n]

@@ -31,6 +31,20 @@ For each prompt q we sample a *group* of G completions o_1..o_G from the policy 
    the sum by B × max_completion_length; ``dapo`` divides by the number of completion tokens in
    the whole generation batch (``num_items``), so every token weighs the same whatever the batching.
 
+6. Other policy terms in place of step 3 (``loss_type``; sg = stop-gradient)::
+
+       cispo  L_t = -sg(min(ρ_t, ε_high)) · A · logp_t             (MiniMax-M1; dapo's aggregation)
+       sapo   L_t = -(4/τ) · σ(τ (ρ_t - 1)) · A,  τ = τ_pos if A > 0 else τ_neg   (grpo's aggregation)
+       luspo  L_t as step 3, summed per sequence, then averaged over sequences   (GSPO × length)
+       vespo  L_t = -sg(φ(w)) · A · logp_t,  φ(w) = e^λ w^k e^(-λ w),  w = Π_t ρ_t   (dapo's aggregation)
+
+   e.g. sapo at ρ = 1: d/dρ (4/τ) σ(τ (ρ - 1)) = 4 σ'(0) = 1, the same gradient as PPO's on-policy.
+   VESPO's (k, λ) pair is (vespo_k_pos, vespo_lambda_pos) when A >= 0, else the _neg pair; φ(1) = 1.
+
+7. Extras: an entropy bonus ``- entropy_coef · mean_t H_t`` (:func:`entropy_bonus`, adapted by
+   :func:`adaptive_entropy_coef`), and DeepSeek-V3.2's off-policy sequence mask (:func:`off_policy_mask`):
+   a sequence with A < 0 whose mean log(π_old/π_θ) exceeds a threshold is dropped from the policy term.
+
 Everything here is a pure function of tensors. Shapes: B completions (= prompts × G), T tokens.
 """
 
@@ -42,6 +56,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 ADV_EPS = 1e-4  # as TRL: A = (r - mean) / (std + 1e-4)
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")  # how K rewards make one advantage
 
 
 # --------------------------------------------------------------------------------------- advantages
@@ -73,12 +88,17 @@ def compute_advantages(
     *,
     scale_rewards: str | bool = "group",
     reward_weights: Sequence[float] | torch.Tensor | None = None,
+    multi_objective_aggregation: str = "sum_then_normalize",
 ) -> torch.Tensor:
     """Group-relative advantages, one per completion.
 
     rewards: (N,) or (N, K), N = prompts × num_generations, completions of one prompt contiguous.
     scale_rewards: "group" divides by the group's std (+1e-4), "batch" by the whole batch's std,
     "none" not at all (Dr. GRPO). Std is Bessel-corrected, as TRL's.
+    multi_objective_aggregation (how K reward functions combine, as TRL): "sum_then_normalize" weighs and sums
+    them, then centres and scales as above; "normalize_then_sum" (GDPO) first standardises each function within
+    each group, (r_k - mean_k) / (std_k + 1e-4), then weighs and sums those, then standardises the sums over the
+    whole batch. The latter has its own scaling: it takes only scale_rewards="group" (the default).
     Returns A: (N,). Rows where no reward function applies are left out of the mean and std and get
     A = 0, as TRL; so does a group with a single scorable row when scaling by the group's std.
     """
@@ -88,11 +108,29 @@ def compute_advantages(
         scale_rewards = "none"
     if scale_rewards not in ("group", "batch", "none"):
         raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
-    total, applicable = group_rewards(rewards, reward_weights)  # (N,), (N,)
+    if multi_objective_aggregation not in MULTI_OBJECTIVE_AGGREGATIONS:
+        raise ValueError(
+            f"multi_objective_aggregation must be one of {', '.join(MULTI_OBJECTIVE_AGGREGATIONS)}, "
+            f"got {multi_objective_aggregation!r}"
+        )
+    if multi_objective_aggregation == "normalize_then_sum" and scale_rewards != "group":
+        raise ValueError(
+            f"scale_rewards={scale_rewards!r} does not apply with multi_objective_aggregation='normalize_then_sum' "
+            "(it standardises each reward per group, then the sums over the batch): leave scale_rewards='group'"
+        )
     if num_generations < 2:
         raise ValueError(f"num_generations must be >= 2 for group-relative advantages, got {num_generations}")
-    if total.numel() % num_generations:
-        raise ValueError(f"{total.numel()} rewards do not split into groups of {num_generations}")
+    if rewards.size(0) % num_generations:
+        raise ValueError(f"{rewards.size(0)} rewards do not split into groups of {num_generations}")
+    if multi_objective_aggregation == "normalize_then_sum":
+        r = rewards.float().reshape(rewards.size(0), -1)  # (N, K)
+        grouped = r.view(-1, num_generations, r.size(1))  # (P, G, K)
+        z = (grouped - grouped.nanmean(dim=1, keepdim=True)) / (_nanstd(grouped, dim=1).unsqueeze(1) + ADV_EPS)
+        total, _ = group_rewards(z.view_as(r), reward_weights)  # (N,): a NaN z (std of < 2 rows) adds nothing
+        total = total.masked_fill(torch.isnan(r).all(dim=1), float("nan"))  # (N,) unscorable rows leave the batch
+        advantages = (total - total.nanmean()) / (_nanstd(total) + ADV_EPS)
+        return torch.nan_to_num(advantages, nan=0.0)
+    total, applicable = group_rewards(rewards, reward_weights)  # (N,), (N,)
     total = total.masked_fill(~applicable, float("nan"))  # (N,) unscorable rows leave the baseline
     grouped = total.view(-1, num_generations)  # (P, G)
     advantages = total - grouped.nanmean(dim=1).repeat_interleave(num_generations)  # (N,)
@@ -152,13 +190,120 @@ def _agg_dapo(loss_t, mask, *, num_items=None, **_):  # sum / tokens in the whol
     return (loss_t * mask).sum() / n.clamp(min=1.0)
 
 
-#: loss_type -> aggregation of the per-token loss (B, T) into a scalar.
-LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": _agg_grpo,
-    "bnpo": _agg_bnpo,
-    "dr_grpo": _agg_dr_grpo,
-    "dapo": _agg_dapo,
+def _agg_luspo(loss_t, mask, **_):  # sum over each sequence's tokens (its length × its loss), mean over sequences
+    return (loss_t * mask).sum(-1).mean()
+
+
+# Policy terms L_t of step 3 and 6. ratio: (B, T), or (B, 1) at sequence level; adv: (B, 1); logps: (B, T).
+def _pg_clipped(ratio, adv, logps, *, epsilon_low, epsilon_high, delta, **_):  # PPO's pessimistic bound
+    clipped = clip_ratio(ratio, epsilon_low, epsilon_high)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)  # two-sided clipping
+    return -torch.min(unclipped * adv, clipped * adv)  # (B, T) or (B, 1)
+
+
+def _pg_cispo(ratio, adv, logps, *, epsilon_high, **_):  # clip the IS weight itself (at ε_high), no gradient in it
+    return -torch.clamp(ratio, max=epsilon_high).detach() * adv * logps  # (B, T)
+
+
+def _pg_sapo(ratio, adv, logps, *, sapo_temperature_pos, sapo_temperature_neg, **_):  # a soft, sigmoid gate
+    tau = torch.where(adv > 0, sapo_temperature_pos, sapo_temperature_neg).to(ratio.dtype)  # (B, 1)
+    return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv  # (B, T) or (B, 1)
+
+
+def _pg_vespo(ratio, adv, logps, *, log_ratio, mask, sampling_weights, **kw):  # Gamma-shaped sequence weight
+    phi = vespo_weights(adv, log_ratio, mask, sampling_weights, **_vespo_params(kw))  # (B, 1), detached
+    return -phi * adv * logps  # (B, T)
+
+
+def _vespo_params(kw: dict) -> dict[str, float]:
+    return {k: kw[f"vespo_{k}"] for k in ("k_pos", "lambda_pos", "k_neg", "lambda_neg")}
+
+
+#: loss_type -> (policy term L_t, aggregation of the per-token loss (B, T) into a scalar), as TRL 1.16's.
+LOSS_TYPES: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {
+    "grpo": (_pg_clipped, _agg_grpo),
+    "bnpo": (_pg_clipped, _agg_bnpo),
+    "dr_grpo": (_pg_clipped, _agg_dr_grpo),
+    "dapo": (_pg_clipped, _agg_dapo),
+    "cispo": (_pg_cispo, _agg_dapo),
+    "sapo": (_pg_sapo, _agg_grpo),
+    "luspo": (_pg_clipped, _agg_luspo),
+    "vespo": (_pg_vespo, _agg_dapo),
 }
+#: loss_type -> its aggregation alone.
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {k: agg for k, (_, agg) in LOSS_TYPES.items()}
+#: The loss types normalised by ``num_items`` (the generation batch's tokens, :func:`dapo_num_items`): their
+#: micro-batch losses already sum to the window's, so a trainer does not divide them by the accumulation steps.
+NUM_ITEMS_LOSS_TYPES = frozenset(k for k, agg in LOSS_AGGREGATIONS.items() if agg is _agg_dapo)
+
+
+@torch.no_grad()
+def vespo_weights(
+    advantages: torch.Tensor,
+    log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    sampling_weights: torch.Tensor | None = None,
+    *,
+    k_pos: float = 2.0,
+    lambda_pos: float = 3.0,
+    k_neg: float = 3.0,
+    lambda_neg: float = 2.0,
+) -> torch.Tensor:
+    """VESPO's gradient scale of each sequence, φ(w) = e^λ · w^k · e^(-λ w) (a Gamma shape with φ(1) = 1), where
+    w = Π_t ρ_t is the sequence's importance weight (a product, not GSPO's geometric mean), times the sampler
+    correction Π_t sampling_weights_t (token-level weights) when given. In log space and clamped as the paper's
+    code: log ρ_t into [-20, 20], log w and each log sampling weight into [log 1e-8, 20]; (k, λ) are the _pos pair
+    where A >= 0, the _neg pair elsewhere (λ at least 1e-4); a non-finite φ is 0.
+
+    advantages: (B,) or (B, 1); log_ratio, mask, sampling_weights: (B, T). Returns φ: (B, 1), without gradient.
+    """
+    lo = math.log(1e-8)
+    mask = mask.to(log_ratio.dtype)
+    log_w = (log_ratio.clamp(-20.0, 20.0) * mask).sum(-1, keepdim=True)  # (B, 1)
+    if sampling_weights is not None:
+        log_w = log_w + (torch.log(sampling_weights).clamp(lo, 20.0) * mask).sum(-1, keepdim=True)
+    log_w = log_w.clamp(lo, 20.0)  # (B, 1)
+    nonneg = advantages.reshape(-1, 1) >= 0  # (B, 1)
+    k = torch.where(nonneg, k_pos, k_neg).to(log_w.dtype)
+    lam = torch.where(nonneg, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * log_w.exp()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def off_policy_mask(
+    advantages: torch.Tensor, logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (its δ = `threshold`): 0 for a sequence with A < 0 whose mean
+    per-token log(π_behaviour / π_θ) over its completion exceeds `threshold`, 1 otherwise. A NaN behaviour
+    log-prob (a token the sampler could not score) counts as no evidence (0).
+
+    advantages: (B,) or (B, 1); logps, behaviour_logps, mask: (B, T). Returns (B, 1) in mask's dtype, no gradient.
+    """
+    mask = mask.to(logps.dtype)
+    kl = torch.nan_to_num(behaviour_logps[:, : logps.size(1)] - logps.detach(), nan=0.0)  # (B, T)
+    seq_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)  # (B, 1)
+    return ((advantages.reshape(-1, 1) >= 0) | (seq_kl <= threshold)).to(mask.dtype)
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """H of the entropy bonus ``loss - entropy_coef · H``: the mean per-token entropy over the masked tokens, the
+    same whatever the loss type's normalisation. entropy, mask: (B, T) -> scalar (with entropy's gradient)."""
+    mask = mask.to(entropy.dtype)
+    return (entropy * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def adaptive_entropy_coef(
+    coef: float, entropy: float, *, target: float, delta: float, coef_min: float, coef_max: float
+) -> float:
+    """Skywork-OR1's entropy controller, once per optimiser step: the coefficient grows by `delta` (up to
+    `coef_max`) while the measured entropy is at or below `target`, and shrinks by `delta` (down to `coef_min`)
+    otherwise. e.g. 0.0 with delta 0.005: 0.005 after a step at entropy 0.1 <= 0.2."""
+    return min(coef + delta, coef_max) if entropy <= target else max(coef - delta, coef_min)
+
+
+def applied_entropy_coef(coef: float, last_entropy: float, target: float) -> float:
+    """The adaptive bonus acts only while the entropy of the last optimiser step is at or below `target`
+    (before any step, last_entropy = inf: no bonus)."""
+    return coef if last_entropy <= target else 0.0
 
 
 def policy_loss(
@@ -178,19 +323,36 @@ def policy_loss(
     num_items: int | float | torch.Tensor | None = None,
     use_bias_correction_kl: bool = True,
     sampling_weights: torch.Tensor | None = None,
+    entropy_mask: torch.Tensor | None = None,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
+    off_policy_mask_threshold: float | None = None,
+    behaviour_logps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The clipped GRPO objective with optional KL penalty, as a loss to minimise.
+    """The GRPO objective (policy term of `loss_type`, optional KL penalty), as a loss to minimise.
 
     logps, old_logps, ref_logps, mask: (B, T) log-probs of the sampled completion tokens under the
     current, behaviour and reference policies; mask is 1 on real completion tokens.
     advantages: (B,). old_logps=None means on-policy (ratio 1, gradient still flows).
     sampling_weights: (B, T) or (B, 1), detached: π_old / π_sampler when another engine (vLLM) sampled the
-    completions (truncated or masked importance weights); they scale the policy term, not the KL.
-    Returns (scalar loss, metrics) with metrics kl, clip_ratio/low_mean, clip_ratio/high_mean,
-    clip_ratio/region_mean, ratio_mean.
+    completions (truncated or masked importance weights); they scale the policy term, not the KL (``vespo``
+    folds them into its sequence weight instead, so they must be token-level there).
+    entropy_mask: (B, T), 0 on the tokens the policy term leaves out (``top_entropy_mask``); the KL and the
+    normalisers still cover every completion token, as TRL's.
+    sapo_temperature_pos/neg: SAPO's τ for A > 0 / A <= 0. vespo_k_*/vespo_lambda_*: VESPO's φ (see
+    :func:`vespo_weights`). epsilon_high is CISPO's cap on ρ itself (not 1 + ε_high; TRL's default: epsilon).
+    off_policy_mask_threshold: drop from the policy term the sequences :func:`off_policy_mask` flags, measured
+    against behaviour_logps (B, T) (the sampler's log-probs; default old_logps).
+    Returns (scalar loss, metrics) with metrics kl (beta != 0), ratio_mean, and per loss type
+    clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (the clipped ones), cispo_clip_ratio,
+    vespo/phi_seq_mean.
     """
-    if loss_type not in LOSS_AGGREGATIONS:
-        raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_AGGREGATIONS)}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose from {sorted(LOSS_TYPES)}")
     mask = mask.to(logps.dtype)
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
     adv = advantages.unsqueeze(1)  # (B, 1)
@@ -205,10 +367,25 @@ def policy_loss(
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
     ratio = torch.exp(log_w)  # (B, T) or (B, 1)
 
-    clipped = clip_ratio(ratio, eps_low, eps_high)
-    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)  # two-sided clipping
-    loss_t = -torch.min(unclipped * adv, clipped * adv)  # (B, T) or (B, 1)
-    if sampling_weights is not None:
+    term, aggregate = LOSS_TYPES[loss_type]
+    options = dict(
+        epsilon_low=eps_low,
+        epsilon_high=eps_high,
+        delta=delta,
+        sapo_temperature_pos=sapo_temperature_pos,
+        sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos,
+        vespo_lambda_pos=vespo_lambda_pos,
+        vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg,
+    )
+    loss_t = term(ratio, adv, logps, log_ratio=log_ratio, mask=mask, sampling_weights=sampling_weights, **options)
+    if off_policy_mask_threshold is not None:
+        behaviour = old if behaviour_logps is None else behaviour_logps
+        loss_t = loss_t * off_policy_mask(advantages, logps, behaviour, mask, off_policy_mask_threshold)  # (B, 1)
+    if entropy_mask is not None:
+        loss_t = loss_t * entropy_mask.to(logps.dtype)  # (B, T)
+    if sampling_weights is not None and term is not _pg_vespo:
         loss_t = loss_t * sampling_weights  # (B, T)
 
     metrics: dict[str, float] = {}
@@ -222,14 +399,21 @@ def policy_loss(
         metrics["kl"] = _masked_mean(kl.detach(), mask).item()
     loss_t = loss_t.expand_as(mask) if loss_t.size(-1) == 1 else loss_t
 
-    loss = LOSS_AGGREGATIONS[loss_type](loss_t, mask, max_completion_length=max_completion_length, num_items=num_items)
+    loss = aggregate(loss_t, mask, max_completion_length=max_completion_length, num_items=num_items)
 
-    with torch.no_grad():  # on the delta-clamped ratio, as TRL (it only matters if delta < 1 + ε_high)
-        low = ((unclipped < 1 - eps_low) & (adv < 0)).to(logps.dtype)
-        high = ((unclipped > 1 + eps_high) & (adv > 0)).to(logps.dtype)
-        metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).item()
-        metrics["clip_ratio/high_mean"] = _masked_mean(high, mask).item()
-        metrics["clip_ratio/region_mean"] = _masked_mean(((low + high) > 0).to(logps.dtype), mask).item()
+    with torch.no_grad():
+        if term is _pg_clipped:  # on the delta-clamped ratio, as TRL (it only matters if delta < 1 + ε_high)
+            shown = ratio if delta is None else torch.clamp(ratio, max=delta)
+            low = ((shown < 1 - eps_low) & (adv < 0)).to(logps.dtype)
+            high = ((shown > 1 + eps_high) & (adv > 0)).to(logps.dtype)
+            metrics["clip_ratio/low_mean"] = _masked_mean(low, mask).item()
+            metrics["clip_ratio/high_mean"] = _masked_mean(high, mask).item()
+            metrics["clip_ratio/region_mean"] = _masked_mean(((low + high) > 0).to(logps.dtype), mask).item()
+        elif term is _pg_cispo:
+            metrics["cispo_clip_ratio"] = _masked_mean(((ratio > eps_high) & (adv > 0)).to(logps.dtype), mask).item()
+        elif term is _pg_vespo:
+            phi = vespo_weights(adv, log_ratio, mask, sampling_weights, **_vespo_params(options))
+            metrics["vespo/phi_seq_mean"] = phi.mean().item()
         metrics["ratio_mean"] = _masked_mean(ratio.detach(), mask).item()
     return loss, metrics
 

@@ -19,7 +19,9 @@ from typing import Any
 
 GGUF_MAGIC = b"GGUF"
 CONVERT_DTYPES = ("float32", "bfloat16")  # what convert_gguf saves
-WRITE_DTYPES = ("f32", "f16", "bf16")  # what write_gguf stores the matrices in (norms stay f32, as llama.cpp wants)
+# what write_gguf stores the matrices in (norms stay f32, as llama.cpp wants); q8_0: llama.cpp's 8-bit blocks of 32
+# (a matrix whose rows are not a whole number of blocks stays f16, as llama.cpp's converter does)
+WRITE_DTYPES = ("f32", "f16", "bf16", "q8_0")
 SOURCE_FILE = "gguf_source.json"  # written into a converted directory: the GGUF it came from (its sha256) and dtype
 MODELS_DIR_ENV = "AHA_MODELS_DIR"  # where aha keeps the models it fetches or converts (default ~/.cache/aha/models)
 
@@ -217,7 +219,7 @@ def restore_pre_tokenizer(tok, path: Path) -> None:
 
 def write_gguf(model, tokenizer, path: str | Path, dtype: str = "f32") -> Path:
     """Write a Llama-family model and its tokenizer as a GGUF file `path` (tensors and metadata named as llama.cpp's
-    converter names them) and return it. `dtype`: f32, f16 or bf16 for the matrices; norms stay f32.
+    converter names them) and return it. `dtype`: f32, f16, bf16 or q8_0 for the matrices; norms stay f32.
 
     The tokenizer must be a BPE one: byte-level (GPT-2 style, as SmolLM2 and Llama 3 use), or character-level
     without merges (aha's tiny one), whose tokens are respelled in the byte alphabet. The file is written beside
@@ -251,8 +253,9 @@ def write_gguf(model, tokenizer, path: str | Path, dtype: str = "f32") -> Path:
         w.add_rope_freq_base(float(theta))
         w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
         w.add_vocab_size(cfg.vocab_size)
-        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
-        w.add_file_type(file_type.get(dtype, gguf.LlamaFileType.MOSTLY_BF16))
+        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}  # fmt: skip
+        w.add_file_type(file_type[dtype])
         add_tokenizer(w, tokenizer, tokens, types, merges, pre)
         for name, data, raw in gguf_tensors(gguf, model, cfg, dtype):
             w.add_tensor(name, data, raw_dtype=raw)
@@ -303,12 +306,15 @@ def gguf_tensors(gguf, model, cfg, dtype: str):
             data = permute_rope_rows(data, cfg.num_attention_heads)
         elif stem.endswith("self_attn.k_proj"):
             data = permute_rope_rows(data, cfg.num_key_value_heads)
-        if data.ndim == 1 or dtype == "f32":
+        kind = dtype
+        if kind == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]:
+            kind = "f16"  # rows that are not whole blocks
+        if data.ndim == 1 or kind == "f32":
             yield f"{gguf_name}.{suffix}", data, None
-        elif dtype == "f16":
+        elif kind == "f16":
             yield f"{gguf_name}.{suffix}", data.astype("float16"), None
-        else:  # bf16: numpy has none; gguf packs it as raw 16-bit words
-            raw = gguf.GGMLQuantizationType.BF16
+        else:  # bf16 (numpy has none) and q8_0: gguf packs them as raw bytes of that ggml type
+            raw = gguf.GGMLQuantizationType.BF16 if kind == "bf16" else gguf.GGMLQuantizationType.Q8_0
             yield f"{gguf_name}.{suffix}", gguf.quants.quantize(data, raw), raw
 
 

@@ -40,10 +40,29 @@ def peft_model(model, config):
         return get_peft_model(model, config)
 
 
-def resolve_model_path(path: str | Path) -> str:
+def looks_local(text: str) -> bool:
+    """Does `text` name a local path rather than a Hub id (``owner/name``)? It does when it exists, starts with
+    ``.``, ``/`` or ``~``, holds a backslash (or the platform's separator, where that is not ``/``), ends with ``/``,
+    has more than one ``/``, or its first part is a directory here (``runs/x`` while ``runs/`` exists), and when it
+    is not shaped like a Hub id at all. Such a path is never tried on the Hub."""
+    head = text.split("/", 1)[0]
+    return (
+        Path(text).expanduser().exists()
+        or text.startswith((".", "/", "~"))
+        or "\\" in text
+        or (os.sep != "/" and os.sep in text)
+        or text.endswith("/")
+        or text.count("/") > 1
+        or ("/" in text and Path(head).is_dir())
+        or not HUB_ID_RE.fullmatch(text)
+    )
+
+
+def resolve_model_path(path: str | Path, hub: bool = True) -> str:
     """A local model directory (a run directory means its ``model/``; a pipeline directory, the model of its last
     finished stage that trained one; a ``.gguf`` file, its conversion, made once and cached by content with
-    :func:`aha.models.gguf.converted_gguf`), or a Hub id kept as is.
+    :func:`aha.models.gguf.converted_gguf`), or (`hub`) a Hub id kept as is; a path that :func:`looks_local` is
+    never taken for a Hub id.
 
     Raises FileNotFoundError for a missing local path and ValueError for a directory with no model.
     """
@@ -62,9 +81,9 @@ def resolve_model_path(path: str | Path) -> str:
         return str(p)
     if p.exists():
         raise NotADirectoryError(f"model path {p} is a file, not a model directory")
-    if HUB_ID_RE.fullmatch(str(path)) and not str(path).startswith("."):
-        return str(path)  # looks like a Hugging Face Hub id
-    raise FileNotFoundError(f"model path {path} does not exist")
+    if hub and not looks_local(str(path)):
+        return str(path)  # a Hugging Face Hub id
+    raise FileNotFoundError(f"{path}: no such directory" + (" (and not a Hub id)" if hub else ""))
 
 
 def _last_stage_model(pipeline: Path) -> Path:

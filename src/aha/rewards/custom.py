@@ -25,8 +25,26 @@ def is_custom_spec(spec: str) -> bool:
     return bool(sep and module and func)
 
 
-def _load_file(spec: str, path_text: str) -> Any:
+def anchored(spec: Any, base: str | Path) -> Any:
+    """`spec` (a name, ``file.py:function``, a dict with such a name, a callable) with a relative reward file made
+    absolute from `base`: for code that calls :func:`resolve` later from another working directory."""
+    name = spec.get("name") if isinstance(spec, dict) else spec
+    if not isinstance(name, str) or not is_custom_spec(name):
+        return spec
+    target, _, attr = name.rpartition(":")
+    if not (target.endswith(".py") or "/" in target or "\\" in target) or Path(target).expanduser().is_absolute():
+        return spec
+    fixed = f"{Path(base) / Path(target).expanduser()}:{attr}"
+    return {**spec, "name": fixed} if isinstance(spec, dict) else fixed
+
+
+def _load_file(spec: str, path_text: str, base: Path | None) -> Any:
     path = Path(path_text).expanduser()
+    if not path.is_absolute():
+        where = f"the recipe's directory {base}" if base is not None else f"the working directory {Path.cwd()}"
+        path = (base if base is not None else Path.cwd()) / path
+        if not path.is_file():
+            raise ValueError(f"custom reward {spec!r}: no file {str(path)!r} (a relative path is read from {where})")
     if not path.is_file():
         raise ValueError(f"custom reward {spec!r}: no file {str(path)!r}")
     path = path.resolve()
@@ -57,14 +75,17 @@ def _load_module(spec: str, module_name: str) -> Any:
         raise ValueError(f"custom reward {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from e
 
 
-def load_custom(spec: str) -> RewardFn:
+def load_custom(spec: str, base: str | Path | None = None) -> RewardFn:
     """The function named by ``"module:function"`` or ``"path/to/file.py:function"`` (``function`` may be dotted,
-    e.g. ``Class.method``). Errors are ValueErrors naming `spec`."""
+    e.g. ``Class.method``). A relative file is read from `base` (a recipe's directory), by default the working
+    directory. Errors are ValueErrors naming `spec` (and the path tried)."""
     if not isinstance(spec, str) or not is_custom_spec(spec):
         raise ValueError(f"custom reward {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
     target, _, attr = spec.rpartition(":")
     is_file = target.endswith(".py") or "/" in target or "\\" in target
-    module = _load_file(spec, target) if is_file else _load_module(spec, target)
+    module = (
+        _load_file(spec, target, Path(base) if base is not None else None) if is_file else _load_module(spec, target)
+    )
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -88,15 +109,16 @@ def _bind(fn: Callable, name: str, params: dict[str, Any]) -> RewardFn:
     return wrapper
 
 
-def resolve(spec: str | dict[str, Any] | Callable) -> tuple[RewardFn, float]:
+def resolve(spec: str | dict[str, Any] | Callable, base: str | Path | None = None) -> tuple[RewardFn, float]:
     """(reward callable, weight) for a registry name, a custom ``module:function``/``file.py:function`` spec, a dict
-    ``{"name": ..., "weight": ..., **params}`` or a callable (weight 1.0 unless the dict gives one)."""
+    ``{"name": ..., "weight": ..., **params}`` or a callable (weight 1.0 unless the dict gives one). `base`: where a
+    relative ``file.py`` is (a recipe's directory; default: the working directory)."""
     if callable(spec) and not isinstance(spec, (str, dict)):
         return spec, 1.0
     if isinstance(spec, str):
         if spec in REGISTRY or not is_custom_spec(spec):
             return get(spec), 1.0
-        return load_custom(spec), 1.0
+        return load_custom(spec, base), 1.0
     if not isinstance(spec, dict):
         raise ValueError(f"a reward must be a name, a dict with a 'name' or a callable, got {type(spec).__name__}")
     params = dict(spec)
@@ -108,4 +130,4 @@ def resolve(spec: str | dict[str, Any] | Callable) -> tuple[RewardFn, float]:
         raise ValueError(f"reward {name!r}: 'weight' must be a number, got {weight!r}")
     if name in REGISTRY or not is_custom_spec(name):
         return get(name, **params), float(weight)
-    return _bind(load_custom(name), name, params), float(weight)
+    return _bind(load_custom(name, base), name, params), float(weight)

@@ -69,7 +69,7 @@ def get(name: str, **params: Any) -> RewardFn:
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, REGISTRY, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown reward {name!r}{hint}; known rewards: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"unknown reward {name!r}{hint}; built-in rewards are: {', '.join(sorted(REGISTRY))}")
     spec = REGISTRY[name]
     known = spec.params()
     for key, value in params.items():

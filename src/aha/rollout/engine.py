@@ -2,12 +2,15 @@
 the model in this process (:class:`LocalEngine`, aha's sampler), an in-process vLLM engine
 (:class:`aha.rollout.vllm.VLLMRollout`) or an OpenAI-compatible server (:class:`aha.rollout.server.EndpointEngine`).
 
-The contract (:class:`CompletionEngine`): ``complete(prompts, n, params, seed)`` returns ``n`` consecutive
-completions per prompt, texts without special tokens. A prompt is a list of chat messages, rendered with the
+The contract (:class:`CompletionEngine`): ``complete(prompts, n, params, seed, start)`` returns ``n`` consecutive
+completions per prompt, texts without special tokens; `start` is the index of ``prompts[0]`` in the whole job
+when a caller hands it out in chunks (``aha sample``, which resumes at a chunk), so that the draws do not depend
+on where a run was interrupted. A prompt is a list of chat messages, rendered with the
 engine's `tokenizer` chat template, or a plain string (for a tokenizer without one); an engine whose `tokenizer`
 is None leaves the rendering to its server. Seeds: the vLLM engine and the endpoint draw completion j of prompt i
 with seed ``request_seed(seed, i, n) + j`` (so a local vLLM engine and a ``vllm serve`` of the same model give
-the same samples); the local sampler draws its whole call from one generator seeded with `seed`.
+the same samples), where i counts from `start`; the local sampler draws its whole call from one generator seeded
+with `seed` (``start`` 0) or ``request_seed(seed, start, n)``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ class CompletionEngine(Protocol):
 
     tokenizer: Any  # the local tokenizer prompts are rendered with; None: the server renders them
 
-    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]: ...
+    def complete(
+        self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int, start: int = 0
+    ) -> list[str]: ...
 
     def close(self) -> None: ...
 
@@ -164,7 +169,7 @@ class LocalEngine:
         self.batch_size = batch_size
         self.dtype = dtype
 
-    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int, start: int = 0) -> list[str]:
         rep = [p for p in prompts for _ in range(n)]
         texts, _, _ = generate_texts(
             self.model,
@@ -172,7 +177,7 @@ class LocalEngine:
             rep,
             params,
             batch_size=self.batch_size,
-            seed=seed,
+            seed=seed if start == 0 else request_seed(seed, start, n),
             backend=self.backend,
             dtype=self.dtype,
         )

@@ -262,7 +262,7 @@ class EndpointEngine:
         self.model = model
         self.tokenizer = tokenizer
 
-    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int, start: int = 0) -> list[str]:
         chat = self.tokenizer is None
         path = "chat/completions" if chat else "completions"
         url = self.client.url(path)
@@ -280,7 +280,7 @@ class EndpointEngine:
                 common[k] = getattr(params, k)
         bodies = []
         for i, prompt in enumerate(prompts):
-            body = {**common, "seed": request_seed(seed, i, n)}
+            body = {**common, "seed": request_seed(seed, start + i, n)}
             if chat:
                 body["messages"] = _as_messages(prompt)
             else:

@@ -321,12 +321,26 @@ class VLLMRollout:
             rows.append(self._cut(ids, lps))
         return rows
 
-    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int) -> list[str]:
-        """`n` completions per prompt, as texts (see "Completions" in the module docstring)."""
+    def complete_with_lengths(
+        self, prompts: list[Prompt], params: SamplingParams, seed: int
+    ) -> tuple[list[str], list[int], list[bool]]:
+        """One completion per prompt, as :func:`aha.rollout.engine.generate_texts` gives them: (texts, token lengths
+        with the EOS, truncated flags: no EOS within ``max_new_tokens``); prompt i draws with
+        ``request_seed(seed, i, 1)`` (what ``aha eval --backend vllm`` grades)."""
+        tok = self.tokenizer
+        ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        out, _ = self.generate(ids, params, row_seeds=[request_seed(seed, i, 1) for i in range(len(ids))])
+        eos = set(self.eos_token_ids)
+        texts = [tok.decode(row, skip_special_tokens=True) for row in out]
+        return texts, [len(row) for row in out], [not row or row[-1] not in eos for row in out]
+
+    def complete(self, prompts: list[Prompt], n: int, params: SamplingParams, seed: int, start: int = 0) -> list[str]:
+        """`n` completions per prompt, as texts (see "Completions" in the module docstring); `start`: the index of
+        ``prompts[0]`` in the whole job (the request seeds count from it)."""
         tok = self.tokenizer
         ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
         rep = [x for x in ids for _ in range(n)]
-        seeds = [request_seed(seed, i, n) + j for i in range(len(ids)) for j in range(n)]
+        seeds = [request_seed(seed, start + i, n) + j for i in range(len(ids)) for j in range(n)]
         out, _ = self.generate(rep, params, row_seeds=seeds)
         return [tok.decode(row, skip_special_tokens=True) for row in out]
 

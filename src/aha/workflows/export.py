@@ -1,10 +1,12 @@
 """Loading aha models (run directories, checkpoints, LoRA adapters, Hub ids) and exporting them as
-self-contained directories that plain ``transformers`` loads, optionally pushed to the Hugging Face Hub.
+self-contained directories that plain ``transformers`` loads, or as one GGUF file for llama.cpp / Ollama
+(:func:`export_gguf`), optionally pushed to the Hugging Face Hub.
 
 An exported directory holds safetensors weights, ``config.json``, the tokenizer with its chat template,
 a ``generation_config.json`` whose ``eos_token_id`` includes the tokenizer's EOS (so ``generate`` and
 ``pipeline("text-generation")`` stop where training stopped) and a short model card. Nothing in it
-refers to aha.
+refers to aha but its ``.aha-run`` marker (:mod:`aha.workflows.rundir`: what ``--overwrite`` may delete), which
+is not pushed. The source is a local directory: a missing path is an error, never tried as a Hub id.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from aha.models.loading import (
-    MODEL_MARKERS,
     adapter_base,
     hub_offline,
     is_adapter,
@@ -23,9 +24,27 @@ from aha.models.loading import (
     resolve_model_path,
     save_model,
 )
-from aha.workflows.rundir import OutputKind, prepare_output
+from aha.workflows.rundir import MARKER, OutputKind, prepare_output, record_output
 
-MODEL_DIR = OutputKind("a model directory", markers=MODEL_MARKERS)
+# what save_model (transformers' and peft's save_pretrained, the tokenizer, the generation config) and the card write
+MODEL_DIR = OutputKind(
+    "a model directory",
+    writes=(
+        "config.json",
+        "generation_config.json",
+        "adapter_config.json",
+        "*.safetensors",
+        "*.safetensors.index.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.*",
+        "vocab.json",
+        "merges.txt",
+        "README.md",
+    ),
+)
+GGUF_FILE = OutputKind("a GGUF file", suffix=".gguf")
 
 
 def check_push(repo_id: str) -> str:
@@ -43,7 +62,8 @@ def check_push(repo_id: str) -> str:
 
 
 def push_folder(folder: Path, repo_id: str, token: str, timeout: float = 5.0) -> str:
-    """Upload `folder` to the model repository `repo_id` (created if needed); returns its URL."""
+    """Upload `folder` (or one file, as itself) to the model repository `repo_id` (created if needed); returns its
+    URL."""
     from huggingface_hub import HfApi, constants
 
     url = urlparse(constants.ENDPOINT)
@@ -56,7 +76,10 @@ def push_folder(folder: Path, repo_id: str, token: str, timeout: float = 5.0) ->
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+        if folder.is_file():
+            api.upload_file(path_or_fileobj=str(folder), path_in_repo=folder.name, repo_id=repo_id, repo_type="model")
+        else:  # aha's marker (what it wrote into --out) is bookkeeping of this machine, not part of the model
+            api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=[MARKER])
     except Exception as e:  # HTTP, auth, network: one clear line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"push to {repo_id} failed: {msg}; the export is in {folder}") from None
@@ -96,19 +119,50 @@ def export_model(
     Returns `out`; with `push_to_hub`, uploads it to that repository afterwards.
     """
     token = check_push(push_to_hub) if push_to_hub else None
-    resolved = resolve_model_path(source)
+    resolved = resolve_model_path(source, hub=False)  # a run, checkpoint or model directory: never a Hub id
     adapter = is_adapter(resolved)
     if merge_lora and not adapter:
         raise ValueError(f"--merge-lora: {resolved} is not a LoRA adapter (no adapter_config.json)")
     out = prepare_output(out, MODEL_DIR, overwrite, sources=[resolved])
-    model, tok = load_model(resolved, merge_lora=merge_lora)
-    if tok.chat_template is None:
-        from aha.console import console
+    try:
+        model, tok = load_model(resolved, merge_lora=merge_lora)
+        if tok.chat_template is None:
+            from aha.console import console
 
-        console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
-    save_model(model, tok, out)
-    base = adapter_base(resolved) if adapter else None
-    (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
+            console.print(f"[yellow]warning[/yellow]: the tokenizer of {resolved} has no chat template")
+        save_model(model, tok, out)
+        base = adapter_base(resolved) if adapter else None
+        (out / "README.md").write_text(model_card(push_to_hub or out.name, base, adapter and not merge_lora))
+    finally:
+        record_output(out)
+    if push_to_hub:
+        push_folder(out, push_to_hub, token or "")
+    return out
+
+
+def export_gguf(
+    source: str | Path,
+    out: str | Path,
+    dtype: str,
+    *,
+    push_to_hub: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `source` (run dir, checkpoint, model directory; a LoRA adapter is merged into its base) as one GGUF
+    file `out` (``.gguf``) with its tokenizer and chat template, the matrices in `dtype` (f32, f16, bf16, q8_0; see
+    :func:`aha.models.gguf.write_gguf`). Returns `out`; with `push_to_hub`, uploads the file afterwards."""
+    from aha.models.gguf import WRITE_DTYPES, require_gguf, write_gguf
+
+    if dtype not in WRITE_DTYPES:
+        raise ValueError(f"--gguf {dtype!r}: choose from {', '.join(WRITE_DTYPES)}")
+    require_gguf()
+    token = check_push(push_to_hub) if push_to_hub else None
+    resolved = resolve_model_path(source)
+    if not str(out).endswith(".gguf"):
+        raise ValueError(f"--out {out}: a GGUF export is one file; give it a name ending in .gguf")
+    out = prepare_output(out, GGUF_FILE, overwrite, sources=[resolved])
+    model, tok = load_model(resolved, merge_lora=is_adapter(resolved))
+    write_gguf(model, tok, out, dtype=dtype)
     if push_to_hub:
         push_folder(out, push_to_hub, token or "")
     return out

@@ -18,7 +18,9 @@ of :class:`aha.workflows.sampling.SampleConfig` and a ``dataset`` (a data spec o
 
 ``DIR/<i>-<name>/`` holds stage i (a run directory, or ``samples.jsonl`` + its pass rates); ``stage_done.json``,
 written last, marks it finished. Re-running on the same DIR skips finished stages (their settings must be
-unchanged) and redoes the first unfinished one. ``DIR/summary.json`` holds the held-out numbers after every stage
+unchanged) and continues the first unfinished one where it stopped when its settings are unchanged (a training
+stage from its newest intact checkpoint, a sample stage from its last chunk; Ctrl-C or SIGTERM saves one on the
+way out), else from the start. ``DIR/summary.json`` holds the held-out numbers after every stage
 (``stages``: greedy accuracy, sampled pass@1, the greedy completions' format rate and mean length, steps, seconds),
 the first evaluation against the last (``accuracy_before``/``_after``, ``pass1_…``, ``format_…``, ``length_…``)
 and the seconds of all stages.
@@ -40,6 +42,7 @@ import yaml
 
 from aha.models.loading import PIPELINE_MARKER, STAGE_DONE
 from aha.workflows.recipe import TOP_KEYS, apply_set, config_fields, load_recipe, parse_value, read_recipe, suggest
+from aha.workflows.rundir import OutputKind, record_output
 from aha.workflows.sampling import SampleConfig
 
 KINDS = ("sft", "grpo", "sample")
@@ -101,7 +104,7 @@ def _set_sample(stage: dict[str, Any], path: list[str], value: Any, text: str) -
     stage[key] = value
 
 
-def apply_pipeline_set(raw: dict[str, Any], assignment: str) -> None:
+def apply_pipeline_set(raw: dict[str, Any], assignment: str, base: Path | None = None) -> None:
     """One ``--set``: ``stages.<name|index|*>.<key>=value`` (checked against the stage's kind; ``*``: every stage
     that has the key) or a top-level recipe key (``eval.samples=1``, ``model=...``)."""
     key, eq, text = assignment.partition("=")
@@ -115,7 +118,7 @@ def apply_pipeline_set(raw: dict[str, Any], assignment: str) -> None:
                 raise ValueError(f"--set {key}: no trainer has the field {path[1]!r}{suggest(path[1], fields)}")
             raw.setdefault("training", {})[path[1]] = parse_value(text)
             return
-        apply_set(raw, assignment, "grpo")
+        apply_set(raw, assignment, "grpo", base)
         return
     if len(path) < 3:
         raise ValueError(f"--set {key}: expected stages.<name|index|*>.<key>=value")
@@ -128,7 +131,7 @@ def apply_pipeline_set(raw: dict[str, Any], assignment: str) -> None:
                 _set_sample(stage, rest, parse_value(text), text)
             else:
                 view = {k: v for k, v in stage.items() if k not in META}
-                apply_set(view, f"{'.'.join(rest)}={text}", stage.get("kind", "grpo"))
+                apply_set(view, f"{'.'.join(rest)}={text}", stage.get("kind", "grpo"), base)
                 stage.update(view)
             applied += 1
         except ValueError as e:
@@ -141,14 +144,15 @@ def read_pipeline(path: str | Path, sets: list[str] = ()) -> dict[str, Any]:
     """The pipeline mapping with the ``--set`` overrides applied; unknown keys are errors."""
     raw = copy.deepcopy(read_recipe(path))  # YAML anchors share objects: --set must change one stage only
     for s in sets:
-        apply_pipeline_set(raw, s)
+        apply_pipeline_set(raw, s, Path(path).resolve().parent)
     for key in raw:
         if key not in (*TOP_KEYS, "stages") or key == "trainer":
             raise ValueError(f"{path}: unknown pipeline key {key!r}{suggest(key, (*TOP_KEYS, 'stages'))}")
     return raw
 
 
-def build_stages(raw: dict[str, Any]) -> list[Stage]:
+def build_stages(raw: dict[str, Any], base: Path | None = None) -> list[Stage]:
+    """The stages of pipeline `raw`, checked; `base`: the pipeline file's directory (relative reward files)."""
     out: list[Stage] = []
     for i, s in enumerate(_stage_list(raw), 1):
         name, kind = s.get("name") or f"stage{i}", s.get("kind")
@@ -165,7 +169,7 @@ def build_stages(raw: dict[str, Any]) -> list[Stage]:
                 k, _, text = str(assignment).partition("=")
                 _set_sample(stage.raw, k.split("."), parse_value(text), text)
             else:
-                apply_set(stage.raw, str(assignment), kind)
+                apply_set(stage.raw, str(assignment), kind, base)
         if kind == "sample":
             for k in stage.raw:
                 if k not in SAMPLE_KEYS:
@@ -247,26 +251,32 @@ def _dataset(config: dict[str, Any], out: Path, placeholder: str | None) -> Any:
     return ds
 
 
-def _training_recipe(config: dict[str, Any], out: Path, first: Any, placeholder: str | None, where: Path) -> Any:
+def _training_recipe(
+    config: dict[str, Any], out: Path, first: Any, placeholder: str | None, where: Path, base: Path | None
+) -> Any:
     data = {**config, "model": _concrete(config["model"], out, first, placeholder)}
     data["dataset"] = _dataset(config, out, placeholder)
     where.parent.mkdir(parents=True, exist_ok=True)
     where.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return load_recipe(where, kind=config["trainer"], out=str(out / where.stem))
+    return load_recipe(where, kind=config["trainer"], out=str(out / where.stem), base=base)
 
 
-def _sample_config(config: dict[str, Any]) -> SampleConfig:
+def _sample_config(config: dict[str, Any], base: Path | None) -> SampleConfig:
     cfg = SampleConfig(**{k: v for k, v in config.items() if k not in ("model", "dataset")})
     if cfg.rewards:
         from aha.rewards import resolve
+        from aha.rewards.custom import anchored
 
+        if base is not None:  # relative reward files are the pipeline file's neighbours
+            cfg.rewards = [anchored(spec, base) for spec in cfg.rewards]
         for spec in cfg.rewards:
             resolve(spec)
     return cfg
 
 
-def validate(raw: dict[str, Any], stages: list[Stage], out: Path) -> list[str]:
-    """Check every stage without training (later stages are checked on the first model); returns notes."""
+def validate(raw: dict[str, Any], stages: list[Stage], out: Path, base: Path | None = None) -> list[str]:
+    """Check every stage without training (later stages are checked on the first model); returns notes. `base`:
+    the pipeline file's directory (where relative reward files are)."""
     from aha.workflows.sampling import load_sample_data
 
     notes: list[str] = []
@@ -275,10 +285,10 @@ def validate(raw: dict[str, Any], stages: list[Stage], out: Path) -> list[str]:
         for st, config in zip(stages, plan(raw, stages)):
             try:
                 if st.kind == "sample":
-                    load_sample_data(config["dataset"], dataclasses.replace(_sample_config(config), limit=1))
+                    load_sample_data(config["dataset"], dataclasses.replace(_sample_config(config, base), limit=1))
                     notes.append(f"stage {st.dirname}: sample from {config['model']!r}")
                 else:
-                    recipe = _training_recipe(config, out, raw.get("model"), ph, Path(tmp) / f"{st.dirname}.yaml")
+                    recipe = _training_recipe(config, out, raw.get("model"), ph, Path(tmp) / f"{st.dirname}.yaml", base)
                     mine = recipe.notes
                     if str(config["model"]).startswith("@"):
                         mine = [f"model: {config['model']}'s (checked on the first stage's model)"]
@@ -293,29 +303,68 @@ def validate(raw: dict[str, Any], stages: list[Stage], out: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_training_stage(config: dict[str, Any], out: Path, stage_dir: Path, plot: bool) -> dict[str, Any]:
-    """Train one sft/grpo stage into `stage_dir` (its recipe is kept in ``DIR/recipes/``)."""
+def run_training_stage(
+    config: dict[str, Any], out: Path, stage_dir: Path, plot: bool, base: Path | None = None
+) -> dict[str, Any]:
+    """Train one sft/grpo stage into `stage_dir` (its recipe is kept in ``DIR/recipes/``), continuing from its
+    newest intact checkpoint when an earlier attempt with the same settings left one."""
     from aha.workflows.run import run_recipe
 
-    recipe = _training_recipe(config, out, None, None, out / "recipes" / f"{stage_dir.name}.yaml")
-    return run_recipe(recipe, overwrite=True, plot=plot)
+    recipe = _training_recipe(config, out, None, None, out / "recipes" / f"{stage_dir.name}.yaml", base)
+    return run_recipe(recipe, overwrite=True, plot=plot, resume=_resume_point(recipe, stage_dir))
 
 
-def run_sample_stage(config: dict[str, Any], out: Path, stage_dir: Path) -> dict[str, Any]:
+def _resume_point(recipe: Any, stage_dir: Path) -> str | None:
+    """The checkpoint an unfinished training stage continues from: its newest intact one when the stage ran with
+    these settings before; None (start the stage over) otherwise."""
+    from aha.console import console
+    from aha.train.checkpoint import list_checkpoints, resolve_checkpoint
+
+    config = stage_dir / "config.yaml"
+    if not list_checkpoints(stage_dir) or not config.is_file():
+        return None
+    if yaml.safe_load(config.read_text()) != yaml.safe_load(yaml.safe_dump(recipe.resolved(), allow_unicode=True)):
+        console.print(
+            f"[yellow]stage {stage_dir.name}: its settings changed since it stopped: starting it over[/yellow]"
+        )
+        return None
+    try:
+        found = resolve_checkpoint(stage_dir, "auto")
+    except ValueError as e:
+        console.print(f"[yellow]stage {stage_dir.name}: {e}: starting the stage over[/yellow]", soft_wrap=True)
+        return None
+    if found is not None:
+        console.print(f"stage {stage_dir.name}: continuing from {found}", soft_wrap=True)
+    return str(found) if found is not None else None
+
+
+def run_sample_stage(config: dict[str, Any], out: Path, stage_dir: Path, base: Path | None = None) -> dict[str, Any]:
     """Rejection-sample with the stage's model into ``stage_dir/samples.jsonl``."""
     from aha.models.loading import load_recipe_model
     from aha.rollout.engine import LocalEngine
-    from aha.workflows.sampling import run_sample
+    from aha.workflows.sampling import resumable, run_sample
 
-    cfg = _sample_config(config)
+    cfg = _sample_config(config, base)
     model, tok = load_recipe_model(_concrete(config["model"], out, None, None), cfg.seed)
     stage_dir.mkdir(parents=True, exist_ok=True)
     engine = LocalEngine(model, tok, batch_size=cfg.batch_size)
-    summary = run_sample(engine, config["dataset"], stage_dir / "samples.jsonl", cfg, overwrite=True)
+    out_file = stage_dir / "samples.jsonl"
+    resume = resumable(out_file, config["dataset"], cfg)  # an interrupted attempt with these settings
+    summary = run_sample(engine, config["dataset"], out_file, cfg, overwrite=not resume, resume=resume)
     if not summary["kept"]:
         raise ValueError(f"stage {stage_dir.name}: no completion was accepted: nothing to fine-tune on")
     (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _may_continue(stage: Stage, stage_dir: Path) -> bool:
+    """Whether an unfinished stage's directory holds what it may continue from (the stage checks the settings):
+    a training stage's run directory, a sample stage's progress."""
+    from aha.workflows.sampling import partial_paths
+
+    if stage.kind == "sample":
+        return partial_paths(stage_dir / "samples.jsonl")[2].is_file()
+    return (stage_dir / "config.yaml").is_file()
 
 
 HELD_OUT = ("accuracy", "pass1", "format", "length")  # a training stage's summary.json <key>_after (workflows.run)
@@ -343,10 +392,27 @@ def before_after(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {f"{k}_{when}": r.get(k) for k in HELD_OUT for when, r in (("before", first), ("after", last))}
 
 
-def prepare_out(out: Path, raw: dict[str, Any], overwrite: bool) -> None:
-    from aha.workflows.rundir import OutputKind, prepare_output
+# what a pipeline writes: its recipe, the stage directories <i>-<name>/, their recipes, the summary (and the demo's
+# plots/)
+PIPELINE_DIR = OutputKind(
+    "a pipeline directory",
+    writes=(
+        PIPELINE_MARKER,
+        "summary.json",
+        "recipes",
+        "plots",
+        "[0-9]*-*",
+        f".{PIPELINE_MARKER}.tmp",
+        ".summary.json.tmp",
+    ),
+    resumes=True,
+)
 
-    prepare_output(out, OutputKind("a pipeline directory", markers=(PIPELINE_MARKER,), resumes=True), overwrite)
+
+def prepare_out(out: Path, raw: dict[str, Any], overwrite: bool) -> None:
+    from aha.workflows.rundir import prepare_output
+
+    prepare_output(out, PIPELINE_DIR, overwrite)
     _write_atomic(out / PIPELINE_MARKER, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
 
 
@@ -374,38 +440,42 @@ def run_pipeline(
     from aha.console import console
 
     raw = read_pipeline(path, sets)
-    stages = build_stages(raw)
+    base = Path(path).resolve().parent  # relative reward files are the pipeline file's neighbours
+    stages = build_stages(raw, base)
     run_dir = Path(out or f"runs/{Path(path).stem}")
-    validate(raw, stages, run_dir)
+    validate(raw, stages, run_dir, base)
     prepare_out(run_dir, raw, overwrite)
     rows: list[dict[str, Any]] = []
-    for st, config in zip(stages, plan(raw, stages)):
-        stage_dir = run_dir / st.dirname
-        done = stage_dir / STAGE_DONE
-        if done.is_file():
-            record = json.loads(done.read_text())
-            if record["config"] != json.loads(json.dumps(config)):
-                raise ValueError(
-                    f"stage {st.dirname} finished with other settings than the recipe's now; pass --overwrite to "
-                    f"start over, or --out another directory"
-                )
-            console.print(f"[dim]stage {st.dirname}: finished earlier, skipped[/dim]")
-            rows += [{**r, "resumed": True} for r in record["rows"]]
-            continue
-        if stage_dir.exists():
-            shutil.rmtree(stage_dir)  # an unfinished stage starts over
-        console.rule(f"stage {st.dirname} ({st.kind})")
-        new: list[dict[str, Any]] = []
-        if st.kind == "sample":
-            summary = run_sample_stage(config, run_dir, stage_dir)
-        else:
-            summary = run_training_stage(config, run_dir, stage_dir, plot)
-            if not rows and summary.get("accuracy_before") is not None:  # the starting model's accuracy
-                new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
-        new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
-        rows += new
-        _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")
-        _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "\n")
+    try:
+        for st, config in zip(stages, plan(raw, stages)):
+            stage_dir = run_dir / st.dirname
+            done = stage_dir / STAGE_DONE
+            if done.is_file():
+                record = json.loads(done.read_text())
+                if record["config"] != json.loads(json.dumps(config)):
+                    raise ValueError(
+                        f"stage {st.dirname} finished with other settings than the recipe's now; pass --overwrite to "
+                        f"start over, or --out another directory"
+                    )
+                console.print(f"[dim]stage {st.dirname}: finished earlier, skipped[/dim]")
+                rows += [{**r, "resumed": True} for r in record["rows"]]
+                continue
+            if stage_dir.exists() and not _may_continue(st, stage_dir):
+                shutil.rmtree(stage_dir)  # an unfinished stage with nothing to continue from starts over
+            console.rule(f"stage {st.dirname} ({st.kind})")
+            new: list[dict[str, Any]] = []
+            if st.kind == "sample":
+                summary = run_sample_stage(config, run_dir, stage_dir, base)
+            else:
+                summary = run_training_stage(config, run_dir, stage_dir, plot, base)
+                if not rows and summary.get("accuracy_before") is not None:  # the starting model's accuracy
+                    new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
+            new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
+            rows += new
+            _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")
+            _write_atomic(run_dir / "summary.json", json.dumps({"stages": rows}, indent=2) + "\n")
+    finally:
+        record_output(run_dir)
     result = {"pipeline": str(path), "out": str(run_dir), "stages": rows, **before_after(rows)}
     result["seconds"] = round(sum(r.get("seconds") or 0.0 for r in rows), 1)
     _write_atomic(run_dir / "summary.json", json.dumps(result, indent=2) + "\n")
@@ -416,9 +486,10 @@ def run_pipeline(
 def dry_run_report(path: str | Path, sets: list[str] = (), out: str | None = None) -> str:
     """Every stage's resolved settings as YAML, then what was checked, as comments."""
     raw = read_pipeline(path, sets)
-    stages = build_stages(raw)
+    base = Path(path).resolve().parent
+    stages = build_stages(raw, base)
     run_dir = Path(out or f"runs/{Path(path).stem}")
-    notes = validate(raw, stages, run_dir)
+    notes = validate(raw, stages, run_dir, base)
     configs = plan(raw, stages)
     resolved = {"out": str(run_dir), "stages": [{"stage": s.dirname, **c} for s, c in zip(stages, configs)]}
     text = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=100)

@@ -5,7 +5,8 @@ Top-level keys (anything else is an error with a suggestion)::
     trainer: grpo            # optional: grpo (aha train) or sft (aha sft); a mismatch is an error
     model: HuggingFaceTB/SmolLM2-135M-Instruct   # Hub id, model/run/adapter directory, `tiny` or {tiny: {sizes}}
     dataset: {path: openai/gsm8k, name: main, ...}   # an aha.data.load.load_rows spec (Hub, local files, task)
-    rewards: [correctness, {name: length, ideal_length: 50, weight: 0.5}, my_rewards.py:brevity]   # GRPO only
+    rewards: [correctness, {name: length, ideal_length: 50, weight: 0.5}, my_rewards.py:brevity]   # GRPO only;
+                             # a relative reward file is read from the recipe's directory
     peft: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}   # optional LoRA
     merge_lora: false        # also save the adapter merged into the base (RUN/merged/)
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation
@@ -78,6 +79,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def yaml_problem(text: str) -> str | None:
+    """Why `text` is not valid YAML (the problem and where), or None when it is."""
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        return problem + (f" (column {mark.column + 1})" if mark is not None else "")
+    return None
+
+
 def _task_params(name: Any) -> dict[str, Any]:
     from aha.tasks import TASKS
 
@@ -115,28 +127,43 @@ def _find_reward(rewards: list[Any], seg: str) -> int:
     raise ValueError(f"no reward {seg!r} in the recipe{suggest(seg, [n for n in names if n])}; use its index")
 
 
-def apply_set(recipe: dict[str, Any], assignment: str, kind: str) -> None:
-    """Apply one ``--set dotted.key=value`` in place; unknown keys and wrongly typed values are ValueErrors."""
+def apply_set(recipe: dict[str, Any], assignment: str, kind: str, base: Path | None = None) -> None:
+    """Apply one ``--set dotted.key=value`` in place; unknown keys and wrongly typed values are ValueErrors.
+    `base`: the recipe's directory (where a relative custom reward file is)."""
     key, eq, text = assignment.partition("=")
     if not eq or not key.strip():
         raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. training.learning_rate=1e-5")
     path, value = key.strip().split("."), parse_value(text)
     try:
-        _apply(recipe, path, value, text, kind)
+        _apply(recipe, path, value, text, kind, yaml_problem(text), base)
     except ValueError as e:
         raise ValueError(f"--set {key.strip()}: {e}") from None
 
 
-def _apply(recipe: dict[str, Any], path: list[str], value: Any, text: str, kind: str) -> None:
+def _apply(
+    recipe: dict[str, Any], path: list[str], value: Any, text: str, kind: str, problem: str | None, base: Path | None
+) -> None:
+    """`problem`: why `text` is not valid YAML (None: it is); the raw text is then the value where text goes."""
     top, rest = path[0], path[1:]
 
+    def syntax_error() -> ValueError:
+        return ValueError(f"YAML syntax error in the value {text!r}: {problem}")
+
     def typed(v: Any, annotation: str, what: str) -> Any:
+        flow = text.lstrip().startswith(("{", "[")) and ("list" in annotation or "dict" in annotation)
+        if problem is not None and flow:
+            raise syntax_error()  # a broken list or mapping where one is expected, not text
         v = coerce(v, annotation)
         if not type_ok(v, annotation) and "str" in annotation and not isinstance(v, str):
             v = text  # e.g. a system prompt with a colon in it parses as a YAML mapping
         if not type_ok(v, annotation):
+            if problem is not None:
+                raise syntax_error()
             raise ValueError(f"{what} must be {annotation}, got {type(v).__name__} ({v!r})")
         return v
+
+    if problem is not None and top in ("rewards", "model") and text.lstrip().startswith(("{", "[")):
+        raise syntax_error()  # a broken mapping or list, where a name would otherwise be taken as it is
 
     if top not in TOP_KEYS:
         raise ValueError(f"unknown recipe key {top!r}{suggest(top, TOP_KEYS)}; keys: {', '.join(TOP_KEYS)}")
@@ -197,7 +224,7 @@ def _apply(recipe: dict[str, Any], path: list[str], value: Any, text: str, kind:
         else:
             entry = rewards[i] if isinstance(rewards[i], dict) else {"name": rewards[i]}
             entry = {**entry, rest[1]: value}
-            _check_reward_params(entry)
+            _check_reward_params(entry, base)
             rewards[i] = entry
         recipe["rewards"] = rewards
     elif top == "peft":
@@ -214,7 +241,7 @@ def _apply(recipe: dict[str, Any], path: list[str], value: Any, text: str, kind:
             raise ValueError(f"unknown eval key {rest[0]!r}{suggest(rest[0], EVAL_TYPES)}")
         if rest[0] == "dataset" and len(rest) == 2:
             sub: dict[str, Any] = {"dataset": dict(ev.get("dataset") or {})}
-            _apply(sub, ["dataset", rest[1]], value, text, kind)
+            _apply(sub, ["dataset", rest[1]], value, text, kind, problem, base)
             ev["dataset"] = sub["dataset"]
         else:
             ev[rest[0]] = typed(value, EVAL_TYPES[rest[0]], f"eval.{rest[0]}")
@@ -223,10 +250,10 @@ def _apply(recipe: dict[str, Any], path: list[str], value: Any, text: str, kind:
         raise ValueError(f"{top} has no sub-keys")
 
 
-def _check_reward_params(entry: dict[str, Any]) -> None:
+def _check_reward_params(entry: dict[str, Any], base: Path | None) -> None:
     from aha.rewards import resolve
 
-    resolve(entry)  # unknown names, unknown parameters and wrong types are ValueErrors naming them
+    resolve(entry, base)  # unknown names, unknown parameters and wrong types are ValueErrors naming them
 
 
 NOT_COLUMNS = {"prompts", "completions", "completion_ids", "kwargs", "trainer_state", "self"}
@@ -236,10 +263,18 @@ NOT_COLUMNS = {"prompts", "completions", "completion_ids", "kwargs", "trainer_st
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """The recipe mapping; missing file → FileNotFoundError, bad YAML → ValueError with its line."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path} is a directory, not a recipe file (a YAML file, e.g. recipes/demo-grpo.yaml)")
     if not p.is_file():
         raise FileNotFoundError(f"recipe file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{p}: not a recipe: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); a recipe is a YAML file"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
@@ -281,14 +316,15 @@ def needed_columns(fn: Any, params: dict[str, Any]) -> list[tuple[str, ...]]:
     return out
 
 
-def resolve_rewards(specs: Any) -> list[RewardEntry]:
+def resolve_rewards(specs: Any, base: Path | None = None) -> list[RewardEntry]:
+    """The recipe's rewards; a relative custom reward file is read from `base` (the recipe's directory)."""
     from aha.rewards import REGISTRY, resolve
 
     if not isinstance(specs, list) or not specs:
         raise ValueError("rewards: a GRPO recipe needs a non-empty list of rewards (names, dicts or module:function)")
     out = []
     for spec in specs:
-        fn, weight = resolve(spec)
+        fn, weight = resolve(spec, base)
         name = spec if isinstance(spec, str) else spec["name"]
         params = {k: v for k, v in spec.items() if k not in ("name", "weight")} if isinstance(spec, dict) else {}
         shown = {**REGISTRY[name].params(), **params} if name in REGISTRY else params
@@ -348,7 +384,7 @@ class Recipe:
 
 def _normalise_model(model: Any, notes: list[str]) -> tuple[str | dict[str, Any], Any]:
     """(model spec, a local tokenizer or None). Never loads weights nor contacts the Hub."""
-    from aha.models.loading import HUB_ID_RE, load_tokenizer, resolve_model_path
+    from aha.models.loading import load_tokenizer, looks_local, resolve_model_path
     from aha.models.tiny import TinyConfig, build_tokenizer
 
     if model == "tiny" or (isinstance(model, dict) and set(model) == {"tiny"}):
@@ -368,8 +404,7 @@ def _normalise_model(model: Any, notes: list[str]) -> tuple[str | dict[str, Any]
         raise ValueError(f"model: expected a Hub id, a directory, 'tiny' or {{tiny: {{...}}}}, got {model!r}")
     if not isinstance(model, str) or not model:
         raise ValueError("model: the recipe needs a model (Hub id, model/run directory, or tiny)")
-    local = Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or not HUB_ID_RE.fullmatch(model)
-    if local:
+    if looks_local(model):
         path = resolve_model_path(model)
         return path, load_tokenizer(path)
     notes.append(f"model: {model!r} is a Hub id: not downloaded by --dry-run (loaded when training)")
@@ -405,12 +440,20 @@ def probe_dataset(spec: Any, tokenizer: Any, label: str, notes: list[str]) -> se
 
 
 def load_recipe(
-    path: str | Path, sets: list[str] = (), kind: str = "grpo", out: str | None = None, merge: bool = False
+    path: str | Path,
+    sets: list[str] = (),
+    kind: str = "grpo",
+    out: str | None = None,
+    merge: bool = False,
+    base: str | Path | None = None,
 ) -> Recipe:
-    """Read, override (``--set``) and validate a recipe. Errors are one-line ValueErrors/FileNotFoundErrors."""
+    """Read, override (``--set``) and validate a recipe. Errors are one-line ValueErrors/FileNotFoundErrors.
+    A relative custom reward file (``rewards: [my_rewards.py:fn]``) is read from `base`, by default the recipe's
+    directory."""
     raw = read_recipe(path)
+    where = Path(base) if base is not None else Path(path).resolve().parent
     for s in sets:
-        apply_set(raw, s, kind)
+        apply_set(raw, s, kind, where)
     src = str(path)
     for key in raw:
         if key not in TOP_KEYS:
@@ -432,7 +475,7 @@ def load_recipe(
     training.pop("output_dir", None)
     rewards: list[RewardEntry] = []
     if kind == "grpo":
-        rewards = resolve_rewards(raw.get("rewards"))
+        rewards = resolve_rewards(raw.get("rewards"), where)
         weights = [r.weight for r in rewards]
         if any(w != 1.0 for w in weights):
             if training.get("reward_weights") is not None:

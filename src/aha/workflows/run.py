@@ -126,7 +126,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
     """Train as the recipe says and write the run directory; returns the summary. `resume` ("auto" or a
     checkpoint path): continue a GRPO run from its checkpoint in the run directory."""
     from aha.data.load import load_rows, spec_name
-    from aha.workflows.rundir import RUN_DIR, check_output, prepare_output
+    from aha.workflows.rundir import RUN_DIR, check_output, prepare_output, record_output
 
     start = time.perf_counter()
     seed = recipe.config.seed
@@ -156,74 +156,81 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
         run = Path(recipe.output_dir)
     else:
         run = prepare_output(recipe.output_dir, RUN_DIR, overwrite)  # only once everything has been validated
-    logger = MetricsLogger(run / "metrics.jsonl" if main else None)
-    base_dir = None
-    if main:
-        (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
-        if recipe.peft is not None and isinstance(recipe.model, dict):  # the adapter needs a base on disk
-            base_dir = save_model(model, tok, run / "base")
-    before = _logged_before(run) if ckpt is not None and main else None
-    if main and recipe.eval is not None and recipe.eval["before"] and before is None:
-        before = evaluate_recipe(recipe, model, tok, eval_data, "eval (before)")
-        logger.log({"phase": "eval", "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
+    try:
+        logger = MetricsLogger(run / "metrics.jsonl" if main else None)
+        base_dir = None
+        if main:
+            (run / "config.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False, allow_unicode=True))
+            if recipe.peft is not None and isinstance(recipe.model, dict):  # the adapter needs a base on disk
+                base_dir = save_model(model, tok, run / "base")
+        before = _logged_before(run) if ckpt is not None and main else None
+        if main and recipe.eval is not None and recipe.eval["before"] and before is None:
+            before = evaluate_recipe(recipe, model, tok, eval_data, "eval (before)")
+            logger.log({"phase": "eval", "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
 
-    if recipe.kind == "grpo":
-        from aha.train.grpo import GRPOTrainer
+        if recipe.kind == "grpo":
+            from aha.train.grpo import GRPOTrainer
 
-        console.print(f"[bold]GRPO[/bold] on {len(rows)} prompts, rewards: {', '.join(r.name for r in recipe.rewards)}")
-        recipe.config.output_dir = str(run)
-        trainer = GRPOTrainer(
-            model,
-            [r.fn for r in recipe.rewards],
-            recipe.config,
-            rows,
-            processing_class=tok,
-            peft_config=recipe.lora_config(),
-        )
-        trainer.logger = logger
-        state = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
-        trainer.save_model(run / "model")  # every process takes part (FSDP gathers the weights); the first writes
-        model = trainer.model
-        result: dict[str, Any] = {"steps": state.global_step}
-        if state.log_history:
-            last = state.log_history[-1]
-            result |= {k: last[k] for k in ("reward", "loss") if k in last}
-    else:
-        from aha.train.sft import SFTTrainer
+            console.print(
+                f"[bold]GRPO[/bold] on {len(rows)} prompts, rewards: {', '.join(r.name for r in recipe.rewards)}"
+            )
+            recipe.config.output_dir = str(run)
+            trainer = GRPOTrainer(
+                model,
+                [r.fn for r in recipe.rewards],
+                recipe.config,
+                rows,
+                processing_class=tok,
+                peft_config=recipe.lora_config(),
+            )
+            trainer.logger = logger
+            state = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+            trainer.save_model(run / "model")  # every process takes part (FSDP gathers the weights); the first writes
+            model = trainer.model
+            result: dict[str, Any] = {"steps": state.global_step}
+            logged = [r for r in state.log_history if "loss" in r or "reward" in r]  # not the summary or eval rows
+            if logged:
+                result |= {k: logged[-1][k] for k in ("reward", "loss") if k in logged[-1]}
+        else:
+            from aha.train.sft import SFTTrainer
 
-        if recipe.peft is not None:
-            model = peft_model(model, recipe.lora_config())
-        console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
-        recipe.config.output_dir = str(run)
-        sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
-        state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
-        result = {"steps": state.global_step}
-        if state.log_history:
-            result["loss"] = state.log_history[-1]["loss"]
-    if not main:
-        return {"trainer": recipe.kind, **result}
-    total, trainable = _count(model)
-    dirs = _save(recipe, model, tok, run, base_dir, saved=recipe.kind == "grpo")
-    if recipe.eval is not None:
-        metrics = evaluate_recipe(recipe, model, tok, eval_data, "eval")
-        logger.log({"phase": "eval", "step": result.get("steps"), **{f"eval/{k}": v for k, v in metrics.items()}})
-        (run / "eval").mkdir(exist_ok=True)
-        (run / "eval" / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if recipe.merge_lora:
-        dirs["merged"] = _merge(model, tok, run)
-    summary: dict[str, Any] = {"trainer": recipe.kind, "recipe": recipe.source, **result, **dirs}
-    summary |= {"parameters": total, "trainable_parameters": trainable, "rows": len(rows)}
-    if recipe.eval is not None:
-        summary["eval"] = metrics
-        _before_after(summary, before, metrics)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    if plot:
-        try:
-            from aha.workflows.report import plot_run
+            if recipe.peft is not None:
+                model = peft_model(model, recipe.lora_config())
+            console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
+            recipe.config.output_dir = str(run)
+            sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
+            state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+            result = {"steps": state.global_step}
+            logged = [r for r in state.log_history if "loss" in r]  # not the summary row
+            if logged:
+                result["loss"] = logged[-1]["loss"]
+        if not main:
+            return {"trainer": recipe.kind, **result}
+        total, trainable = _count(model)
+        dirs = _save(recipe, model, tok, run, base_dir, saved=recipe.kind == "grpo")
+        if recipe.eval is not None:
+            metrics = evaluate_recipe(recipe, model, tok, eval_data, "eval")
+            logger.log({"phase": "eval", "step": result.get("steps"), **{f"eval/{k}": v for k, v in metrics.items()}})
+            (run / "eval").mkdir(exist_ok=True)
+            (run / "eval" / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if recipe.merge_lora:
+            dirs["merged"] = _merge(model, tok, run)
+        summary: dict[str, Any] = {"trainer": recipe.kind, "recipe": recipe.source, **result, **dirs}
+        summary |= {"parameters": total, "trainable_parameters": trainable, "rows": len(rows)}
+        if recipe.eval is not None:
+            summary["eval"] = metrics
+            _before_after(summary, before, metrics)
+        summary["seconds"] = round(time.perf_counter() - start, 1)
+        (run / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if plot:
+            try:
+                from aha.workflows.report import plot_run
 
-            plot_run(run)
-        except Exception as e:  # plots are a convenience: never fail a finished run for them
-            console.print(f"[yellow]plots skipped: {type(e).__name__}: {e}[/yellow]")
-    console.print(f"run directory: {run} (model in {dirs['model']}); {summary['seconds']:.0f} s")
-    return summary
+                plot_run(run)
+            except Exception as e:  # plots are a convenience: never fail a finished run for them
+                console.print(f"[yellow]plots skipped: {type(e).__name__}: {e}[/yellow]")
+        console.print(f"run directory: {run} (model in {dirs['model']}); {summary['seconds']:.0f} s")
+        return summary
+    finally:
+        if main:
+            record_output(run)  # what this run wrote, in the marker (also when it fails)

@@ -14,6 +14,11 @@ Output (``out``, JSON lines): one line per kept completion ``{"prompt": [...mess
 the pass rate is within ``[min_pass_rate, max_pass_rate]`` (only those prompts' samples are kept) and how
 many lines were kept.
 
+Interrupts and resuming: the prompts are sampled a chunk at a time, each chunk's results appended to hidden
+partial files next to ``out`` with a progress record; Ctrl-C or SIGTERM under the command line stops at the end
+of the chunk in flight, keeping what was accepted, and ``aha sample ... --resume`` continues to the files an
+uninterrupted run writes (each chunk's draws depend only on the seed and where the chunk starts).
+
 Generation: any :class:`aha.rollout.engine.CompletionEngine`: the model in this process
 (:class:`aha.rollout.engine.LocalEngine`: aha's ``fast`` sampler or transformers' ``hf`` generate), an in-process
 vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`), or an OpenAI-compatible server such as ``vllm serve``
@@ -23,9 +28,10 @@ vLLM engine (:class:`aha.rollout.vllm.VLLMRollout`), or an OpenAI-compatible ser
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +121,7 @@ def reward_scores(specs: list[Any], rows: list[dict[str, Any]], texts: list[str]
     """Weighted summed rewards of `texts` (``texts[i]`` answers ``rows[i]``), TRL's call convention: prompts,
     completions (messages when the prompt is), completion_ids and every other column as keyword lists."""
     from aha.rewards import resolve
+    from aha.rewards.scoring import refuse_all_nonfinite
 
     prompts = [r["prompt"] for r in rows]
     chat = isinstance(prompts[0], list)
@@ -125,7 +132,12 @@ def reward_scores(specs: list[Any], rows: list[dict[str, Any]], texts: list[str]
     for spec in specs:
         fn, weight = resolve(spec)
         values = fn(prompts=prompts, completions=completions, completion_ids=ids, **columns)
-        total = [t + weight * (v or 0.0) for t, v in zip(total, values)]
+        given = [float(v) for v in values if v is not None]
+        finite = sum(math.isfinite(v) for v in given)
+        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else fn.__name__
+        refuse_all_nonfinite(f"reward function {name!r}", len(given) - finite, finite, len(values))
+        # None and NaN/inf "do not apply" to that completion (as in training): they add nothing
+        total = [t + weight * (v if v is not None and math.isfinite(v) else 0.0) for t, v in zip(total, values)]
     return total
 
 
@@ -174,27 +186,80 @@ def select(
 
 # ---- running -----------------------------------------------------------------------------------------
 
+CHUNK = 64  # prompts sampled at a time, about (a whole number of generation batches): the unit a run resumes at
 
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write atomically (a temporary file renamed into place): a killed run leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
+
+def chunk_prompts(cfg: SampleConfig) -> int:
+    """Prompts per chunk: a multiple of the prompts that fill whole generation batches of ``batch_size`` rows
+    (``n`` per prompt), at least :data:`CHUNK`."""
+    whole = cfg.batch_size // math.gcd(cfg.n, cfg.batch_size)
+    return whole * max(1, -(-CHUNK // whole))
+
+
+def partial_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """(the lines so far, the pass rates so far, the progress record) of a run writing `out` that has not
+    finished: hidden files next to it, renamed into place (the first two) when it finishes."""
+    out, side = Path(out), sidecar_path(out)
+    return (
+        out.with_name(f".{out.name}.partial"),
+        side.with_name(f".{side.name}.partial"),
+        out.with_name(f".{out.name}.progress.json"),
+    )
+
+
+def _settings(data: str | dict[str, Any], cfg: SampleConfig) -> dict[str, Any]:
+    """What a resumed run must share with the one it continues (as JSON would hold it)."""
+    return json.loads(json.dumps({"data": data, "config": asdict(cfg), "chunk": chunk_prompts(cfg)}, default=str))
+
+
+def resumable(out: str | Path, data: str | dict[str, Any], cfg: SampleConfig) -> bool:
+    """Whether an interrupted run with these settings left its progress for `out` (see :func:`run_sample`)."""
+    progress = partial_paths(out)[2]
+    try:
+        return json.loads(progress.read_text())["settings"] == _settings(data, cfg)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def check_sample_output(out: str | Path, overwrite: bool, resume: bool, sources: list[str | Path] = ()) -> Path:
+    """The checks before a run writes `out` (nothing touched): :func:`aha.workflows.rundir.check_output`, and with
+    `resume` the progress an interrupted run left; without it, such progress is refused unless `overwrite`."""
+    progress = partial_paths(out)[2]
+    if resume and overwrite:
+        raise ValueError("--resume continues an interrupted run and --overwrite starts over: pass one of them")
+    path = check_output(out, OUTPUT, overwrite or resume, sources=sources)
+    if resume and not progress.is_file():
+        raise ValueError(f"--resume: no interrupted run of {path} to continue (no {progress}); run without --resume")
+    if not resume and progress.exists() and not overwrite:
+        raise ValueError(
+            f"--out {path}: an interrupted run left its progress ({progress.name}); continue it with --resume or "
+            "start over with --overwrite"
+        )
+    return path
+
+
+def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> int:
+    """Append `records` to `path`, on disk when this returns; returns the file's new length."""
+    with path.open("a", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+        f.flush()
+        os.fsync(f.fileno())
+        return os.fstat(f.fileno()).st_size
 
 
 def sample_rows(
-    engine: CompletionEngine, rows: list[dict[str, Any]], verifier: Verifier, cfg: SampleConfig
+    engine: CompletionEngine, rows: list[dict[str, Any]], verifier: Verifier, cfg: SampleConfig, start: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Generate ``cfg.n`` completions per row with `engine`, judge and select them."""
+    """Generate ``cfg.n`` completions per row with `engine`, judge and select them; `start`: the index of
+    ``rows[0]`` in the whole run (its draws depend on it, see :class:`aha.rollout.engine.CompletionEngine`)."""
     tok = engine.tokenizer
     prompts = [r["prompt"] for r in rows]
     if tok is not None and getattr(tok, "chat_template", None) is None:  # a base model: the question as plain text
         prompts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
     prefilled = tok is not None and render_prompt(tok, prompts[0]).rstrip().endswith(("<think>", "<reasoning>"))
     verifier = replace(verifier, prefilled=prefilled)
-    texts = engine.complete(prompts, cfg.n, cfg.sampling(), cfg.seed)
+    texts = engine.complete(prompts, cfg.n, cfg.sampling(), cfg.seed, start=start)
     if len(texts) != len(rows) * cfg.n:
         raise ValueError(f"sample: the engine returned {len(texts)} completions for {len(rows)} prompts × {cfg.n}")
     accepted = judge(rows, texts, verifier, cfg, tok)
@@ -207,22 +272,67 @@ def run_sample(
     out: str | Path,
     cfg: SampleConfig,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Sample with `engine`, verify and write `out` plus its pass-rate sidecar (an old output is replaced only
-    once the new one is ready); returns a summary."""
+    """Sample with `engine`, verify and write `out` plus its pass-rate sidecar; returns a summary.
+
+    The prompts go in chunks (:func:`chunk_prompts`); each chunk's kept lines and pass rates are appended to
+    hidden partial files next to `out` and a progress record says how far the run got, so that a run stopped by
+    SIGINT/SIGTERM (at the end of a chunk, under :func:`aha.train.interrupts.graceful_signals`) or killed keeps
+    what it accepted (a run that fails keeps it too, once it has finished a chunk), and `resume` continues it
+    (the same settings) to the output an uninterrupted run writes. At the end the partial files are renamed into
+    place: an old output (`overwrite`) is replaced only then."""
+    from aha.train.interrupts import Interrupted, requested, stoppable
+
     if cfg.rewards:
         from aha.rewards import resolve
 
         for spec in cfg.rewards:
             resolve(spec)  # unknown names and bad parameters fail before any generation
     sources = [data] if isinstance(data, str) else [data["path"]] if "path" in data else []
-    path = check_output(out, OUTPUT, overwrite, sources=sources)
+    path = check_sample_output(out, overwrite, resume, sources)
+    lines_part, rates_part, progress = partial_paths(path)
     start = time.perf_counter()
     rows, verifier = load_sample_data(data, cfg, engine.tokenizer)
-    lines, rates = sample_rows(engine, rows, verifier, cfg)
-    prepare_output(path, OUTPUT, overwrite, sources=sources)
-    _write_jsonl(sidecar_path(path), rates)
-    _write_jsonl(path, lines)
+    settings = _settings(data, cfg)
+    if resume:
+        record = json.loads(progress.read_text())
+        if record.get("settings") != settings:
+            raise ValueError(
+                f"--resume: {path} was being written with other settings ({progress}): pass the same options, or "
+                "--overwrite to start over"
+            )
+        done = record["done"]
+        for f, size in ((lines_part, record["lines_bytes"]), (rates_part, record["rates_bytes"])):
+            os.truncate(f, size)  # drop what a killed run appended after its last progress record
+    else:
+        done = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for f in (lines_part, rates_part):
+            f.write_text("")
+        _write_atomic(progress, {"settings": settings, "done": 0, "lines_bytes": 0, "rates_bytes": 0})
+    step = chunk_prompts(cfg)
+    try:
+        with stoppable():
+            for first in range(done, len(rows), step):
+                lines, rates = sample_rows(engine, rows[first : first + step], verifier, cfg, start=first)
+                done = first + len(rates)
+                record = {"settings": settings, "done": done, "lines_bytes": _append_jsonl(lines_part, lines)}
+                record["rates_bytes"] = _append_jsonl(rates_part, rates)
+                _write_atomic(progress, record)
+                signum = requested()
+                if signum is not None and done < len(rows):
+                    raise Interrupted(signum, saved=lines_part, after=f"{done} of {len(rows)} prompts")
+    except BaseException:
+        if done == 0:  # failed or stopped before its first chunk: nothing worth resuming, leave nothing behind
+            for f in (lines_part, rates_part, progress):
+                f.unlink(missing_ok=True)
+        raise
+    rates = [json.loads(x) for x in rates_part.read_text(encoding="utf-8").splitlines()]
+    prepare_output(path, OUTPUT, True, sources=sources)  # checked above: an old output goes only now
+    os.replace(rates_part, sidecar_path(path))
+    os.replace(lines_part, path)
+    progress.unlink()
     n_in = sum(r["in_range"] for r in rates)
     return {
         "prompts": len(rows),
@@ -230,8 +340,14 @@ def run_sample(
         "accepted": sum(r["accepted"] for r in rates),
         "mean_pass_rate": sum(r["pass_rate"] for r in rates) / len(rates),
         "prompts_in_range": n_in,
-        "kept": len(lines),
+        "kept": sum(r["kept"] for r in rates),
         "out": str(path),
         "pass_rates": str(sidecar_path(path)),
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _write_atomic(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
