@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")  # one voice in a multi-process run
 
 
-def progress() -> Progress:
-    """A progress bar with a free-text `info` field (reward, accuracy, loss...); off with AHA_NO_PROGRESS=1
-    (and on every process but the first of a multi-process run)."""
+def progress(disable: bool = False) -> Progress:
+    """A progress bar with a free-text `info` field (reward, accuracy, loss...); off with `disable`, with
+    AHA_NO_PROGRESS=1 and on every process but the first of a multi-process run."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -21,6 +21,6 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        disable=os.environ.get("AHA_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0",
+        disable=disable or os.environ.get("AHA_NO_PROGRESS") == "1" or os.environ.get("RANK", "0") != "0",
         transient=False,
     )

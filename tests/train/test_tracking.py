@@ -334,5 +334,7 @@ def test_sft_reports_to_tensorboard(small_tiny, tmp_path):
     state = SFTTrainer(model, cfg, rows, tok).train()
     acc = tensorboard_events(tmp_path / "runs")
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
-        (r["step"], pytest.approx(r["loss"])) for r in state.log_history if "loss" in r  # not the summary row
+        (r["step"], pytest.approx(r["loss"]))
+        for r in state.log_history
+        if "loss" in r  # not the summary row
     ]

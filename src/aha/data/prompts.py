@@ -11,10 +11,13 @@ def is_conversational(prompt: Any) -> bool:
     return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
 
 
-def render_prompt(tokenizer, prompt: Any) -> str:
-    """A prompt as the text the model sees: chat template for messages, the string itself otherwise."""
+def render_prompt(tokenizer, prompt: Any, chat_template_kwargs: dict[str, Any] | None = None) -> str:
+    """A prompt as the text the model sees: chat template for messages (`chat_template_kwargs` go to it, e.g.
+    ``{"enable_thinking": False}``), the string itself otherwise."""
     if is_conversational(prompt):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+        )
     if isinstance(prompt, str):
         return prompt
     raise TypeError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}")

@@ -56,10 +56,10 @@ def reward_name(fn: Callable | PreTrainedModel) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def reward_from_string(spec: str) -> Any:
+def reward_from_string(spec: str, model_kwargs: dict[str, Any] | None = None) -> Any:
     """A string among the reward functions: a built-in reward's name (``"correctness"``), a custom
     ``module:function`` / ``file.py:function``, or a reward model (a local directory, or a Hub id ``owner/name``,
-    loaded with ``AutoModelForSequenceClassification``). Anything else is a ValueError listing the built-ins; a
+    loaded with ``AutoModelForSequenceClassification``, ``from_pretrained(**model_kwargs)``). Anything else is a ValueError listing the built-ins; a
     missing local path is a FileNotFoundError, never tried on the Hub."""
     from pathlib import Path
 
@@ -73,15 +73,23 @@ def reward_from_string(spec: str) -> Any:
         return load_custom(spec)
     if "/" not in spec and not Path(spec).expanduser().exists():
         return get(spec)  # not a built-in: "unknown reward 'x' ...; built-in rewards are: ..."
-    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(spec), num_labels=1)
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(spec), num_labels=1, **(model_kwargs or {})
+    )
 
 
 def load_reward_models(
-    reward_funcs: Sequence[Any], processing_classes: Any, device: torch.device | str
+    reward_funcs: Sequence[Any],
+    processing_classes: Any,
+    device: torch.device | str,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """Strings become rewards (:func:`reward_from_string`: a built-in, a custom function or a reward model); each
+    """Strings become rewards (:func:`reward_from_string`: a built-in, a custom function or a reward model, loaded
+    with ``from_pretrained(**model_kwargs)``: the trainer's ``model_init_kwargs`` and ``trust_remote_code``); each
     model gets a tokenizer (the matching entry of `processing_classes`, or its own from ``config._name_or_path``).
     Returns (funcs, tokenizers)."""
+    model_kwargs = dict(model_kwargs or {})
+    remote = {"trust_remote_code": model_kwargs["trust_remote_code"]} if "trust_remote_code" in model_kwargs else {}
     n = len(reward_funcs)
     if processing_classes is None:
         classes = [None] * n
@@ -94,11 +102,11 @@ def load_reward_models(
     funcs: list[Any] = []
     for k, fn in enumerate(reward_funcs):
         if isinstance(fn, str):
-            fn = reward_from_string(fn)
+            fn = reward_from_string(fn, model_kwargs)
         if isinstance(fn, PreTrainedModel):
             fn = fn.to(device).eval().requires_grad_(False)
             if classes[k] is None:
-                classes[k] = AutoTokenizer.from_pretrained(fn.config._name_or_path)
+                classes[k] = AutoTokenizer.from_pretrained(fn.config._name_or_path, **remote)
             if classes[k].pad_token_id is None:
                 classes[k].pad_token = classes[k].eos_token
             if fn.config.pad_token_id is None:

@@ -31,7 +31,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -70,6 +71,8 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    # further transformers generate() options (GRPOConfig's generation_kwargs, cache_implementation): backend "hf" only
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def greedy(self) -> bool:
@@ -199,6 +202,10 @@ def sample_fast(
     layout-independent) or else ``generator``. ``dtype``: the compute dtype (``compute_dtype``).
     ``on_token(t, tokens)``: called as each step's tokens are drawn, ``tokens`` (B,) being column ``t`` of the
     result (pad for rows that have ended) — what a chat streams from; it costs one device sync per step."""
+    if params.generate_kwargs:
+        raise ValueError(
+            f"sample_fast: {sorted(params.generate_kwargs)} are transformers generate() options: use backend='hf'"
+        )
     dtype = compute_dtype(model, dtype)
     with torch.inference_mode():
         u = None
@@ -370,6 +377,7 @@ def sample_hf(
         kwargs.update(
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p or None
         )
+    kwargs.update(params.generate_kwargs)
     if on_token is not None:
         kwargs["streamer"] = TokenStreamer(on_token)
     with _hf_autocast(model, dtype):

@@ -22,26 +22,45 @@ PlainCallback = Callable[[Any, dict[str, Any]], None]  # aha's own: fn(state, ro
 
 
 class FlowCallback(DefaultFlowCallback):
-    """aha's schedule: log every ``logging_steps`` and at the last step; evaluate every ``eval_steps``
+    """aha's schedule, from the config's strategies as transformers' ``DefaultFlowCallback`` reads them: log every
+    ``logging_steps`` (``logging_strategy="steps"``), at each epoch's end (``"epoch"``), never (``"no"``), at step 1
+    with ``logging_first_step``, and at the last step unless ``"no"``; evaluate every ``eval_steps``
     (``eval_strategy="steps"``, and at the last step, as transformers does) or at each epoch's end
-    (``eval_strategy="epoch"``); save every ``save_steps``; stop at ``state.max_steps``."""
+    (``eval_strategy="epoch"``), not before ``eval_delay`` (steps; epochs with "epoch"); save every ``save_steps``
+    (``save_strategy="steps"``) or at each epoch's end (``"epoch"``); stop at ``state.max_steps``."""
 
     def on_step_end(self, args, state, control, **kwargs):
         step, last = state.global_step, state.global_step >= state.max_steps
-        if step % state.logging_steps == 0 or last:
+        logging = getattr(args, "logging_strategy", "steps")
+        if (
+            (logging == "steps" and step % state.logging_steps == 0)
+            or (last and logging != "no")
+            or (step == 1 and getattr(args, "logging_first_step", False))
+        ):
             control.should_log = True
-        if getattr(args, "eval_strategy", "no") == "steps" and (step % state.eval_steps == 0 or last):
+        delayed = step < getattr(args, "eval_delay", 0)  # transformers' eval_delay: no evaluation before it
+        if getattr(args, "eval_strategy", "no") == "steps" and (step % state.eval_steps == 0 or last) and not delayed:
             control.should_evaluate = True
-        if step % state.save_steps == 0:
+        if getattr(args, "save_strategy", "steps") == "steps" and step % state.save_steps == 0:
             control.should_save = True
         if last:
             control.should_training_stop = True
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if getattr(args, "eval_strategy", "no") == "epoch":
+        if getattr(args, "logging_strategy", "steps") == "epoch":
+            control.should_log = True
+        if getattr(args, "eval_strategy", "no") == "epoch" and state.epoch >= getattr(args, "eval_delay", 0):
             control.should_evaluate = True
+        if getattr(args, "save_strategy", "steps") == "epoch":
+            control.should_save = True
         return control
+
+
+def every(value: float, total_steps: int) -> int:
+    """``logging_steps`` / ``save_steps`` / ``eval_steps`` as a step interval: >= 1 is steps, in (0, 1) that
+    fraction of the run, rounded up (as transformers' ``Trainer`` does)."""
+    return int(value) if value >= 1 else max(1, math.ceil(value * total_steps))
 
 
 class Callbacks:
@@ -117,9 +136,8 @@ class Callbacks:
         """The state's schedule fields, as ``Trainer.train`` sets them before ``on_train_begin``."""
         s = self.state
         s.max_steps, s.train_batch_size, s.num_train_epochs = max_steps, batch_size, math.ceil(epochs)
-        s.logging_steps, s.save_steps = args.logging_steps, args.save_steps
-        eval_steps = getattr(args, "eval_steps", None) or args.logging_steps
-        s.eval_steps = max(1, math.ceil(max_steps * eval_steps)) if eval_steps < 1 else int(eval_steps)
+        s.logging_steps, s.save_steps = every(args.logging_steps, max_steps), every(args.save_steps, max_steps)
+        s.eval_steps = every(getattr(args, "eval_steps", None) or args.logging_steps, max_steps)
         s.is_world_process_zero, s.is_local_process_zero = main, local_main
 
 

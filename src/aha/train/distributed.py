@@ -19,10 +19,13 @@ import torch
 from accelerate import Accelerator
 
 
-def make_accelerator(use_cpu: bool = False, mixed_precision: str | None = None) -> Accelerator:
+def make_accelerator(
+    use_cpu: bool = False, mixed_precision: str | None = None, kwargs_handlers: list | None = None
+) -> Accelerator:
     """The run's Accelerator; on a machine without CUDA (or with ``use_cpu``) it runs on the CPU, and
     several processes talk over gloo. `mixed_precision` ("no", "bf16", "fp16"; see ``aha.train.precision``):
-    None keeps what accelerate already has (its config / environment)."""
+    None keeps what accelerate already has (its config / environment). `kwargs_handlers`: accelerate's (DDP
+    options, the process group's backend and timeout)."""
     from accelerate.state import AcceleratorState
 
     state = AcceleratorState._shared_state
@@ -30,7 +33,9 @@ def make_accelerator(use_cpu: bool = False, mixed_precision: str | None = None) 
         # accelerate keeps one precision per process; a new trainer with another one starts it afresh, as
         # transformers' TrainingArguments does (the process group, PartialState, is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
-    acc = Accelerator(cpu=use_cpu or not torch.cuda.is_available(), mixed_precision=mixed_precision)
+    acc = Accelerator(
+        cpu=use_cpu or not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=kwargs_handlers
+    )
     if acc.num_processes > 1:
         atexit.register(_end)  # a gloo process group left open makes the interpreter hang on exit
     return acc

@@ -32,7 +32,7 @@ the gradients itself: ``aha.train.distributed.average_gradients``.)
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
@@ -64,13 +64,17 @@ def token_logps(
     temperature: float,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    head_fp32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens (B, T) (logits divided by the sampling temperature, as in
     TRL), and optionally the per-position entropy (B, T) (with a gradient only if `entropy_grad`: an entropy
     bonus in the loss). Positions after a row's last completion_mask 1 are not computed: they are 0 in both
-    outputs."""
+    outputs. `head_fp32` (``cast_lm_head_to_fp32``): the lm_head's matmul in fp32 even under autocast (fast-path
+    models only)."""
     parts = _plain_parts(model)
     if parts is None:
+        if head_fp32:
+            raise ValueError("token_logps: head_fp32 needs a model on the fast path (logits = lm_head(hidden))")
         return _token_logps_plain(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy, entropy_grad
         )
@@ -85,6 +89,7 @@ def token_logps(
         temperature,
         with_entropy,
         entropy_grad,
+        head_fp32,
     )
 
 
@@ -102,6 +107,14 @@ def _token_logps_plain(
     logps = selective_log_softmax(logits, completion_ids, chunk=chunk)
     ent = entropy_from_logits(logits if entropy_grad else logits.detach(), chunk=chunk) if with_entropy else None
     return logps, ent
+
+
+def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The (decoder, lm_head) ``token_logps``' fast path calls for `model` (a ValueError when it has none)."""
+    parts = _plain_parts(model)
+    if parts is None:
+        raise ValueError(f"{type(model).__name__}: not on token_logps' fast path (see has_fast_path)")
+    return parts
 
 
 def has_fast_path(model) -> bool:
@@ -217,6 +230,7 @@ def _token_logps_chunked(
     temperature,
     with_entropy,
     entropy_grad=False,
+    head_fp32=False,
 ):
     b, p_len = prompt_ids.shape
     t = completion_ids.size(1)
@@ -278,7 +292,9 @@ def _token_logps_chunked(
             ).last_hidden_state[:, p_len - 1 :]  # (n, w, H)
         n = len(rows)
         targets = completion_ids[idx, :w].reshape(-1)
-        lp, ent = lm_head_logps(h.reshape(n * w, -1), head, targets, temperature, entropy_grad=entropy_grad)
+        lp, ent = lm_head_logps(
+            h.reshape(n * w, -1), head, targets, temperature, entropy_grad=entropy_grad, fp32=head_fp32
+        )
         pieces_lp.append(F.pad(lp.view(n, w), (0, t - w)))  # (n, T)
         if with_entropy:
             pieces_ent.append(F.pad(ent.view(n, w), (0, t - w)))
@@ -306,14 +322,15 @@ def lm_head_logps(
     temperature: float,
     budget: int = LOGITS_BUDGET,
     entropy_grad: bool = False,
+    fp32: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log_softmax(head(hidden) / temperature)[target] (N,) with gradients, and the entropy (N,) (with gradients
     only if `entropy_grad`).
 
     hidden: (N, H), targets: (N,). At most ``budget`` logits exist at a time, in the forward and in the
-    backward (which recomputes them)."""
+    backward (which recomputes them). `fp32`: the matmuls in fp32 whatever autocast or the weights' dtype say."""
     rows = max(1, budget // head.weight.size(0))
-    return _LMHeadLogps.apply(hidden, head.weight, head.bias, targets, float(temperature), rows, entropy_grad)
+    return _LMHeadLogps.apply(hidden, head.weight, head.bias, targets, float(temperature), rows, entropy_grad, fp32)
 
 
 class _LMHeadLogps(torch.autograd.Function):
@@ -322,16 +339,19 @@ class _LMHeadLogps(torch.autograd.Function):
     weight's gradient is accumulated in fp32. The backward casts as its forward did (autocast is off there)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, rows, entropy_grad):
+    def forward(ctx, hidden, weight, bias, targets, temperature, rows, entropy_grad, fp32=False):
         n = hidden.size(0)
         dev = hidden.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # None: full precision
+        if fp32:  # cast_lm_head_to_fp32: the head in fp32 under autocast, and for low-precision weights
+            amp = torch.float32
         w, b = _cast(weight, amp), _cast(bias, amp)
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         ent = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         for s in range(0, n, rows):
-            logits = F.linear(_cast(hidden[s : s + rows], amp), w, b).float() / temperature  # (r, V)
+            with torch.autocast(dev, enabled=False) if fp32 else nullcontext():
+                logits = F.linear(_cast(hidden[s : s + rows], amp), w, b).float() / temperature  # (r, V)
             z = torch.logsumexp(logits, dim=-1)  # (r,)
             lse[s : s + rows] = z
             logp[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - z
@@ -380,6 +400,7 @@ class _LMHeadLogps(torch.autograd.Function):
             g_h,
             None if g_w is None else g_w.to(weight.dtype),
             None if g_b is None else g_b.to(bias.dtype),
+            None,
             None,
             None,
             None,

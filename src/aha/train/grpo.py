@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 from aha.console import console
 from aha.data.prompts import eos_ids
 from aha.grpo import NUM_ITEMS_LOSS_TYPES, entropy_bonus, importance_sampling_weights, policy_loss, top_entropy_mask
-from aha.models.loading import peft_model, resolve_model_path, save_model
+from aha.models.loading import peft_model, save_model
 from aha.rewards.scoring import load_reward_models, reward_name
 from aha.train.callbacks import Callbacks
 from aha.train.config import GRPOConfig
@@ -51,6 +51,14 @@ from aha.train.hub import HubPusher, base_model_name, model_card
 from aha.train.hub import dataset_name as name_of_dataset
 from aha.train.loop import TrainerState, TrainingLoop, TrainOutput, log_row
 from aha.train.metrics import MetricsLogger
+from aha.train.policy import (
+    compile_policy,
+    init_kwargs,
+    load_policy,
+    prepare_policy,
+    process_group_options,
+    set_run_flags,
+)
 from aha.train.precision import autocast
 from aha.train.rollouts import Batch, RolloutSource
 
@@ -95,12 +103,20 @@ class GRPOTrainer:
         self.eval_dataset = eval_dataset
         # one process, or one of several under `accelerate launch` / `torchrun` (see aha.train.distributed)
         self.precision = a.mixed_precision  # "bf16" / "fp16": autocast for every policy forward (aha.train.precision)
-        self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision)
+        set_run_flags(a)
+        self.accelerator = make_accelerator(a.use_cpu, mixed_precision=self.precision, **process_group_options(a))
         self.device = self.accelerator.device
         if isinstance(model, str):  # a missing local path is one clear error, never tried as a Hub id
-            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model))
+            model = load_policy(model, a)
+        elif a.model_init_kwargs is not None:
+            raise ValueError(
+                "GRPOConfig.model_init_kwargs applies when the model is given by name; this one is already built: "
+                "load it with those options yourself, or pass its name"
+            )
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
+            processing_class = AutoTokenizer.from_pretrained(
+                model.config._name_or_path, trust_remote_code=a.trust_remote_code
+            )
         self.tokenizer = processing_class
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -109,18 +125,13 @@ class GRPOTrainer:
         self.model = model.to(self.device)  # the plain model: sampling, saving; `train_model` is the one wrapped
         self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
         self.loss_model = self.model  # what compute_loss calls: train_model, or under DDP the plain model
-        if a.gradient_checkpointing:
-            # transformers 5.2x renamed it activation checkpointing (the old name warns); older ones have only the old
-            enable = (
-                getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
-            )
-            enable()
+        prepare_policy(self.model, a)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
             raise ValueError("GRPOTrainer: give at least one reward function")
         # strings -> reward models; each reward model gets its tokenizer (None for plain functions)
         self.reward_funcs, self.reward_processing_classes = load_reward_models(
-            funcs, reward_processing_classes, self.device
+            funcs, reward_processing_classes, self.device, init_kwargs(a)
         )
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise ValueError(
@@ -133,7 +144,10 @@ class GRPOTrainer:
                 "GRPOConfig.sync_ref_model=True with a PEFT model: the reference is the base model with the adapter "
                 "off, so there is no reference copy to synchronise; set sync_ref_model=False or train without PEFT"
             )
+        if a.torch_compile:  # after the reference copy: π_ref runs eagerly
+            compile_policy(self.model, a)
         self.eos = eos_ids(self.tokenizer, self.model)
+        self.head = {"head_fp32": True} if a.cast_lm_head_to_fp32 else {}  # token_logps' lm_head precision
         self.state = TrainerState()
         self.entropy = EntropyControl(a)  # the entropy bonus's coefficient (adaptive: moved once per step)
         self.callbacks = Callbacks(callbacks or (), a, self.state, self.model, self.tokenizer)
@@ -228,9 +242,10 @@ class GRPOTrainer:
             part = [batch[k][s : s + mb] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
             if reference and self.ref_model is None:  # PEFT: adapter off
                 with self.model.disable_adapter():
-                    outs.append(token_logps(self.model, *part, self.args.temperature)[0])
+                    outs.append(token_logps(self.model, *part, self.args.temperature, **self.head)[0])
             else:
-                outs.append(token_logps(self.ref_model if reference else self.model, *part, self.args.temperature)[0])
+                model = self.ref_model if reference else self.model
+                outs.append(token_logps(model, *part, self.args.temperature, **self.head)[0])
         return torch.cat(outs)
 
     # ---------------------------------------------------------------------------------- update
@@ -255,6 +270,7 @@ class GRPOTrainer:
             a.temperature,
             with_entropy=True,
             entropy_grad=self.entropy.enabled,
+            **self.head,
         )  # (B, T), (B, T)
         mask = mb["completion_mask"]  # (B, T)
         # the forking tokens: the policy term only (the KL and the normalisers keep every token, as TRL's)

@@ -47,6 +47,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import torch
@@ -62,7 +63,9 @@ from aha.train.precision import autocast
 from aha.train.tracking import Trackers
 
 COUNTERS = ("/errors", "/nonfinite")  # metrics summed over the logging window (the others are averaged)
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+# parameter names weight decay skips (transformers' rule: biases and norms)
+NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 # one micro-batch of an accumulation window, run lazily by the loop: (loss to backward, metrics to log); the
 # metric "loss" (when given) is what the log shows for it, else loss.item(); "flos" (when given) is the micro-batch's
@@ -116,21 +119,58 @@ class TrainOutput(transformers.trainer_utils.TrainOutput):
         return getattr(state, name)
 
 
-def make_optimizer(
-    name: str, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
-) -> torch.optim.Optimizer:
-    """The optimiser called `name` (TRL's ``optim`` names): ``adamw_torch``, ``adamw_torch_fused`` (torch's fused
-    kernel), ``adamw_8bit`` / ``paged_adamw_8bit`` (bitsandbytes, CUDA only)."""
-    if name == "adamw_torch":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
-    if name in ("adamw_8bit", "paged_adamw_8bit"):
-        import bitsandbytes as bnb
+def make_optimizer(args: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimiser ``args.optim`` names (transformers' ``OptimizerNames``: ``adamw_torch``, ``adamw_torch_fused``,
+    ``adafactor``, ``sgd``, ``adagrad``, ``rmsprop``, the bitsandbytes ones, ...), built by transformers from
+    ``learning_rate``, ``adam_beta1``/``adam_beta2``/``adam_epsilon`` and ``optim_args``, over the trainable
+    parameters of `model`; ``weight_decay`` applies to every weight but biases and norms, as in transformers."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import get_parameter_names
+    from transformers.training_args import OptimizerNames
 
-        cls = bnb.optim.AdamW8bit if name == "adamw_8bit" else bnb.optim.PagedAdamW8bit
-        return cls(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ValueError(f"optim {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    name = args.optim
+    if name not in {o.value for o in OptimizerNames}:
+        raise ValueError(f"optim {name!r} is not one of transformers' OptimizerNames (e.g. {', '.join(OPTIMIZERS)})")
+    spec = SimpleNamespace(
+        optim=OptimizerNames(name),
+        optim_args=getattr(args, "optim_args", None),
+        optim_target_modules=getattr(args, "optim_target_modules", None),
+        learning_rate=args.learning_rate,
+        adam_beta1=getattr(args, "adam_beta1", 0.9),
+        adam_beta2=getattr(args, "adam_beta2", 0.999),
+        adam_epsilon=getattr(args, "adam_epsilon", 1e-8),
+        weight_decay=args.weight_decay,
+    )
+    try:
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(spec, model)
+    except ImportError as err:
+        raise ValueError(f"optim={name!r}: {err}") from None
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    return cls([g for g in groups if g["params"]], **kwargs)
+
+
+def warmup_steps(args: Any, total_steps: int) -> int:
+    """Warm-up steps: ``warmup_steps`` (>= 1: steps, in (0, 1): that fraction of the run, rounded up, as
+    transformers does), else aha's ``warmup_ratio`` of the run."""
+    w = float(args.warmup_steps)
+    if w >= 1:
+        return int(w)
+    if w > 0:
+        return math.ceil(w * total_steps)
+    return int(getattr(args, "warmup_ratio", 0.0) * total_steps)
+
+
+def empty_device_cache(device: torch.device) -> None:
+    """Hand the accelerator's cached, unused memory back (``torch_empty_cache_steps``); nothing to do on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 class TrainingLoop:
@@ -181,8 +221,7 @@ class TrainingLoop:
         self.description = description or phase.upper()
         self.output_dir = Path(args.output_dir)
         params = [p for p in model.parameters() if p.requires_grad]
-        betas = (getattr(args, "adam_beta1", 0.9), getattr(args, "adam_beta2", 0.999))
-        self.optimizer = make_optimizer(args.optim, params, args.learning_rate, betas, args.weight_decay)
+        self.optimizer = make_optimizer(args, model)
         self.train_model = model  # what the loss's backward reaches: the model, or its DDP/FSDP wrapper
         if accelerator.num_processes > 1:  # DDP (or FSDP from the accelerate config): gradients averaged in backward
             self.train_model, self.optimizer = accelerator.prepare(model, self.optimizer)
@@ -191,11 +230,25 @@ class TrainingLoop:
             self.optimizer = accelerator.prepare_optimizer(self.optimizer)
         self.scaler = accelerator.scaler  # fp16's gradient scaler (None otherwise)
         self.params = params
-        warmup = args.warmup_steps or int(args.warmup_ratio * total_steps)
-        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, warmup, total_steps)
+        kwargs = getattr(args, "lr_scheduler_kwargs", None) or {}
+        try:
+            self.scheduler = get_scheduler(
+                args.lr_scheduler_type,
+                self.optimizer,
+                warmup_steps(args, total_steps),
+                total_steps,
+                scheduler_specific_kwargs=kwargs,
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"lr_scheduler_type={args.lr_scheduler_type!r} with lr_scheduler_kwargs={kwargs}: {err}"
+            ) from None
         self.callbacks.bind(
             model=model, processing_class=tokenizer, optimizer=self.optimizer, lr_scheduler=self.scheduler
         )
+        if run_name := getattr(args, "run_name", None):
+            self.description = run_name
+        set_log_level(args, accelerator)
         self.loss_model_bypasses_ddp = False
         self.pending: dict[str, list[float]] = defaultdict(list)  # metrics since the last logged row
         self.resumed_from: Path | None = None
@@ -279,7 +332,9 @@ class TrainingLoop:
                 self.pending[k].append(v)
         if self.loss_model_bypasses_ddp:
             average_gradients(self.params, self.acc.num_processes)
-        grad_norm = float(self.acc.clip_grad_norm_(self.params, self.args.max_grad_norm))  # fp16: unscaled first
+        max_norm = self.args.max_grad_norm
+        max_norm = max_norm if max_norm is not None and max_norm > 0 else math.inf  # <= 0: measured, not clipped
+        grad_norm = float(self.acc.clip_grad_norm_(self.params, max_norm))  # fp16: unscaled first
         if self.scaler is not None and all(map(math.isfinite, losses)) and not math.isfinite(grad_norm):
             return self._skip_overflow()
         if not all(map(math.isfinite, [*losses, grad_norm])):
@@ -320,6 +375,11 @@ class TrainingLoop:
             self._bar.update(self._task, advance=1, info=info)
         self.callbacks.event("on_step_end")
         self.act()
+        if getattr(self.args, "logging_strategy", "steps") == "no":
+            self.pending.clear()  # nothing is logged: keep no window
+        empty_every = getattr(self.args, "torch_empty_cache_steps", None)
+        if empty_every and self.state.global_step % empty_every == 0:
+            empty_device_cache(self.acc.device)
         self.stop_if_requested()
 
     def end_epoch(self) -> None:
@@ -354,10 +414,12 @@ class TrainingLoop:
         self._step_start = time.perf_counter()  # an evaluation or a save is not the next step's time
 
     def log_window(self) -> None:
-        """One metrics row: each metric averaged over the logging window (counters summed), NaN dropped."""
+        """One metrics row: each metric averaged over the logging window (counters summed), NaN and inf dropped
+        (unless ``logging_nan_inf_filter`` is off: then they show)."""
         row: dict[str, Any] = {"phase": self.phase, "step": self.state.global_step, "epoch": round(self.state.epoch, 4)}
+        keep_all = not getattr(self.args, "logging_nan_inf_filter", True)
         for k, vs in self.pending.items():
-            vs = [v for v in vs if v == v]
+            vs = [v for v in vs if keep_all or math.isfinite(v)]
             row[k] = sum(vs) if k.endswith(COUNTERS) else sum(vs) / len(vs) if vs else float("nan")
         row["learning_rate"] = self.scheduler.get_last_lr()[0]
         self.pending.clear()
@@ -395,7 +457,7 @@ class TrainingLoop:
                     self.evaluate()
                 self.callbacks.event("on_epoch_begin")
                 self._step_start = time.perf_counter()
-                with progress() as bar:
+                with progress(disable=bool(getattr(a, "disable_tqdm", False))) as bar:
                     self._bar = bar
                     self._task = bar.add_task(
                         self.description, total=self.total, info="", completed=self.state.global_step
@@ -477,6 +539,7 @@ class TrainingLoop:
             loop = self.state_dict()
             if pending is not None:
                 loop["pending"] = pending
+            only_model = bool(getattr(self.args, "save_only_model", False))
             tensors = {
                 "optimizer.pt": {k: loop.pop(k) for k in ("optimizer", "scheduler", "scaler") if k in loop},
                 "rng_state.pt": checkpoint.global_rng_state(),
@@ -486,8 +549,11 @@ class TrainingLoop:
                     "by_process": by_process,
                 },
             }
+            if only_model:  # the weights (and tokenizer) only: an export, not a point to resume from
+                tensors = {}
             metrics = self.logger.state_dict() if self.logger is not None else {}
             meta = {**self.state.state_dict(), **metrics, "phase": self.phase, "args": _plain(self.args)}
+            meta["save_only_model"] = only_model
             path = checkpoint.write_checkpoint(
                 self.output_dir,
                 self.state.global_step,
@@ -512,8 +578,14 @@ class TrainingLoop:
             return None
         if self.acc.distributed_type == "FSDP":
             raise ValueError("resume_from_checkpoint: not supported under FSDP yet (the optimiser state is sharded)")
-        checkpoint.load_weights(self.model, path)
         files, meta = checkpoint.read_checkpoint(path)
+        if meta.get("save_only_model"):
+            raise ValueError(
+                f"resume_from_checkpoint: {path} was saved with save_only_model=True and holds the weights only (no "
+                "optimiser, schedule or data position): start a new run from it as a model, or train with "
+                "save_only_model=False to get checkpoints that resume"
+            )
+        checkpoint.load_weights(self.model, path)
         loop = files["loop_state.pt"]
         self.load_state_dict({**files["optimizer.pt"], **loop["loop"]})
         self.state.load_state_dict(meta)
@@ -541,6 +613,17 @@ class TrainingLoop:
             f"last good state (after step {step}) is saved in {path}. Lower learning_rate or max_grad_norm, or check "
             "the model and data (and rewards) for NaN/inf; resume with resume_from_checkpoint='auto' (or --resume)"
         )
+
+
+def set_log_level(args: Any, accelerator: Any) -> None:
+    """transformers' logging verbosity for this process: ``log_level`` on the main process (of each node with
+    ``log_on_each_node``, else of the run), ``log_level_replica`` on the others; "passive" leaves it as it is."""
+    from transformers.utils import logging as hf_logging
+
+    main = accelerator.is_local_main_process if getattr(args, "log_on_each_node", True) else accelerator.is_main_process
+    level = getattr(args, "log_level" if main else "log_level_replica", "passive")
+    if level != "passive":
+        hf_logging.set_verbosity(hf_logging.log_levels[level])
 
 
 def log_row(

@@ -85,10 +85,13 @@ def rollout_metrics(
     if args.log_completions:
         n = args.num_completions_to_print or 2
         extra = extra or {}
+        rows = list(range(len(prompts)))
+        if getattr(args, "log_unique_prompts", False):  # one completion per distinct prompt
+            rows = list({str(prompts[i]): i for i in reversed(rows)}.values())[::-1]
         samples = []
-        for i, (p, c) in enumerate(zip(prompts[:n], completions[:n])):
+        for i in rows[:n]:
             cols = {k: v[i] for k, v in extra.items() if i < len(v)}
-            samples.append((str(p), str(c), total[i].item(), cols))
+            samples.append((str(prompts[i]), str(completions[i]), total[i].item(), cols))
         m["_samples"] = samples
         # every row of this process, for the trackers' completions tables
         names = [reward_name(fn) for fn in reward_funcs]

@@ -33,6 +33,7 @@ with the batch for the importance-sampling correction (``aha.grpo.importance_sam
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -143,7 +144,11 @@ class RolloutSource:
         self.acc, self.eos, self.state, self.add_logps = accelerator, eos, state, add_logps
         self.device = accelerator.device
         self.sharded_model: torch.nn.Module = model  # FSDP: the wrapped model, unsharded for generation
-        self.rng = random.Random(args.seed)  # prompt order and each pass's micro-batch order
+        # prompt order and each pass's micro-batch order (data_seed, as transformers' samplers take it)
+        self.rng = random.Random(args.seed if getattr(args, "data_seed", None) is None else args.data_seed)
+        self.shuffle = bool(getattr(args, "shuffle_dataset", True)) and (
+            getattr(args, "train_sampling_strategy", "random") == "random"
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(args.seed)  # sampling
         self.order: list[int] = []
         self.epoch_rows = 0
@@ -210,14 +215,23 @@ class RolloutSource:
         return self.epoch_rows / len(self.dataset)
 
     # ------------------------------------------------------------------------------------------ prompts
-    def next_rows(self, n: int) -> list[dict[str, Any]]:
+    def next_rows(self, n: int, drop_last: bool = False) -> list[dict[str, Any]]:
+        """The next `n` rows in the epoch order (shuffled per epoch unless shuffle_dataset is off or
+        train_sampling_strategy is "sequential"); `drop_last`: an epoch's rest shorter than `n` is skipped (a
+        stream is read in its own order, pass after pass)."""
         if self.stream:
             return self._stream_rows(n)
+        if drop_last and 0 < len(self.order) < min(n, len(self.dataset)):
+            self.epoch_rows += len(self.order)
+            self.order = []
         rows = []
         while len(rows) < n:
             if not self.order:
                 self.order = list(range(len(self.dataset)))
-                self.rng.shuffle(self.order)
+                if self.shuffle:
+                    self.rng.shuffle(self.order)
+                else:
+                    self.order.reverse()  # rows are taken from the end: dataset order
             rows.append(self.dataset[self.order.pop()])
             self.epoch_rows += 1
         return rows
@@ -282,7 +296,9 @@ class RolloutSource:
         """
         a, g, acc = self.args, self.args.num_generations, self.acc
         target, pad_id = a.prompts_per_generation, self.tokenizer.pad_token_id
-        first = self.generate_and_score(self.next_rows(target), with_logps=False)
+        first = self.generate_and_score(
+            self.next_rows(target, drop_last=getattr(a, "dataloader_drop_last", False)), with_logps=False
+        )
         if not a.dynamic_sampling:
             self.add_logps(first.batch)
             return first
@@ -343,16 +359,11 @@ class RolloutSource:
             return [r[key] for r in rows for _ in range(g)][local]
 
         prompts = mine("prompt")  # (n,)
-        texts = [render_prompt(tok, p) for p in prompts]
+        texts = [render_prompt(tok, p, a.chat_template_kwargs) for p in prompts]
         prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (n, P)
-        params = SamplingParams(
-            max_new_tokens=a.max_completion_length,
-            temperature=a.temperature,
-            top_p=a.top_p,
-            top_k=a.top_k,
-            min_p=a.min_p or 0.0,
-            repetition_penalty=a.repetition_penalty,
-        )
+        prompt_ids = pad_width(prompt_ids, a.pad_to_multiple_of, tok.pad_token_id, left=True)
+        prompt_mask = pad_width(prompt_mask, a.pad_to_multiple_of, 0, left=True)
+        params = sampling_params(a)
         sampling_logps = None
         on_fast_decoder = None  # aha's sampler: did its fast decoder run (1.0), or the HF forward (0.0)?
         if a.use_vllm:
@@ -378,6 +389,11 @@ class RolloutSource:
                 )  # (n, T)
         completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
         truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
+        # pad_to_multiple_of: after the mask, so that padding a truncated completion never reads as its EOS
+        completion_ids = pad_width(completion_ids, a.pad_to_multiple_of, tok.pad_token_id, left=False)
+        completion_mask = pad_width(completion_mask, a.pad_to_multiple_of, 0, left=False)
+        if sampling_logps is not None:
+            sampling_logps = pad_width(sampling_logps, a.pad_to_multiple_of, 0, left=False)
         if a.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
         ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
@@ -483,6 +499,8 @@ class RolloutSource:
                 mode = {"server_base_url": url, "server_timeout": a.vllm_server_timeout}
             else:
                 mode = {"max_model_len": self.max_model_len(), "gpu_memory_utilization": a.vllm_gpu_memory_utilization}
+                if a.vllm_model_impl != "vllm":  # vLLM's LLM(model_impl=...); its default picks its own code
+                    mode["model_impl"] = a.vllm_model_impl
             self.vllm = VLLMRollout(self.model, self.tokenizer, mode=a.vllm_mode, seed=a.seed, **mode)
             self.synced_step = self.state.global_step if a.vllm_mode == "colocate" else -1
         if self.synced_step != self.state.global_step:
@@ -512,6 +530,34 @@ class RolloutSource:
         n = a.max_prompt_length + a.max_completion_length
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return min(n, limit) if isinstance(limit, int) else n
+
+
+def sampling_params(args: Any) -> SamplingParams:
+    """The rollouts' SamplingParams: the config's sampling fields, ``generation_kwargs`` over them (its other keys,
+    and ``cache_implementation``, go to transformers' generate: backend "hf")."""
+    names = {f.name for f in dataclasses.fields(SamplingParams)} - {"generate_kwargs"}
+    extra = dict(getattr(args, "generation_kwargs", None) or {})
+    fields = {k: extra.pop(k) for k in list(extra) if k in names}
+    if getattr(args, "cache_implementation", None) is not None:
+        extra["cache_implementation"] = args.cache_implementation
+    base = {
+        "max_new_tokens": args.max_completion_length,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p or 0.0,
+        "repetition_penalty": args.repetition_penalty,
+    }
+    return SamplingParams(**(base | fields), generate_kwargs=extra)
+
+
+def pad_width(t: torch.Tensor, multiple: int | None, value: float, left: bool) -> torch.Tensor:
+    """`t` (n, W) padded with `value` on the left (prompts) or right (completions) to a width that is a multiple of
+    `multiple` (``pad_to_multiple_of``; None: as it is)."""
+    if not multiple or t.size(1) % multiple == 0:
+        return t
+    extra = multiple - t.size(1) % multiple
+    return F.pad(t, (extra, 0) if left else (0, extra), value=value)
 
 
 # ---------------------------------------------------------------------------------------------- batch algebra
