@@ -24,6 +24,7 @@ FAST = [
 DATASET = {r: "dataset={task: arithmetic, n: 64}" for r in ("smoltldr", "gsm8k", "openr1-math", "r1-zero")}
 DATASET |= {"demo-grpo": "dataset.n=64", "countdown": "dataset.n=64"}
 PIPELINE_RECIPES = ["demo", "r1-pipeline-tiny"]
+RG_RECIPES = ["rg-tiny"]  # need reasoning-gym: run in tests/tasks/test_reasoning_gym.py (skipped without it)
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -31,7 +32,9 @@ def _sets(items: list[str]) -> list[str]:
 
 
 def test_all_recipes_are_tested() -> None:
-    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted([*GRPO_RECIPES, "demo-sft", *PIPELINE_RECIPES])
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(
+        [*GRPO_RECIPES, "demo-sft", *PIPELINE_RECIPES, *RG_RECIPES]
+    )
 
 
 @pytest.mark.parametrize("name", PIPELINE_RECIPES)

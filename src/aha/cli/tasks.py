@@ -103,9 +103,8 @@ def _show(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from aha.tasks import get_task
-    from aha.tasks.base import SPLITS
-
     from aha.tasks import reasoning_gym as rg
+    from aha.tasks.base import SPLITS
 
     params = parse_params(args.params)
     if args.task.startswith(rg.PREFIX):  # --set a generator's field: it goes into the task's config
