@@ -67,7 +67,7 @@ def data_spec(
     """The spec of a ``--data`` string (see the module doc). `split`: the split to read (default: `task_split` for a
     task, ``test`` for a Hub data set); `limit`: at most this many rows (a task: exactly, default
     DEFAULT_TASK_ROWS); `seed`: a task's draw."""
-    from aha.tasks import TASKS
+    from aha.tasks import TASKS, is_task_name
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"--data: expected a task name, a data file or a Hub id, got {text!r}")
@@ -79,7 +79,7 @@ def data_spec(
         name, params = f"{RG}:{body[:end].strip()}", body[end:].removeprefix(":")
         if params.strip() and body.startswith("["):
             raise ValueError(f"--data {text}: configure a mix in a recipe's dataset section (config: {{name: ...}})")
-    if name in TASKS or name.startswith(f"{RG}:"):
+    if is_task_name(name):
         spec: dict[str, Any] = {"task": name}
         for item in filter(None, (x.strip() for x in params.split(","))):
             key, eq, value = item.partition("=")
