@@ -224,7 +224,9 @@ def test_rg_tiny_recipe_smoke(tmp_path) -> None:
         main(["pipeline", str(RECIPE), "--out", str(out), "--no-plot", *[x for s in sets for x in ("--set", s)]]) == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert [(st["stage"], st["steps"]) for st in summary["stages"]] == [("1-cold-start", 2), ("2-grpo", 2)]
+    trained = [(st["stage"], st["steps"]) for st in summary["stages"] if "steps" in st]
+    assert trained == [("1-cold-start", 2), ("2-grpo", 2)]
+    assert len(summary["stages"]) == 3  # and the untrained model's evaluation (eval.before)
     assert 0.0 <= summary["accuracy_after"] <= 1.0 and "accuracy_before" in summary
     metrics = (out / "2-grpo" / "metrics.jsonl").read_text()
     assert "rewards/rg_score/mean" in metrics  # the reasoning-gym verifier scored the rollouts
