@@ -27,6 +27,7 @@ PIPELINE_RECIPES = ["demo", "r1-pipeline-tiny"]
 # the real model's recipes (its fetched directory is not here in `make test`): smoke-tested on the tiny model in
 # tests/workflows/test_recipe.py, run for real by hand (README's table)
 REAL_MODEL_RECIPES = ["smollm2-reasoning", "smollm2-smoltldr"]
+RG_RECIPES = ["rg-tiny"]  # need reasoning-gym: run in tests/tasks/test_reasoning_gym.py (skipped without it)
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -35,7 +36,7 @@ def _sets(items: list[str]) -> list[str]:
 
 def test_all_recipes_are_tested() -> None:
     assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(
-        [*GRPO_RECIPES, "demo-sft", *PIPELINE_RECIPES, *REAL_MODEL_RECIPES]
+        [*GRPO_RECIPES, "demo-sft", *PIPELINE_RECIPES, *REAL_MODEL_RECIPES, *RG_RECIPES]
     )
 
 

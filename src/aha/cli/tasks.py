@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.add_parser("list", help="a table of the tasks, their descriptions and parameters")
     show = actions.add_parser("show", help="a sample row of each split (sft, train, eval) of a task")
-    show.add_argument("task", metavar="NAME", help="task name (see `aha tasks list`)")
+    show.add_argument("task", metavar="NAME", help="task name (see `aha tasks list`), e.g. countdown or rg:chain_sum")
     add_set_option(show, "a task parameter, e.g. --set count=3 (values are read as YAML)", dest="params")
     show.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
 
@@ -47,6 +47,13 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def escape(text: str) -> str:
+    """`text` shown as it is by rich (``rg:[a, b]`` is not markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _list() -> int:
     from rich.console import Console
     from rich.table import Table
@@ -61,19 +68,53 @@ def _list() -> int:
         cls = TASKS[name]
         params = "\n".join(f"{k}={v!r}" for k, v in task_params(cls).items())
         table.add_row(name, cls.description, params or "-")
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    _list_reasoning_gym(console)
     return 0
+
+
+def _list_reasoning_gym(console: Any) -> None:
+    """reasoning-gym's generators (``rg:NAME``), one line each, when it is installed; how to install it if not."""
+    from rich.table import Table
+
+    from aha.tasks import reasoning_gym as rg
+
+    if not rg.available():
+        console.print(f"reasoning-gym tasks (rg:NAME): not installed; {rg.INSTALL}", markup=False, highlight=False)
+        return
+    names = list(rg.generators())
+    table = Table(
+        title=escape(
+            f"reasoning-gym tasks ({len(names)}): rg:NAME or a mix rg:[a, b]; parameters config (the generator's "
+            "fields), weights (a mix), eval_fraction=0.1, instruction=True"
+        ),
+        title_justify="left",
+    )
+    table.add_column("task", no_wrap=True, style="bold")
+    table.add_column("description")
+    table.add_column("config fields")
+    for name in names:
+        table.add_row(f"{rg.PREFIX}{name}", escape(rg.describe(name)), ", ".join(rg.config_fields(name)) or "-")
+    console.print(table)
 
 
 def _show(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from aha.tasks import get_task
+    from aha.tasks import reasoning_gym as rg
     from aha.tasks.base import SPLITS
 
-    task = get_task(args.task, **parse_params(args.params))
+    params = parse_params(args.params)
+    if args.task.startswith(rg.PREFIX):  # --set a generator's field: it goes into the task's config
+        params = rg.with_config(params)
+    task = get_task(args.task, **params)
     console = Console(width=160)
-    console.print(f"[bold]{task.name}[/bold]: {task.description}")
+    console.print(f"[bold]{escape(task.name)}[/bold]: {escape(task.description)}")
+    for name in getattr(task, "generators", []):  # a reasoning-gym task: its generators' configuration
+        fields = ", ".join(f"{k}={v!r}" for k, v in rg.config_fields(name).items())
+        console.print(f"{rg.PREFIX}{name}: {rg.describe(name)}; config: {fields or '-'}", markup=False, highlight=False)
     for split in SPLITS:
         row = task.rows(split, 1, args.seed)[0]
         console.rule(f"split {split}")

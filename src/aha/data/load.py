@@ -21,7 +21,8 @@ prompt is longer than `max_prompt_length` tokens, are dropped (never truncated),
 column); :func:`resolve_spec` returns the spec with them filled in.
 
 :func:`data_spec` parses the command line's ``--data`` strings into a spec: a built-in task (``arithmetic``,
-``arithmetic:digits=3``; its held-out ``eval`` split unless told otherwise), a local ``.jsonl``/``.json``/``.csv``/
+``arithmetic:digits=3``; its held-out ``eval`` split unless told otherwise; a reasoning-gym one ``rg:chain_sum``,
+``rg:chain_sum:max_terms=3`` (the generator's config) or ``rg:[chain_sum, countdown]``), a local ``.jsonl``/``.json``/``.csv``/
 ``.parquet`` file or directory of them, or a Hub data set ``owner/name[:config]`` (its ``test`` split); files and
 Hub data sets have their columns and answer format detected.
 """
@@ -48,6 +49,7 @@ DEFAULT_TASK_ROWS = 100  # rows of a task named by a --data string without a lim
 COMMON_KEYS = {"split", "max_samples", "shuffle_seed", "system_prompt", "few_shot", "max_prompt_length"}
 FILE_KEYS = COMMON_KEYS | {"path", "name", "prompt_column", "answer_column", "answer_format"}
 TASK_KEYS = COMMON_KEYS | {"task", "n", "seed", "params"}
+RG = "rg"  # reasoning-gym tasks: rg:NAME, rg:[a, b] (aha.tasks.reasoning_gym)
 
 
 def spec_name(spec: Any) -> str:
@@ -65,13 +67,19 @@ def data_spec(
     """The spec of a ``--data`` string (see the module doc). `split`: the split to read (default: `task_split` for a
     task, ``test`` for a Hub data set); `limit`: at most this many rows (a task: exactly, default
     DEFAULT_TASK_ROWS); `seed`: a task's draw."""
-    from aha.tasks import TASKS
+    from aha.tasks import TASKS, is_task_name
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"--data: expected a task name, a data file or a Hub id, got {text!r}")
     _check_int("limit", limit, 1)
     name, _, params = text.partition(":")
-    if name in TASKS:
+    if name == RG:  # rg:NAME[:key=value,...] or rg:[a, b]: the generator's name, then its config
+        body = params.strip()
+        end = (body.find("]") + 1 or len(body)) if body.startswith("[") else len(body.partition(":")[0])
+        name, params = f"{RG}:{body[:end].strip()}", body[end:].removeprefix(":")
+        if params.strip() and body.startswith("["):
+            raise ValueError(f"--data {text}: configure a mix in a recipe's dataset section (config: {{name: ...}})")
+    if is_task_name(name):
         spec: dict[str, Any] = {"task": name}
         for item in filter(None, (x.strip() for x in params.split(","))):
             key, eq, value = item.partition("=")
@@ -84,6 +92,10 @@ def data_spec(
                 spec[key] = json.loads(value)
             except json.JSONDecodeError:
                 spec[key] = value
+        if name not in TASKS:  # a reasoning-gym task: its generator's settings go into its config
+            from aha.tasks.reasoning_gym import with_config
+
+            spec = {"task": name, **with_config({k: v for k, v in spec.items() if k != "task"})}
         return {**spec, "split": split or task_split, "n": limit or DEFAULT_TASK_ROWS, "seed": seed}
     detected = {"prompt_column": AUTO, "answer_column": AUTO, "answer_format": AUTO}
     limits = {"max_samples": limit} if limit is not None else {}
@@ -93,7 +105,7 @@ def data_spec(
         close = difflib.get_close_matches(name, TASKS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ValueError(
-            f"--data {text}: not a built-in task{hint} ({', '.join(sorted(TASKS))}), a data file "
+            f"--data {text}: not a built-in task{hint} ({', '.join(sorted(TASKS))}; or rg:NAME), a data file "
             f"({', '.join(sorted(BUILDERS))}) nor a Hub data set (owner/name[:config])"
         )
     path, _, config = text.partition(":")

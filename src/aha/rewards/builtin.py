@@ -106,10 +106,21 @@ def correctness_reward(
     ``<answer>…</answer>`` wins, then ``\\boxed{}``, then a final ``#### N``, then "The answer is N", see
     :func:`aha.data.answers.final_answer`); ``tag`` only in the last ``<answer>…</answer>`` block. The tags are
     the format reward's business, so correctness does not need them. The answer is compared as written.
+
+    On a reasoning-gym task's rows (an ``rg_entry`` column, see :mod:`aha.tasks.reasoning_gym`) the answer is judged
+    by the generator's own ``score_answer`` instead: correct when it scores at least ``CORRECT_SCORE`` (1.0), so an
+    answer any of several ways right (countdown's expressions, a sudoku's grid) counts.
     """
     read = ANSWER_READERS[choice("correctness", "answer_format", answer_format, sorted(ANSWER_READERS))]
+    entries, configs = kwargs.get("rg_entry"), kwargs.get("rg_config")
     out: list[float | None] = []
-    for c, a in zip(completions, answer):
+    for i, (c, a) in enumerate(zip(completions, answer)):
+        if entries is not None and configs is not None and entries[i] is not None:
+            from aha.tasks.reasoning_gym import CORRECT_SCORE, score
+
+            correct = score(read(completion_text(c)), entries[i], configs[i]) >= CORRECT_SCORE
+            out.append(value if correct else 0.0)
+            continue
         if a is None:
             out.append(None)
             continue

@@ -95,12 +95,14 @@ def yaml_problem(text: str) -> str | None:
 
 
 def _task_params(name: Any) -> dict[str, Any]:
-    from aha.tasks import TASKS
+    from aha.tasks import task_class
 
-    if name not in TASKS:
+    cls = task_class(name) if isinstance(name, str) else None
+    if cls is None:
         return {}
-    sig = inspect.signature(TASKS[name].__init__)
+    sig = inspect.signature(cls.__init__)
     params = list(sig.parameters.values())[1:]
+    params = [p for p in params if p.name != "task"]  # a reasoning-gym task's name is the spec's task
     return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
