@@ -148,3 +148,28 @@ def test_logged_names_and_events_are_trls(small_tiny, tmp_path):
         assert trls <= mine, sorted(trls - mine)
     assert our_events == their_events, (our_events, their_events)
     assert ("on_evaluate", 2) in our_events and our_events[-1] == ("on_train_end", 2)
+
+
+def test_every_trl_trainer_argument_is_taken_or_refused_clearly(small_tiny, tmp_path):
+    """Each argument of TRL 1.16's GRPOTrainer exists by name in aha's; those aha does not take are refused with
+    what to use instead, and reward_funcs (optional in TRL for environments) is required with a clear error."""
+    import inspect
+
+    trl = pytest.importorskip("trl")
+    ours = inspect.signature(GRPOTrainer.__init__).parameters
+    assert set(inspect.signature(trl.GRPOTrainer.__init__).parameters) <= set(ours)
+    model, tok = small_tiny
+    cfg = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4)
+    data = [{"prompt": "1+1"}] * 4
+    refused = {
+        "optimizers": ((object(), None), "GRPOConfig.optim"),
+        "quantization_config": (object(), "does not load quantised"),
+        "tools": ([len], "tool calling"),
+        "rollout_func": (len, "custom rollout functions"),
+        "environment_factory": (object, "environments are not supported"),
+    }
+    for name, (value, message) in refused.items():
+        with pytest.raises(ValueError, match=message):
+            GRPOTrainer(model, [len], cfg, data, processing_class=tok, **{name: value})
+    with pytest.raises(ValueError, match="reward_funcs is required"):
+        GRPOTrainer(model, args=cfg, train_dataset=data, processing_class=tok)

@@ -73,7 +73,7 @@ class GRPOTrainer:
     def __init__(
         self,
         model: str | torch.nn.Module,
-        reward_funcs: Callable | str | torch.nn.Module | Sequence[Callable | str | torch.nn.Module],
+        reward_funcs: Callable | str | torch.nn.Module | Sequence[Callable | str | torch.nn.Module] | None = None,
         args: GRPOConfig | None = None,
         train_dataset: Any = None,
         processing_class: Any = None,
@@ -81,7 +81,19 @@ class GRPOTrainer:
         reward_processing_classes: Any = None,
         callbacks: Sequence[Any] | None = None,
         eval_dataset: Any = None,
+        *,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        tools: Sequence[Callable] | None = None,
+        rollout_func: Callable | None = None,
+        environment_factory: Any = None,
     ) -> None:
+        refuse_unsupported_arguments(optimizers, quantization_config, tools, rollout_func, environment_factory)
+        if reward_funcs is None:
+            raise ValueError(
+                "GRPOTrainer: reward_funcs is required (a reward function, a reward name or model, or a list): aha "
+                "has no environment_factory whose environment gives the reward"
+            )
         self.args = args or GRPOConfig()
         a = self.args
         if train_dataset is None:
@@ -518,6 +530,27 @@ class GRPOTrainer:
             return
         save_model(self.model, self.tokenizer, output_dir or self.args.output_dir, state_dict=weights)
         self.accelerator.wait_for_everyone()
+
+
+def refuse_unsupported_arguments(optimizers, quantization_config, tools, rollout_func, environment_factory) -> None:
+    """TRL 1.16's GRPOTrainer arguments aha does not take: one clear error each, saying what to use instead."""
+    if tuple(optimizers) != (None, None):
+        raise ValueError(
+            "GRPOTrainer(optimizers=...): aha builds the optimiser and schedule from the config; choose them with "
+            "GRPOConfig.optim / optim_args / learning_rate / adam_* / weight_decay and lr_scheduler_type / "
+            "lr_scheduler_kwargs / warmup_steps"
+        )
+    if quantization_config is not None:
+        raise ValueError(
+            "GRPOTrainer(quantization_config=...): aha does not load quantised (bitsandbytes) models; load the model "
+            "in bf16 (GRPOConfig.model_init_kwargs={'dtype': 'bfloat16'}) and train it with peft_config (LoRA)"
+        )
+    for name, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):
+        if value is not None:
+            raise ValueError(
+                f"GRPOTrainer({name}=...): aha's rollouts are single-turn completions scored by reward_funcs; tool "
+                "calling, custom rollout functions and environments are not supported"
+            )
 
 
 class RefModelSync(TrainerCallback):
