@@ -143,11 +143,18 @@ def test_all_expected_rewards_are_registered():
     assert expected | {"soft_overlong"} <= set(names())
 
 
+# rewards that read a task's own columns (required arguments: recipes and the trainer check them against the data
+# set's columns): their cases run with their task's rows, in tests/tasks/test_reasoning_gym.py
+TASK_COLUMNS = {"rg_score": "rg_entry"}
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_reward_standard_equals_conversational(name):
     fn = get(name)
     assert fn.__name__ == name and fn.__qualname__ == name
     prompts = ["What is 2 + 2?"] * 3
+    if name in TASK_COLUMNS:
+        pytest.skip(f"{name} needs its task's {TASK_COLUMNS[name]} column: tested with its task's rows")
     standard = fn(prompts=prompts, completions=TEXTS, completion_ids=IDS, **COLUMNS)
     conversational = fn(
         prompts=[[{"role": "user", "content": p}] for p in prompts],
@@ -163,6 +170,8 @@ def test_every_reward_standard_equals_conversational(name):
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_reward_handles_a_very_long_completion(name):
     long_text = "<think>\n" + "so we add the numbers and carry. " * 6_000 + "\n</think>\n<answer>\n4\n</answer>"
+    if name in TASK_COLUMNS:
+        pytest.skip(f"{name} needs its task's {TASK_COLUMNS[name]} column: tested with its task's rows")
     start = time.perf_counter()
     values = get(name)(completions=[long_text], completion_ids=[[1] * 40_000], answer=["4"], solution=["4"])
     assert len(values) == 1 and (values[0] is None or math.isfinite(values[0]))

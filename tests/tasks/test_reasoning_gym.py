@@ -76,6 +76,23 @@ def test_rg_score_reward_and_correctness_use_the_generator_verifier() -> None:
     assert task.check(good[0][0]["content"], rows[0]) and not task.check("<answer>1+1</answer>", rows[0])
 
 
+def test_rg_score_handles_a_very_long_completion() -> None:
+    """As every registered reward (tests/rewards/test_custom.py): a 40k-token completion is scored quickly."""
+    import time
+
+    rows = get_task("rg:basic_arithmetic", config=SMALL).rows("train", 1, 0)
+    cols = {c: [r[c] for r in rows] for c in ("rg_entry", "rg_config")}
+    long_text = (
+        "<think>\n" + "so we add the numbers and carry. " * 6_000 + f"\n</think>\n<answer>{rows[0]['answer']}</answer>"
+    )
+    start = time.perf_counter()
+    assert rewards.get("rg_score")(completions=[long_text], **cols) == [1.0]
+    assert time.perf_counter() - start < 10
+    as_chat = [[{"role": "assistant", "content": long_text}]]  # standard and conversational completions score alike
+    assert rewards.get("rg_score")(completions=as_chat, **cols) == [1.0]
+    assert rewards.get("rg_score")(prompts=[], completions=[], rg_entry=[], rg_config=[]) == []
+
+
 def test_rg_score_errors() -> None:
     score = rewards.get("rg_score")
     with pytest.raises(ValueError, match="needs the rg_entry and rg_config columns"):
