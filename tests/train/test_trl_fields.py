@@ -102,6 +102,7 @@ HONOURED: dict[str, str] = {
     "steps_per_generation": "tests/train/test_grpo.py::test_kl_iterations_and_accumulation",
     "num_iterations": "tests/train/test_grpo.py::test_kl_iterations_and_accumulation",
     "max_completion_length": "test_mask_truncated_completions",
+    "max_tool_calling_iterations": "tests/rollout/test_tool_loop.py::test_max_iterations_bounds_the_rounds",
     "pad_to_multiple_of": "test_pad_to_multiple_of",
     "temperature": "tests/rollout/test_sampler.py::test_samples_follow_the_processed_distribution",
     "top_p": "tests/rollout/test_sampler.py::test_samples_follow_the_processed_distribution",

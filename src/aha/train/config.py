@@ -188,7 +188,7 @@ class GRPOConfig:
     chat_template_kwargs: dict | str | None = None  # to apply_chat_template, e.g. {"enable_thinking": False}
     cache_implementation: str | None = None  # transformers' generate(cache_implementation=...): rollout_backend="hf"
     rollout_backend: str = "fast"  # aha: "fast" (own KV-cache sampler) or "hf" (transformers generate)
-    max_tool_calling_iterations: int | None = None
+    max_tool_calling_iterations: int | None = None  # with tools: rounds of tool calls per rollout (None: no limit)
     use_transformers_continuous_batching: bool = False
     transformers_continuous_batching_config: dict | str | None = None
     use_transformers_paged: bool = False
@@ -332,6 +332,11 @@ class GRPOConfig:
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
+        need(
+            self.max_tool_calling_iterations is None or self.max_tool_calling_iterations >= 0,
+            "max_tool_calling_iterations",
+            "must be None (no limit) or >= 0",
+        )
         need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "must be > 0 for sampling")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -920,7 +925,6 @@ REFUSED: dict[str, str] = {
     "debug": "transformers' underflow/overflow and TPU debug modes are not wired in; aha's non-finite guard stops "
     "at the first NaN/inf loss or gradient and saves the last good state",
     "do_train": "a flag for your own script (transformers' Trainer does not read it either): call trainer.train()",
-    "max_tool_calling_iterations": "aha's GRPOTrainer has no tool calling (TRL's tools=...): leave it None",
     "use_transformers_continuous_batching": "use rollout_backend='fast' (aha's batched KV-cache sampler), "
     "rollout_backend='hf' or use_vllm=True",
     "transformers_continuous_batching_config": "see use_transformers_continuous_batching",

@@ -46,6 +46,7 @@ from aha.train.callbacks import Callbacks
 from aha.train.config import GRPOConfig
 from aha.train.distributed import full_state_dict, gather_rows, make_accelerator, sum_all
 from aha.train.entropy import EntropyControl
+from aha.train.environments import ToolUse
 from aha.train.forward import has_fast_path, token_logps
 from aha.train.hub import HubPusher, base_model_name, model_card
 from aha.train.hub import dataset_name as name_of_dataset
@@ -60,7 +61,7 @@ from aha.train.policy import (
     set_run_flags,
 )
 from aha.train.precision import autocast
-from aha.train.rollouts import Batch, RolloutSource
+from aha.train.rollouts import Batch, RolloutSource, loss_mask
 
 
 class GRPOTrainer:
@@ -88,12 +89,7 @@ class GRPOTrainer:
         rollout_func: Callable | None = None,
         environment_factory: Any = None,
     ) -> None:
-        refuse_unsupported_arguments(optimizers, quantization_config, tools, rollout_func, environment_factory)
-        if reward_funcs is None:
-            raise ValueError(
-                "GRPOTrainer: reward_funcs is required (a reward function, a reward name or model, or a list): aha "
-                "has no environment_factory whose environment gives the reward"
-            )
+        refuse_unsupported_arguments(optimizers, quantization_config, rollout_func)
         self.args = args or GRPOConfig()
         a = self.args
         if train_dataset is None:
@@ -138,13 +134,36 @@ class GRPOTrainer:
         self.train_model = self.model  # for data-parallel training (DDP / FSDP), set in train()
         self.loss_model = self.model  # what compute_loss calls: train_model, or under DDP the plain model
         prepare_policy(self.model, a)
-        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        if not funcs:
+        # tools and environments (aha.train.environments): one toolbox per rollout, multi-turn rollouts
+        self.tool_use = (
+            ToolUse(tools, environment_factory, self.tokenizer)
+            if tools is not None or environment_factory is not None
+            else None
+        )
+        env_rewards = self.tool_use.reward_funcs if self.tool_use is not None else []
+        if reward_funcs is None and not env_rewards:
+            raise ValueError(
+                "GRPOTrainer: reward_funcs is required (a reward function, a reward name or model, or a list), unless "
+                "environment_factory's environment gives the reward (a get_reward() method)"
+            )
+        funcs = (
+            []
+            if reward_funcs is None
+            else list(reward_funcs)
+            if isinstance(reward_funcs, (list, tuple))
+            else [reward_funcs]
+        )
+        if not funcs and not env_rewards:
             raise ValueError("GRPOTrainer: give at least one reward function")
         # strings -> reward models; each reward model gets its tokenizer (None for plain functions)
         self.reward_funcs, self.reward_processing_classes = load_reward_models(
             funcs, reward_processing_classes, self.device, init_kwargs(a)
         )
+        if env_rewards:  # each environment class with get_reward: one more reward, weight 1 (as TRL)
+            self.reward_funcs += env_rewards
+            self.reward_processing_classes += [None] * len(env_rewards)
+            if a.reward_weights is not None and len(a.reward_weights) == len(self.reward_funcs) - len(env_rewards):
+                a.reward_weights = [*a.reward_weights, *([1.0] * len(env_rewards))]
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise ValueError(
                 f"GRPOConfig.reward_weights has {len(a.reward_weights)} entries for {len(self.reward_funcs)} reward functions"
@@ -184,6 +203,7 @@ class GRPOTrainer:
             self.eos,
             self.state,
             lambda batch: self.add_logps(batch),
+            self.tool_use,
         )
         self.callbacks.event("on_init_end")
 
@@ -238,7 +258,7 @@ class GRPOTrainer:
             batch["sampling_weights"] = importance_sampling_weights(
                 batch["old_logps"],
                 sampling,
-                batch["completion_mask"],
+                loss_mask(batch),
                 a.vllm_importance_sampling_mode,
                 a.vllm_importance_sampling_clip_min,
                 a.vllm_importance_sampling_clip_max,
@@ -284,7 +304,7 @@ class GRPOTrainer:
             entropy_grad=self.entropy.enabled,
             **self.head,
         )  # (B, T), (B, T)
-        mask = mb["completion_mask"]  # (B, T)
+        mask = loss_mask(mb)  # (B, T) the model's own tokens (tool results and their glue out)
         # the forking tokens: the policy term only (the KL and the normalisers keep every token, as TRL's)
         ent_mask = (
             top_entropy_mask(entropy.detach(), mask, a.top_entropy_quantile) if a.top_entropy_quantile < 1 else None
@@ -333,7 +353,7 @@ class GRPOTrainer:
             metrics["policy_loss"] = shown
             shown -= coef * h.item() / (gas if a.loss_type in NUM_ITEMS_LOSS_TYPES else 1)
         metrics["loss"] = shown
-        m = mb["completion_mask"].bool()
+        m = mask.bool()
         metrics["entropy"] = entropy[m].mean().item() if m.any() else 0.0
         tokens = mb["prompt_mask"].sum().item() + forward_mask.sum().item()
         metrics["flos"] = 6.0 * tokens * self.flop_params
@@ -427,7 +447,7 @@ class GRPOTrainer:
         try:
             for rows in self.batches.eval_batches(dataset):
                 rollout = self.batches.eval_rollout(rows, generator)
-                tokens = sum_all(acc, rollout.batch["completion_mask"].sum().item())
+                tokens = sum_all(acc, loss_mask(rollout.batch).sum().item())
                 with torch.no_grad(), autocast(self.precision, self.device):  # TRL: one batch, no accumulation
                     _, metrics = self.compute_loss(rollout.batch, tokens / acc.num_processes, accumulation=1)
                 metrics.pop("flos")
@@ -532,7 +552,7 @@ class GRPOTrainer:
         self.accelerator.wait_for_everyone()
 
 
-def refuse_unsupported_arguments(optimizers, quantization_config, tools, rollout_func, environment_factory) -> None:
+def refuse_unsupported_arguments(optimizers, quantization_config, rollout_func) -> None:
     """TRL 1.16's GRPOTrainer arguments aha does not take: one clear error each, saying what to use instead."""
     if tuple(optimizers) != (None, None):
         raise ValueError(
@@ -545,12 +565,11 @@ def refuse_unsupported_arguments(optimizers, quantization_config, tools, rollout
             "GRPOTrainer(quantization_config=...): aha does not load quantised (bitsandbytes) models; load the model "
             "in bf16 (GRPOConfig.model_init_kwargs={'dtype': 'bfloat16'}) and train it with peft_config (LoRA)"
         )
-    for name, value in (("tools", tools), ("rollout_func", rollout_func), ("environment_factory", environment_factory)):
-        if value is not None:
-            raise ValueError(
-                f"GRPOTrainer({name}=...): aha's rollouts are single-turn completions scored by reward_funcs; tool "
-                "calling, custom rollout functions and environments are not supported"
-            )
+    if rollout_func is not None:
+        raise ValueError(
+            "GRPOTrainer(rollout_func=...): aha runs the rollouts itself; for multi-turn rollouts with tools pass "
+            "tools=[...] or environment_factory=..., for another sampler use use_vllm / rollout_backend"
+        )
 
 
 class RefModelSync(TrainerCallback):

@@ -48,7 +48,9 @@ from aha.data.prompts import encode_prompts, is_conversational, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
 from aha.rewards.scoring import RewardLogs, score
 from aha.rollout.sampler import SamplingParams, fast_decode_status, sample
+from aha.rollout.tool_loop import ToolRollout, run_tool_loop, tool_counts, tool_metrics
 from aha.train.distributed import full_weights, gather_objects, gather_ragged, gather_rows, shard, sum_all
+from aha.train.environments import ToolUse
 from aha.train.loop import TrainerState
 from aha.train.metrics import rollout_metrics
 from aha.train.precision import COMPUTE_DTYPES
@@ -61,6 +63,7 @@ class Batch(TypedDict, total=False):
     prompt_mask: torch.Tensor  # (n, P)
     completion_ids: torch.Tensor  # (n, T) right-padded
     completion_mask: torch.Tensor  # (n, T) 1 up to and including EOS (0 for masked truncated completions)
+    tool_mask: torch.Tensor  # (n, T) with tools: 1 where the model wrote the token, 0 tool results and glue
     advantages: torch.Tensor  # (n,)
     sampling_logps: torch.Tensor  # (n, T) the engine's log-probs of its samples (vLLM), until add_logps
     old_logps: torch.Tensor  # (n, T) π_old, when the batch is used off-policy (or reweighted)
@@ -138,8 +141,10 @@ class RolloutSource:
         eos: list[int],
         state: TrainerState,
         add_logps: Callable[[Batch], None],
+        tool_use: ToolUse | None = None,
     ) -> None:
         self.args, self.dataset, self.tokenizer, self.model = args, dataset, tokenizer, model
+        self.tool_use = tool_use if tool_use is not None and tool_use.active else None
         self.reward_funcs, self.reward_processing_classes = reward_funcs, reward_processing_classes
         self.acc, self.eos, self.state, self.add_logps = accelerator, eos, state, add_logps
         self.device = accelerator.device
@@ -268,7 +273,7 @@ class RolloutSource:
         rollout = self.sample_batch()
         n = rollout.batch["prompt_ids"].size(0)
         n_micro = math.ceil(n / a.per_device_train_batch_size)
-        tokens = sum_all(self.acc, rollout.batch["completion_mask"].sum().item())
+        tokens = sum_all(self.acc, loss_mask(rollout.batch).sum().item())
         num_items = dapo_num_items(tokens, self.acc.num_processes, a.gradient_accumulation_steps, n_micro)
         skip = 0 if n else a.num_iterations * math.ceil(a.steps_per_generation / a.gradient_accumulation_steps)
         self.current = InFlight(rollout.batch, rollout.info, num_items, it=0 if n else a.num_iterations, skip=skip)
@@ -358,23 +363,37 @@ class RolloutSource:
         def mine(key: str) -> list[Any]:  # this process's rows of a column, each row's value G times in a row
             return [r[key] for r in rows for _ in range(g)][local]
 
-        prompts = mine("prompt")  # (n,)
-        texts = [render_prompt(tok, p, a.chat_template_kwargs) for p in prompts]
+        params = sampling_params(a)
+        tool_mask = tools = envs = None
+        if self.tool_use is not None:
+            local_rows = [r for r in rows for _ in range(g)][local]
+            prompts, boxes, envs = self.tool_use.prepare(local_rows)
+            texts = [self.tool_use.render(p, b, a.chat_template_kwargs) for p, b in zip(prompts, boxes)]
+        else:
+            prompts = mine("prompt")  # (n,)
+            texts = [render_prompt(tok, p, a.chat_template_kwargs) for p in prompts]
         prompt_ids, prompt_mask = encode_prompts(tok, texts, a.max_prompt_length, self.device)  # (n, P)
         prompt_ids = pad_width(prompt_ids, a.pad_to_multiple_of, tok.pad_token_id, left=True)
         prompt_mask = pad_width(prompt_mask, a.pad_to_multiple_of, 0, left=True)
-        params = sampling_params(a)
         sampling_logps = None
         on_fast_decoder = None  # aha's sampler: did its fast decoder run (1.0), or the HF forward (0.0)?
-        if a.use_vllm:
+        if not a.use_vllm:
+            if a.rollout_backend == "fast":
+                total_len = prompt_ids.size(1) + params.max_new_tokens
+                on_fast_decoder = float(fast_decode_status(self.model, total_len, self.sample_dtype) is None)
+            else:
+                on_fast_decoder = 0.0
+        if self.tool_use is not None:
+            tools = self.tool_rollout(prompt_ids, prompt_mask, boxes, params, generator, row_seeds)
+            completion_ids, completion_mask, tool_mask, sampling_logps = tool_tensors(tools, tok.pad_token_id)
+            completion_ids, completion_mask, tool_mask = (
+                x.to(self.device) for x in (completion_ids, completion_mask, tool_mask)
+            )
+            truncated = torch.tensor([not e for e in tools.ended], device=self.device)  # (n,)
+        elif a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
             with full_weights(self.sharded_model):
-                if a.rollout_backend == "fast":
-                    total_len = prompt_ids.size(1) + params.max_new_tokens
-                    on_fast_decoder = float(fast_decode_status(self.model, total_len, self.sample_dtype) is None)
-                else:
-                    on_fast_decoder = 0.0
                 completion_ids = sample(
                     self.model,
                     prompt_ids,
@@ -387,20 +406,27 @@ class RolloutSource:
                     row_seeds=row_seeds,
                     dtype=self.sample_dtype,
                 )  # (n, T)
-        completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
-        truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
+        if tools is None:
+            completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
+            truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
         # pad_to_multiple_of: after the mask, so that padding a truncated completion never reads as its EOS
         completion_ids = pad_width(completion_ids, a.pad_to_multiple_of, tok.pad_token_id, left=False)
         completion_mask = pad_width(completion_mask, a.pad_to_multiple_of, 0, left=False)
+        if tool_mask is not None:
+            tool_mask = pad_width(tool_mask, a.pad_to_multiple_of, 0, left=False)
         if sampling_logps is not None:
             sampling_logps = pad_width(sampling_logps, a.pad_to_multiple_of, 0, left=False)
         if a.mask_truncated_completions:
             completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
         ids_list = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
-        decoded = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
-        completions: list[Any] = (
-            [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
-        )
+        completions: list[Any]
+        if tools is not None:
+            completions = tools.completions  # the turns as messages: assistant (tool_calls), tool, assistant, ...
+        else:
+            decoded = [tok.decode(ids, skip_special_tokens=True) for ids in ids_list]
+            completions = (
+                [[{"role": "assistant", "content": c}] for c in decoded] if is_conversational(prompts[0]) else decoded
+            )
         columns = {k: mine(k) for k in rows[0] if k not in ("prompt", "completion")}
         counts: dict[str, int] = {}  # rewards/<name>/errors, rewards/<name>/nonfinite
         logs = self.reward_logs
@@ -414,7 +440,8 @@ class RolloutSource:
             self.reward_processing_classes,
             a.reward_errors,
             counts,
-            {"trainer_state": self.state, "log_extra": logs.log_extra, "log_metric": logs.log_metric},
+            {"trainer_state": self.state, "log_extra": logs.log_extra, "log_metric": logs.log_metric}
+            | ({"environments": envs} if envs is not None else {}),
         )  # (n, K)
         rewards = gather_rows(acc, rewards.to(self.device))  # (N, K): groups may straddle processes
         if g == 1:  # one completion per prompt (an evaluation's num_generations_eval=1): its own baseline, as TRL
@@ -434,18 +461,62 @@ class RolloutSource:
             "completion_mask": completion_mask,
             "advantages": advantages[local],  # (n,)
         }
+        if tool_mask is not None:
+            batch["tool_mask"] = tool_mask
         if sampling_logps is not None:
             batch["sampling_logps"] = sampling_logps
         if with_logps:
             self.add_logps(batch)
-        lengths = gather_rows(acc, completion_mask.sum(1))  # (N,)
+        lengths = gather_rows(acc, loss_mask(batch).sum(1))  # (N,) the tokens the model wrote
         truncated = gather_rows(acc, truncated)  # (N,)
         metrics, extra = logs.take()
         info = rollout_metrics(a, self.reward_funcs, rewards, lengths, truncated, prompts, completions, g, extra)
         info |= counts | self.logged_metrics(metrics)
         if on_fast_decoder is not None:
             info["rollout/fast_decoder"] = on_fast_decoder
+        if tools is not None:
+            info |= tool_metrics([c for part in gather_objects(acc, tool_counts(tools)) for c in part])  # type: ignore[union-attr]
         return Rollout(batch, info, rows, rewards)
+
+    def tool_rollout(self, prompt_ids, prompt_mask, boxes, params, generator, row_seeds) -> ToolRollout:
+        """The multi-turn rollouts of a batch with tools (``aha.rollout.tool_loop``): each turn sampled by aha's
+        sampler or vLLM, each row's turn k from its own seed (its row seed + k · 2³²)."""
+        a, tok = self.args, self.tokenizer
+
+        def generate(prompts: list[list[int]], rows: list[int], max_new: int, turn: int):
+            seeds = [row_seeds[i] + turn * 2**32 for i in rows]
+            p = dataclasses.replace(params, max_new_tokens=max_new)
+            if a.use_vllm:
+                return self.vllm_engine().generate(prompts, p, seeds)
+            ids, mask = left_pad(prompts, tok.pad_token_id, self.device)
+            with full_weights(self.sharded_model):
+                out = sample(
+                    self.model,
+                    ids,
+                    mask,
+                    p,
+                    self.eos,
+                    tok.pad_token_id,
+                    generator,
+                    a.rollout_backend,
+                    row_seeds=seeds,
+                    dtype=self.sample_dtype,
+                )  # (r, T)
+            keep = completion_mask_after_eos(out, self.eos).sum(1).tolist()
+            return [row[:k] for row, k in zip(out.tolist(), keep)], None
+
+        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]  # left padding removed
+        return run_tool_loop(
+            generate,
+            prompts,
+            boxes,
+            tok,
+            self.tool_use.format,  # type: ignore[union-attr]
+            self.eos,
+            a.max_completion_length,
+            a.max_tool_calling_iterations,
+            a.chat_template_kwargs,
+        )
 
     def logged_metrics(self, metrics: dict[str, list[float]]) -> dict[str, float]:
         """The batch's ``log_metric`` values: each name's mean over every process's calls (as TRL)."""
@@ -490,6 +561,19 @@ class RolloutSource:
     def vllm_generate(self, prompt_ids, prompt_mask, params, row_seeds) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample with vLLM (weights synced after every optimiser step). Returns completion ids (n, T) and the
         engine's log-probs of the sampled tokens (n, T), both right-padded."""
+        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]  # left padding removed
+        ids, logps = self.vllm_engine().generate(prompts, params, row_seeds)
+        width = max(1, max(len(x) for x in ids))
+        completion_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        sampling_logps = torch.zeros(len(ids), width)  # (n, T)
+        for i, (row, lp) in enumerate(zip(ids, logps)):
+            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            sampling_logps[i, : len(lp)] = torch.tensor(lp)
+        return completion_ids.to(self.device), sampling_logps.to(self.device)
+
+    def vllm_engine(self) -> Any:
+        """The vLLM engine (``aha.rollout.vllm.VLLMRollout``), started at the first call, holding the policy's
+        weights of the current step."""
         from aha.rollout.vllm import VLLMRollout
 
         a = self.args
@@ -507,15 +591,7 @@ class RolloutSource:
             with full_weights(self.sharded_model):
                 self.vllm.sync_weights(self.model)
             self.synced_step = self.state.global_step
-        prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]  # left padding removed
-        ids, logps = self.vllm.generate(prompts, params, row_seeds)
-        width = max(1, max(len(x) for x in ids))
-        completion_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        sampling_logps = torch.zeros(len(ids), width)  # (n, T)
-        for i, (row, lp) in enumerate(zip(ids, logps)):
-            completion_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            sampling_logps[i, : len(lp)] = torch.tensor(lp)
-        return completion_ids.to(self.device), sampling_logps.to(self.device)
+        return self.vllm
 
     def max_model_len(self) -> int | None:
         """The colocate engine's context length: ``vllm_max_model_length``, else ``max_prompt_length`` (prompts are
@@ -561,6 +637,44 @@ def pad_width(t: torch.Tensor, multiple: int | None, value: float, left: bool) -
 
 
 # ---------------------------------------------------------------------------------------------- batch algebra
+def loss_mask(batch: Batch) -> torch.Tensor:
+    """The tokens the loss, the KL and the entropy see, (n, T): the completion's, less the tool results and
+    template glue of a multi-turn rollout (its forward still attends to them: ``completion_mask``)."""
+    mask = batch["completion_mask"]
+    return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as left-padded ids and mask, (n, P)."""
+    width = max(1, max((len(r) for r in rows), default=1))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def tool_tensors(
+    tools: ToolRollout, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A multi-turn rollout's completions as right-padded tensors, (n, T): ids, completion mask (every token of the
+    conversation after the prompt), tool mask (the model's tokens) and the sampler's log-probs (vLLM; else None)."""
+    n, width = len(tools.completion_ids), max(1, max((len(c) for c in tools.completion_ids), default=1))
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    tmask = torch.zeros((n, width), dtype=torch.long)
+    logps = torch.zeros((n, width)) if tools.sampling_logps is not None else None
+    for i, (c, m) in enumerate(zip(tools.completion_ids, tools.tool_mask)):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = 1
+        tmask[i, : len(m)] = torch.tensor(m, dtype=torch.long)
+        if logps is not None:
+            logps[i, : len(c)] = torch.tensor(tools.sampling_logps[i], dtype=torch.float)  # type: ignore[index]
+    return ids, mask, tmask, logps
+
+
 def select_groups(batch: Batch, keep: torch.Tensor, g: int) -> Batch:
     """The completions of the kept groups; keep: (P,) bool, every tensor (P*G, ...) -> (kept*G, ...)."""
     idx = keep.to(torch.bool).repeat_interleave(g)  # (P*G,)
