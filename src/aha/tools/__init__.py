@@ -1,7 +1,18 @@
 """Tools a model may call during a GRPO rollout: plain functions described to it by their schema, called through a
-:class:`Toolbox` (timeouts, argument checks, errors as results), and the built-in ``calculator``."""
+:class:`Toolbox` (timeouts, argument checks, errors as results), the built-in ``calculator`` and sandboxed
+``python``."""
 
 from aha.tools.calculator import calculator
+from aha.tools.python import python, python_tool
 from aha.tools.toolbox import Toolbox, ToolCall, ToolResult, environment_methods, tool_schema
 
-__all__ = ["ToolCall", "ToolResult", "Toolbox", "calculator", "environment_methods", "tool_schema"]
+__all__ = [
+    "ToolCall",
+    "ToolResult",
+    "Toolbox",
+    "calculator",
+    "environment_methods",
+    "python",
+    "python_tool",
+    "tool_schema",
+]
