@@ -68,7 +68,7 @@ def test_limits_reach_the_sandbox(fake_run):
     assert fake_run == {
         "code": "print(2+3)",
         "timeout": 1.5,
-        "cpu_seconds": 2,
+        "cpu_seconds": 3,
         "memory_mb": 64,
         "max_output": 100,
         "result": fake_run["result"],
@@ -86,7 +86,7 @@ def test_limits_reach_the_sandbox(fake_run):
         (Result("", "", 3), "exit status 3\n"),
         (Result("partial", "", None, timed_out=True, killed_reason="timeout"), "partial\ntimed out after 1.5s\n"),
         (Result("x" * 10, "", None, killed_reason="output_limit", truncated=True), "x" * 10 + "\noutput limit reached (100 bytes): the program was stopped\n"),
-        (Result("", "", -24, killed_reason="cpu_limit"), "CPU time limit reached (2s): the program was stopped\n"),
+        (Result("", "", -24, killed_reason="cpu_limit"), "CPU time limit reached (3s): the program was stopped\n"),
         (Result("", "", -9, killed_reason="signal 9"), "the program was killed (signal 9)\n"),
         (Result("", "E" * 3000, 1), "E" * 2000 + "\n"),  # the tail of a long stderr
     ],

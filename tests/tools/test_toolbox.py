@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import threading
 import time
 from typing import Optional
@@ -398,3 +399,44 @@ def test_environment_errors():
 
     with pytest.raises(ValueError, match=r"test_environment_errors.<locals>.Undocumented.jump cannot be described"):
         Toolbox.from_environment(Undocumented())
+
+
+def test_async_tool_that_exits_and_an_exception_without_a_message():
+    async def leave(code: int) -> str:
+        """Exit.
+
+        Args:
+            code: the status
+        """
+        raise SystemExit(code)
+
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    def odd(x: int) -> str:
+        """Raise an exception that cannot be printed.
+
+        Args:
+            x: ignored
+        """
+        raise Odd()
+
+    box = Toolbox([leave, odd])
+    assert box.call(ToolCall("leave", {"code": 2})) == ToolResult("leave", "Error: SystemExit: 2", True)
+    got = box.call(ToolCall("odd", {"x": 1}))
+    assert got.error and got.content.startswith("Error: Odd: <") and "Odd object at" in got.content
+
+
+def test_toolbox_tools_render_in_a_chat_template_as_its_schemas():
+    """``apply_chat_template(tools=toolbox.tools)`` describes the tools (bound methods and the python tool's
+    factory copy too) exactly as ``toolbox.schemas``."""
+    from aha.models.tiny import build_tokenizer
+    from aha.tools import calculator, python_tool
+
+    box = Toolbox.from_environment(Counter(), tools=[calculator, python_tool(timeout=1.0)])
+    text = build_tokenizer().apply_chat_template(
+        [{"role": "user", "content": "hi"}], tools=box.tools, chat_template="{{ tools | tojson }}", tokenize=False
+    )
+    assert json.loads(text) == box.schemas
+    assert [s["function"]["name"] for s in box.schemas] == ["calculator", "python", "add", "peek"]

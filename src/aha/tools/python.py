@@ -21,6 +21,12 @@ STDERR_TAIL = 2000  # characters of stderr shown when the program failed
 DEFAULT_TIMEOUT, DEFAULT_MEMORY_MB, DEFAULT_MAX_OUTPUT = 5.0, 256, 4000
 
 
+def cpu_limit(timeout: float) -> int:
+    """The CPU seconds a program may use: one more than its wall-clock `timeout`, so that a busy single-threaded
+    program is stopped by the timeout (the clearer message), and one spinning several threads by RLIMIT_CPU."""
+    return math.ceil(timeout) + 1
+
+
 def run_program(code: str, timeout: float, memory_mb: int, max_output: int) -> str:
     """Run `code` in the sandbox with these limits and describe how it went, as the model reads it: its stdout,
     then, when it failed, the tail of its stderr and a line saying why it stopped."""
@@ -29,7 +35,7 @@ def run_program(code: str, timeout: float, memory_mb: int, max_output: int) -> s
     result = sandbox.run(
         code,
         timeout=timeout,
-        cpu_seconds=max(1, math.ceil(timeout)),
+        cpu_seconds=cpu_limit(timeout),
         memory_mb=memory_mb,
         max_output=max_output,
     )
@@ -43,7 +49,7 @@ def run_program(code: str, timeout: float, memory_mb: int, max_output: int) -> s
     elif result.killed_reason == "output_limit":
         parts.append(f"output limit reached ({max_output} bytes): the program was stopped")
     elif result.killed_reason == "cpu_limit":
-        parts.append(f"CPU time limit reached ({max(1, math.ceil(timeout))}s): the program was stopped")
+        parts.append(f"CPU time limit reached ({cpu_limit(timeout)}s): the program was stopped")
     elif result.killed_reason is not None:  # "signal N"
         parts.append(f"the program was killed ({result.killed_reason})")
     elif not result.stderr:
@@ -69,9 +75,12 @@ def python(code: str) -> str:
 def python_tool(
     timeout: float = DEFAULT_TIMEOUT, memory_mb: int = DEFAULT_MEMORY_MB, max_output: int = DEFAULT_MAX_OUTPUT
 ) -> Callable[[str], str]:
-    """The ``python`` tool with these limits: `timeout` wall seconds per program (its CPU time is capped at the
-    same, rounded up), `memory_mb` of address space, `max_output` bytes of stdout + stderr (past them the
-    program is stopped). It has :func:`python`'s name, docstring and signature, so the same schema."""
+    """The ``python`` tool with these limits: `timeout` wall seconds per program (its CPU time at
+    :func:`cpu_limit`), `memory_mb` of address space, `max_output` bytes of stdout + stderr (past them the program
+    is stopped). It has :func:`python`'s name, docstring and signature, so the same schema.
+
+    The sandbox needs a moment to start each program: keep the Toolbox's own timeout a few seconds above
+    `timeout`, or the Toolbox stops waiting first (its "timed out" is then an error result)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"python_tool: timeout must be a positive number of seconds, got {timeout!r}")
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 16:
@@ -87,4 +96,4 @@ def python_tool(
     return tool
 
 
-__all__ = ["python", "python_tool", "run_program"]
+__all__ = ["cpu_limit", "python", "python_tool", "run_program"]

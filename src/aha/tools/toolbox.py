@@ -228,15 +228,15 @@ class Toolbox:
         for i, call in enumerate(calls):
             problem = self.check(call)
             if problem is not None:
-                results[i] = self.finish(call, problem, error=True)
+                results[i] = self._finish(call, problem, error=True)
             elif inspect.iscoroutinefunction(self._tools[call.name]):
                 pending.append((i, call))
             else:
-                results[i] = self.run_sync(call)
+                results[i] = self._run_sync(call)
         if pending:
 
             async def gather() -> list[ToolResult]:
-                return list(await asyncio.gather(*(self.run_async(call) for _, call in pending)))
+                return list(await asyncio.gather(*(self._run_async(call) for _, call in pending)))
 
             for (i, _), result in zip(pending, run_coroutine(gather()), strict=True):
                 results[i] = result
@@ -273,17 +273,17 @@ class Toolbox:
                 )
         return None
 
-    def finish(self, call: ToolCall, content: str, error: bool) -> ToolResult:
+    def _finish(self, call: ToolCall, content: str, error: bool) -> ToolResult:
         """The result of `call` with `content` capped at `max_chars` (a visible marker says how much was cut)."""
         if len(content) > self.max_chars:
             content = f"{content[: self.max_chars]}…[truncated {len(content) - self.max_chars} chars]"
         name = call.name if isinstance(call.name, str) else repr(call.name)
         return ToolResult(name=name, content=content, error=error)
 
-    def timed_out(self, call: ToolCall) -> ToolResult:
-        return self.finish(call, f"Error: tool {call.name!r} timed out after {self.timeout:g}s", error=True)
+    def _timed_out(self, call: ToolCall) -> ToolResult:
+        return self._finish(call, f"Error: tool {call.name!r} timed out after {self.timeout:g}s", error=True)
 
-    def run_sync(self, call: ToolCall) -> ToolResult:
+    def _run_sync(self, call: ToolCall) -> ToolResult:
         """A checked call of a sync tool, in a daemon thread waited for at most `timeout` seconds."""
         fn, box = self._tools[call.name], {}
 
@@ -297,33 +297,39 @@ class Toolbox:
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
-            return self.timed_out(call)
-        return self.outcome(call, box)
+            return self._timed_out(call)
+        return self._outcome(call, box)
 
-    async def run_async(self, call: ToolCall) -> ToolResult:
+    async def _run_async(self, call: ToolCall) -> ToolResult:
         """A checked call of an async tool, awaited for at most `timeout` seconds (then cancelled)."""
         fn = self._tools[call.name]
 
         async def guarded() -> dict[str, Any]:  # the tool's own exceptions (a TimeoutError too) are its result
             try:
                 return {"value": await fn(**call.arguments)}
-            except Exception as e:
+            except (asyncio.CancelledError, KeyboardInterrupt):  # the timeout's cancellation; Ctrl-C
+                raise
+            except BaseException as e:  # noqa: BLE001 (SystemExit too: a tool must not end the trainer)
                 return {"error": e}
 
         try:
             box = await asyncio.wait_for(guarded(), self.timeout)
         except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
-            return self.timed_out(call)
-        return self.outcome(call, box)
+            return self._timed_out(call)
+        return self._outcome(call, box)
 
-    def outcome(self, call: ToolCall, box: dict[str, Any]) -> ToolResult:
+    def _outcome(self, call: ToolCall, box: dict[str, Any]) -> ToolResult:
         if "error" in box:
             e = box["error"]
-            return self.finish(call, f"Error: {type(e).__name__}: {e}", error=True)
+            try:
+                message = str(e)
+            except Exception:  # an exception whose __str__ fails
+                message = object.__repr__(e)
+            return self._finish(call, f"Error: {type(e).__name__}: {message}", error=True)
         try:
-            return self.finish(call, text_of(box["value"]), error=False)
+            return self._finish(call, text_of(box["value"]), error=False)
         except Exception as e:  # json.dumps of something odd (a circular structure)
-            return self.finish(call, f"Error: the result of {call.name!r} is not JSON: {e}", error=True)
+            return self._finish(call, f"Error: the result of {call.name!r} is not JSON: {e}", error=True)
 
 
 __all__ = ["ToolCall", "ToolResult", "Toolbox", "environment_methods", "text_of", "tool_schema"]
