@@ -63,6 +63,14 @@ def test_load_custom_errors_name_the_spec(user_module, spec, match):
     assert repr(spec) in str(e.value) and match in str(e.value)
 
 
+def test_load_custom_kind_names_what_the_function_is_for(user_module):
+    """aha.tools loads tools with the same loader: its errors say "custom tool", the default stays "custom reward"."""
+    with pytest.raises(ValueError, match="^custom tool 'aha_test_user_rewards:missing': .* no attribute"):
+        load_custom("aha_test_user_rewards:missing", kind="custom tool")
+    with pytest.raises(ValueError, match="^custom tool .*nope.py:f': no file"):
+        load_custom(f"{user_module / 'nope.py'}:f", kind="custom tool")
+
+
 def test_load_custom_file_errors(user_module):
     with pytest.raises(ValueError, match="no file"):
         load_custom(f"{user_module / 'nope.py'}:f")

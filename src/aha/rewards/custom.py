@@ -38,61 +38,64 @@ def anchored(spec: Any, base: str | Path) -> Any:
     return {**spec, "name": fixed} if isinstance(spec, dict) else fixed
 
 
-def _load_file(spec: str, path_text: str, base: Path | None) -> Any:
+def _load_file(spec: str, path_text: str, base: Path | None, kind: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_absolute():
         where = f"the recipe's directory {base}" if base is not None else f"the working directory {Path.cwd()}"
         path = (base if base is not None else Path.cwd()) / path
         if not path.is_file():
-            raise ValueError(f"custom reward {spec!r}: no file {str(path)!r} (a relative path is read from {where})")
+            raise ValueError(f"{kind} {spec!r}: no file {str(path)!r} (a relative path is read from {where})")
     if not path.is_file():
-        raise ValueError(f"custom reward {spec!r}: no file {str(path)!r}")
+        raise ValueError(f"{kind} {spec!r}: no file {str(path)!r}")
     path = path.resolve()
     name = f"aha_custom_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"custom reward {spec!r}: cannot import {str(path)!r} as a Python module")
+        raise ValueError(f"{kind} {spec!r}: cannot import {str(path)!r} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise ValueError(f"custom reward {spec!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
+        raise ValueError(f"{kind} {spec!r}: importing {str(path)!r} failed: {type(e).__name__}: {e}") from e
     return module
 
 
-def _load_module(spec: str, module_name: str) -> Any:
+def _load_module(spec: str, module_name: str, kind: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise ValueError(f"custom reward {spec!r}: no module named {module_name!r}") from e
-        raise ValueError(f"custom reward {spec!r}: importing {module_name!r} failed: {e}") from e
+            raise ValueError(f"{kind} {spec!r}: no module named {module_name!r}") from e
+        raise ValueError(f"{kind} {spec!r}: importing {module_name!r} failed: {e}") from e
     except Exception as e:
-        raise ValueError(f"custom reward {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from e
+        raise ValueError(f"{kind} {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from e
 
 
-def load_custom(spec: str, base: str | Path | None = None) -> RewardFn:
+def load_custom(spec: str, base: str | Path | None = None, *, kind: str = "custom reward") -> RewardFn:
     """The function named by ``"module:function"`` or ``"path/to/file.py:function"`` (``function`` may be dotted,
     e.g. ``Class.method``). A relative file is read from `base` (a recipe's directory), by default the working
-    directory. Errors are ValueErrors naming `spec` (and the path tried)."""
+    directory. Errors are ValueErrors naming `spec` (and the path tried), introduced by `kind` (what the function
+    is for: ``"custom tool"`` when aha.tools loads one)."""
     if not isinstance(spec, str) or not is_custom_spec(spec):
-        raise ValueError(f"custom reward {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
+        raise ValueError(f"{kind} {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
     target, _, attr = spec.rpartition(":")
     is_file = target.endswith(".py") or "/" in target or "\\" in target
     module = (
-        _load_file(spec, target, Path(base) if base is not None else None) if is_file else _load_module(spec, target)
+        _load_file(spec, target, Path(base) if base is not None else None, kind)
+        if is_file
+        else _load_module(spec, target, kind)
     )
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"custom reward {spec!r}: {target!r} has no attribute {attr!r}")
+            raise ValueError(f"{kind} {spec!r}: {target!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"custom reward {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
+        raise ValueError(f"{kind} {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable")
     return obj
 
 
