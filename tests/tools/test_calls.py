@@ -63,7 +63,10 @@ def test_hermes_calls_anywhere_in_the_turn():
     turn = parse_turn(text, "hermes")
     assert turn.calls == [ToolCall("calc", {"expression": "2+3"}), ToolCall("calc", {"expression": "4*5"})]
     assert turn.content == "I will compute it." and turn.errors == []
-    assert turn.message()["tool_calls"][1] == {"type": "function", "function": {"name": "calc", "arguments": {"expression": "4*5"}}}
+    assert turn.message()["tool_calls"][1] == {
+        "type": "function",
+        "function": {"name": "calc", "arguments": {"expression": "4*5"}},
+    }
     assert parse_turn("<think>no tools</think><answer>5</answer>", "hermes").calls == []
     assert "tool_calls" not in parse_turn("<answer>5</answer>", "hermes").message()
 
@@ -100,7 +103,9 @@ def test_formats_detected_from_real_templates():
     assert detect_format(qwen_tokenizer()) == "hermes"
     assert detect_format(llama_tokenizer()) == "llama3"
     plain = build_tokenizer()
-    plain.chat_template = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    plain.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
     assert detect_format(plain) == "hermes" and not renders_tools(plain)
     assert renders_tools(qwen_tokenizer()) and renders_tools(llama_tokenizer())
 
@@ -119,7 +124,9 @@ def test_prompt_has_the_tools_by_the_template_or_by_aha():
     assert text.startswith("<|im_start|>system\n" + tool_system_prompt([schema]))
     with_system = render_tool_prompt(plain, [{"role": "system", "content": "Be brief."}, *msgs], [schema])
     assert with_system.startswith("<|im_start|>system\nBe brief.\n\nYou may call") and with_system.count("system") == 1
-    assert render_tool_prompt(plain, msgs, []) == plain.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert render_tool_prompt(plain, msgs, []) == plain.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True
+    )
 
 
 @pytest.mark.parametrize("make", [qwen_tokenizer, llama_tokenizer], ids=["qwen2.5", "llama3.1"])
@@ -134,18 +141,30 @@ def test_suffix_is_what_the_template_gives_the_whole_conversation(make):
     turn = tok(format_call(call, fmt), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     suffix = tool_suffix_ids(tok, [ToolResult("calc", "5", False)])
     whole = msgs + [
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": call.arguments}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": call.arguments}}],
+        },
         {"role": "tool", "name": "calc", "content": "5"},
     ]
-    expected = tok.apply_chat_template(whole, tools=[calc], tokenize=True, add_generation_prompt=True, return_dict=False)
+    expected = tok.apply_chat_template(
+        whole, tools=[calc], tokenize=True, add_generation_prompt=True, return_dict=False
+    )
     got = tok.decode(list(prompt) + turn + suffix)
     # the templates render the call's JSON with their own spacing; the glue and the result are identical
     assert tok.decode(suffix) == tok.decode(expected)[len(tok.decode(expected)) - len(tok.decode(suffix)) :]
     assert "5" in tok.decode(suffix) and got.startswith(tok.decode(prompt))
     if fmt == "hermes":
-        assert tok.decode(suffix) == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        assert (
+            tok.decode(suffix)
+            == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        )
     else:
-        assert tok.decode(suffix) == '<|start_header_id|>ipython<|end_header_id|>\n\n"5"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n'
+        assert (
+            tok.decode(suffix)
+            == '<|start_header_id|>ipython<|end_header_id|>\n\n"5"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n'
+        )
 
 
 def test_suffix_needs_results_and_a_prefix_preserving_template():

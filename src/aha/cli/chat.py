@@ -39,6 +39,17 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="completion token limit (default: 1024)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--tool",
+        action="append",
+        default=None,
+        metavar="TOOL",
+        help="a tool the model may call: calculator, python or file.py:function (repeat for several); its calls "
+        "and results are shown",
+    )
+    p.add_argument(
+        "--max-tool-calls", type=int, default=5, help="rounds of tool calls per answer, with --tool (default: 5)"
+    )
     add_dtype_option(p)
 
 
@@ -115,11 +126,52 @@ def reply(model, tok, messages: list[dict[str, str]], args: argparse.Namespace, 
     return text
 
 
-def _turn(model, tok, history, question, args, console, turn: int) -> None:
+def tool_reply(model, tok, messages, args, console: Console, seed: int, toolbox) -> str:
+    """One answer with tools: each assistant turn streamed; its calls run by `toolbox` and shown (``→ name(args)``
+    then ``← result``, red when it failed), the results appended in the template's tokens, and the model goes on,
+    for at most ``--max-tool-calls`` rounds. Returns the last turn's text."""
+    import json
+
+    from rich.text import Text
+
+    from aha.rollout.engine import stream_completion
+    from aha.rollout.sampler import SamplingParams
+    from aha.tools.calls import detect_format, parse_turn, render_tool_prompt, tool_suffix_ids
+    from aha.tools.toolbox import ToolResult
+
+    fmt = detect_format(tok)
+    text = render_tool_prompt(tok, messages, toolbox.schemas)
+    budget = args.max_new_tokens
+    for rnd in range(args.max_tool_calls + 1):
+        printer = ReasoningPrinter(console)
+        params = SamplingParams(max_new_tokens=budget, temperature=args.temperature, top_p=args.top_p)
+        turn, n, cut = stream_completion(model, tok, text, params, printer.feed, seed=seed + 7919 * rnd)
+        printer.finish()
+        budget -= n
+        parsed = parse_turn(turn, fmt)
+        if cut or not (parsed.calls or parsed.errors) or rnd == args.max_tool_calls or budget <= 0:
+            return turn
+        results = list(toolbox.call_many(parsed.calls))
+        results += [ToolResult("unknown", f"Error: {e}", True) for e in parsed.errors]
+        for call, result in zip([*parsed.calls, *[None] * len(parsed.errors)], results):
+            shown = f"{call.name}({json.dumps(call.arguments)})" if call is not None else "malformed call"
+            console.print(Text(f"→ {shown}", style="cyan"))
+            console.print(Text(f"← {result.content}", style="red" if result.error else "cyan"))
+        suffix = tool_suffix_ids(tok, results)
+        text += turn + tok.eos_token + tok.decode(suffix)
+        budget -= len(suffix)
+    return turn
+
+
+def _turn(model, tok, history, question, args, console, turn: int, toolbox=None) -> None:
     from aha.data.answers import parse_reasoning
 
     history.append({"role": "user", "content": question})
-    text = reply(model, tok, history, args, console, seed=args.seed + turn)  # each turn draws fresh numbers
+    seed = args.seed + turn  # each turn draws fresh numbers
+    if toolbox is not None:
+        text = tool_reply(model, tok, history, args, console, seed, toolbox)
+    else:
+        text = reply(model, tok, history, args, console, seed=seed)
     parsed = parse_reasoning(text)
     # Later turns see only the answer, not the thought (as R1-style models are meant to be prompted).
     history.append({"role": "assistant", "content": parsed.answer})
@@ -134,13 +186,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--temperature must be >= 0 and --max-new-tokens at least 1")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_tool_calls < 0:
+        raise ValueError(f"--max-tool-calls must be >= 0, got {args.max_tool_calls}")
+    toolbox = None
+    if args.tool:
+        from aha.tools import Toolbox, resolve_tools
+
+        toolbox = Toolbox(resolve_tools(args.tool))
     model, tok = load_for_inference(args.model, args.dtype)
+    if toolbox is not None and tok.chat_template is None:
+        raise ValueError(f"--tool: {args.model} has no chat template to render the tools and their results")
     console = Console(highlight=False)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
     turn = 0
     if args.question is not None:
-        _turn(model, tok, history, args.question, args, console, turn)
+        _turn(model, tok, history, args.question, args, console, turn, toolbox)
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
@@ -155,6 +216,6 @@ def run(args: argparse.Namespace) -> int:
         if question.lower() in EXIT_WORDS:
             break
         if question:
-            _turn(model, tok, history, question, args, console, turn)
+            _turn(model, tok, history, question, args, console, turn, toolbox)
             turn += 1
     return 0

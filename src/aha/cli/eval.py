@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 NAME = "eval"
 
 RATE_KEYS = ("greedy_accuracy", "format_rate", "truncated", "greedy_format_rate", "greedy_truncated")
+RATE_KEYS += ("tool_use_rate", "greedy_tool_use_rate", "tool_failure_rate", "greedy_tool_failure_rate")
 LABELS = {
     "greedy_accuracy": "greedy accuracy",
     "format_rate": "format rate (sampled)",
@@ -23,6 +24,12 @@ LABELS = {
     "greedy_mean_length": "mean length (greedy, tokens)",
     "greedy_max_length": "max length (greedy, tokens)",
     "greedy_truncated": "truncated (greedy)",
+    "tool_use_rate": "completions calling a tool (sampled)",
+    "tool_calls": "tool calls per completion (sampled)",
+    "tool_failure_rate": "tool calls failed (sampled)",
+    "greedy_tool_use_rate": "completions calling a tool (greedy)",
+    "greedy_tool_calls": "tool calls per completion (greedy)",
+    "greedy_tool_failure_rate": "tool calls failed (greedy)",
 }
 
 
@@ -68,6 +75,14 @@ def add_parser(sub) -> None:
         choices=("fast", "vllm"),
         default="fast",
         help="who samples: fast (aha's sampler on the loaded model, default) or vllm (an in-process vLLM engine)",
+    )
+    p.add_argument(
+        "--tool",
+        action="append",
+        default=None,
+        metavar="TOOL",
+        help="a tool the model may call (calculator, python or file.py:function; repeat for several; default: the "
+        "task's own tools, e.g. the calculator task's): multi-turn completions, graded on their last turn",
     )
     add_dtype_option(p, extra="; with --backend vllm: the engine's dtype (auto: vLLM's choice)")
 
@@ -148,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         compare=args.compare,
         dtype=args.dtype,
         backend=args.backend,
+        tools=args.tool,
     )
     console = Console(soft_wrap=False)
     if result["comparison"] is not None:

@@ -30,17 +30,20 @@ consecutive). The numbers are a function of the model, the rows and the config a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 
 from aha.data.answers import parse_reasoning
-from aha.data.prompts import render_prompt
+from aha.data.prompts import completion_text, render_prompt
 from aha.eval.metrics import Verifier, maj_at_k, pass_at_k
 from aha.rollout.engine import generate_texts
 from aha.rollout.sampler import SamplingParams
+from aha.rollout.tool_loop import complete_with_tools
 from aha.settings import Checked
+from aha.tools.toolbox import Toolbox
 
 # max_new_tokens and batch_size by device type: a CPU gets shorter completions in smaller batches (a real model's
 # 512-token completions in batches of 64 take tens of minutes there)
@@ -92,7 +95,7 @@ class EvalConfig(Checked):
 
 
 def _judge(text: str, length: int, truncated: bool, row: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
-    return {
+    return {  # with tools: `text` is the last turn's, `length` the model's own tokens (tool results not counted)
         "completion": text,
         "extracted": verifier.extract(text),
         "correct": verifier.is_correct(text, row["answer"], row),
@@ -140,15 +143,29 @@ def evaluate(
     cfg: EvalConfig,
     label: str = "eval",
     engine: TextEngine | None = None,
+    tools: Sequence[Callable] | None = None,
+    max_tool_iterations: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Greedy and ``cfg.n`` sampled completions per row (each with ``prompt`` and ``answer``), graded by
     `verifier`. Returns (per-question records, metrics); see the module doc. The model is evaluated in eval mode
     and left in the mode it was in. With `engine` (then `model` may be None) the completions come from it, in one
-    call per phase, and `cfg`'s sizes must already be set (``batch_size`` is not used)."""
+    call per phase, and `cfg`'s sizes must already be set (``batch_size`` is not used).
+
+    With `tools` the model may call them (``aha.rollout.tool_loop``, at most `max_tool_iterations` rounds, None: as
+    the length allows): each completion is the whole conversation after the prompt (``max_new_tokens`` bounds
+    it), graded on its last turn, and its record has ``calls``, ``tool_failures``, ``turns`` and ``conversation``;
+    the metrics add ``tool_use_rate`` (share of completions that called a tool), ``tool_calls`` (per completion)
+    and ``tool_failure_rate`` (per call), over the samples and, prefixed ``greedy_``, the greedy ones."""
     from aha.console import progress
 
     if not rows:
         raise ValueError("evaluation: no rows to evaluate")
+    toolbox = Toolbox(list(tools)) if tools else None
+    if toolbox is not None and (engine is not None or tokenizer.chat_template is None):
+        raise ValueError(
+            "evaluation with tools needs the local model (not --backend vllm) and a chat template (the template "
+            "renders the tools and their results)"
+        )
     if model is not None:
         cfg = cfg.for_device(next(model.parameters()).device)
     elif engine is None:
@@ -184,15 +201,31 @@ def evaluate(
                     advance(len(todo))
                     return out
                 kw = {"batch_size": cfg.batch_size, "seed": seed, "on_batch": advance}
+                if toolbox is not None:
+                    tr = complete_with_tools(
+                        model, tokenizer, todo, params, toolbox, max_iterations=max_tool_iterations, **kw
+                    )
+                    texts = [completion_text(c) for c in tr.completions]
+                    extra = [
+                        {"calls": c, "tool_failures": f, "turns": t, "conversation": conv}
+                        for c, f, t, conv in zip(tr.calls, tr.failures, tr.turns, tr.completions)
+                    ]
+                    return texts, [sum(m) for m in tr.tool_mask], [not e for e in tr.ended], extra
                 return generate_texts(model, tokenizer, todo, params, **kw)
 
+            def judged(out, rows_of) -> list[dict[str, Any]]:
+                extra = out[3] if len(out) > 3 else [{}] * len(out[0])
+                return [
+                    _judge(out[0][i], out[1][i], out[2][i], rows_of(i), verifier) | extra[i] for i in range(len(out[0]))
+                ]
+
             g = generate("greedy", prompts, greedy_p, cfg.seed, "rows", "")
-            greedy = [_judge(g[0][i], g[1][i], g[2][i], row, verifier) for i, row in enumerate(rows)]
+            greedy = judged(g, lambda i: rows[i])
             info = f"greedy accuracy {_mean([x['correct'] for x in greedy]):.3f}"
             lines.update(f"greedy {len(prompts)}/{len(prompts)} rows", info, force=True)
             bar.update(tid, info=info)
             s = generate("sampled", rep, sample_p, cfg.seed + 1, "completions", info)
-            sampled = [_judge(s[0][j], s[1][j], s[2][j], rows[j // cfg.n], verifier) for j in range(len(rep))]
+            sampled = judged(s, lambda j: rows[j // cfg.n])
             info += f" · pass@1 {_mean([x['correct'] for x in sampled]):.3f}"
             lines.update(f"sampled {len(rep)}/{len(rep)} completions", info, force=True)
             bar.update(tid, info=info)
@@ -221,5 +254,10 @@ def evaluate(
         metrics[prefix + "mean_length"] = _mean([x["length"] for x in group])
         metrics[prefix + "max_length"] = max(x["length"] for x in group)
         metrics[prefix + "truncated"] = _mean([x["truncated"] for x in group])
+        if toolbox is not None:
+            calls = sum(x["calls"] for x in group)
+            metrics[prefix + "tool_use_rate"] = _mean([float(x["calls"] > 0) for x in group])
+            metrics[prefix + "tool_calls"] = _mean([x["calls"] for x in group])
+            metrics[prefix + "tool_failure_rate"] = sum(x["tool_failures"] for x in group) / calls if calls else 0.0
     metrics["n_questions"] = len(rows)
     return records, metrics

@@ -19,6 +19,7 @@ the KL and the entropy see only the model's own tokens, while the forward still 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,3 +145,68 @@ def tool_metrics(counts: Sequence[Sequence[int]]) -> dict[str, float]:
         "tools/used": sum(r[0] > 0 for r in counts) / n,
         "tools/masked_share": (tokens - sum(r[4] for r in counts)) / tokens if tokens else 0.0,
     }
+
+
+def complete_with_tools(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict[str, Any]]],
+    params: Any,
+    toolbox: Any,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    max_iterations: int | None = None,
+    backend: str = "fast",
+    on_batch: Callable[[int], None] | None = None,
+    dtype: Any = None,
+) -> ToolRollout:
+    """Multi-turn completions of chat `prompts` with `toolbox`'s tools on a local model (``aha eval``), in batches
+    of `batch_size` prompts, every turn drawn from one generator seeded `seed` (so the result is a function of the
+    model, the prompts and the settings); ``params.max_new_tokens`` bounds each whole conversation after its prompt.
+    The rows of every batch are concatenated into one :class:`ToolRollout`."""
+    import torch
+
+    from aha.data.prompts import encode_prompts, eos_ids
+    from aha.rollout.sampler import sample
+    from aha.tools.calls import detect_format, render_tool_prompt
+
+    device = next(model.parameters()).device
+    eos = eos_ids(tokenizer, model)
+    fmt = detect_format(tokenizer)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def generate(rows_prompts: list[list[int]], rows: list[int], max_new: int, turn: int):
+        width = max(len(p) for p in rows_prompts)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows_prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows_prompts], device=device)
+        p = dataclasses.replace(params, max_new_tokens=max_new)
+        out = sample(model, ids, mask, p, eos, pad, generator=gen, backend=backend, dtype=dtype)
+        cut = []
+        for row in out.tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            cut.append(row[:end])
+        return cut, None
+
+    parts: list[ToolRollout] = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = [render_tool_prompt(tokenizer, p, toolbox.schemas) for p in prompts[s : s + batch_size]]
+        ids, mask = encode_prompts(tokenizer, chunk, device="cpu")
+        lists = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        parts.append(
+            run_tool_loop(
+                generate, lists, [toolbox] * len(lists), tokenizer, fmt, eos, params.max_new_tokens, max_iterations
+            )
+        )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return concat_rollouts(parts)
+
+
+def concat_rollouts(parts: Sequence[ToolRollout]) -> ToolRollout:
+    """The rows of several rollouts, in order (log-probs only if every part has them)."""
+    rows = {f.name: [x for p in parts for x in getattr(p, f.name) or []] for f in dataclasses.fields(ToolRollout)}
+    if any(p.sampling_logps is None for p in parts):
+        rows["sampling_logps"] = None
+    return ToolRollout(**rows)

@@ -111,14 +111,17 @@ def run_eval(
     compare: str | None = None,
     dtype: str = "auto",
     backend: str = "fast",
+    tools: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (and `compare`) on the first `limit` rows of `data` (a ``--data`` string) with the same
     rows and seeds, graded in `answer_format` (None: the task's verifier, or detected), loaded in `dtype`
     (:data:`aha.workflows.inference.DTYPES`), sampled by `backend` (``fast``: aha's sampler on the loaded model;
     ``vllm``: an in-process vLLM engine, see :func:`vllm_engine`); write results under `out` when given. Returns
-    ``{"summary": …, "compare": … | None, "comparison": … | None}``."""
+    ``{"summary": …, "compare": … | None, "comparison": … | None}``. `tools`: tools the model may call (built-in
+    names or ``file.py:fn``, :func:`aha.tools.resolve_tools`), multi-turn (see :func:`aha.eval.evaluate`)."""
     from aha.console import console
     from aha.models.loading import resolve_model_path
+    from aha.tools import resolve_tools
     from aha.workflows.inference import check_dtype, describe, inference_device, load_for_inference
 
     if limit is not None and limit < 1:
@@ -127,8 +130,11 @@ def run_eval(
         raise ValueError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if backend == "vllm" and cfg.batch_size is not None:
         raise ValueError("--batch-size is for --backend fast: vLLM schedules its own batches")
+    if backend == "vllm" and tools:
+        raise ValueError("--tool runs with --backend fast (aha's sampler) only")
     if backend == "vllm":
         require_vllm()
+    callables = resolve_tools(tools) if tools else None
     device = inference_device()
     check_dtype(dtype, device)
     sized = cfg.for_device(device)
@@ -161,7 +167,7 @@ def run_eval(
         )
         tag = f"eval {Path(path).name}" + (" (compare)" if label == "compare" else "")
         try:
-            records, metrics = evaluate(m, tok, rows, verifier, cfg, label=tag, engine=engine)
+            records, metrics = evaluate(m, tok, rows, verifier, cfg, label=tag, engine=engine, tools=callables)
         finally:
             if engine is not None:
                 engine.close()
@@ -171,6 +177,7 @@ def run_eval(
             "answer_format": verifier.format,
             **asdict(cfg),
             **metrics,
+            **({"tools": list(tools)} if tools else {}),
             "backend": backend,
             "dtype": dtype if m is None else str(m.dtype).removeprefix("torch."),
             "device": "vllm" if m is None else str(m.device),
