@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # lowest first; a module may import its own layer and the ones before it
 LAYERS: list[tuple[str, ...]] = [
     ("aha.grpo", "aha.console", "aha.settings", "aha.devices"),  # L0: the maths, console, settings, hardware
-    ("aha.data", "aha.models", "aha.rollout", "aha.rewards", "aha.tasks", "aha.sandbox", "aha.tools"),  # L1: components
+    ("aha.data", "aha.models", "aha.rollout", "aha.rewards", "aha.tasks", "aha.sandbox", "aha.tools"),  # L1
     ("aha.train",),  # L2: the trainers
     ("aha.eval",),  # L3: the evaluator
     ("aha.workflows",),  # L4: what a command runs

@@ -1,12 +1,16 @@
 """The built-in tiny model: what `build_tiny` saves must reload with the Auto classes and behave the same."""
 
 import string
+from dataclasses import dataclass
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import get_json_schema
 
-from aha.models.tiny import REASONING_TAGS, build_tiny, num_parameters
+from aha.models.tiny import REASONING_TAGS, build_tiny, build_tokenizer, num_parameters
+from aha.tools.calls import format_call, render_tool_prompt, renders_tools, tool_suffix_ids
+from aha.tools.toolbox import ToolCall
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
@@ -164,3 +168,107 @@ def test_bad_sizes_name_the_field(sizes, field):
 def test_bad_kv_heads_name_the_field(kv_heads):
     with pytest.raises(ValueError, match="num_key_value_heads"):
         build_tiny(num_attention_heads=4, num_key_value_heads=kv_heads)
+
+
+# ------------------------------------------------------------------------------------------ tools in the template
+@dataclass
+class Result:  # what aha.tools.calls reads of a tool result
+    name: str
+    content: str
+
+
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression.
+
+    Args:
+        expression: the expression, e.g. 347*862
+    """
+    return expression
+
+
+def lookup(word: str, limit: int = 3) -> str:
+    """Look a word up.
+
+    Args:
+        word: the word
+        limit: how many senses
+    """
+    return word
+
+
+QUESTION = [{"role": "user", "content": "347*862"}]
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "347*862"}}</tool_call>'
+
+
+def test_without_tools_the_template_is_plain_chatml():
+    tok = build_tokenizer()
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "47+38"},
+        {"role": "assistant", "content": "<answer>85</answer>"},
+    ]
+    chatml = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    for tools in ({}, {"tools": None}, {"tools": []}):
+        assert tok.apply_chat_template(messages, tokenize=False, **tools) == chatml
+        assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **tools) == (
+            chatml + "<|im_start|>assistant\n"
+        )
+
+
+def test_tools_are_named_compactly_in_a_first_system_turn():
+    tok = build_tokenizer()
+    got = tok.apply_chat_template(QUESTION, tools=[calculator], tokenize=False, add_generation_prompt=True)
+    assert got == (
+        "<|im_start|>system\ntools: calculator(expression)<|im_end|>\n"
+        "<|im_start|>user\n347*862<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # JSON schemas render the same as the functions; each tool with all its parameters, in order
+    schemas = [get_json_schema(calculator), get_json_schema(lookup)]
+    got = tok.apply_chat_template(QUESTION, tools=schemas, tokenize=False)
+    assert got.startswith("<|im_start|>system\ntools: calculator(expression), lookup(word, limit)<|im_end|>\n")
+    # a system message of the conversation's own comes first, the tools after it in the same turn
+    messages = [{"role": "system", "content": "Be brief."}, *QUESTION]
+    got = tok.apply_chat_template(messages, tools=[calculator], tokenize=False)
+    assert got == (
+        "<|im_start|>system\nBe brief.\ntools: calculator(expression)<|im_end|>\n<|im_start|>user\n347*862<|im_end|>\n"
+    )
+
+
+def test_tool_messages_and_tool_calls_render_as_chatml_turns():
+    tok = build_tokenizer()
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "347*862"}}}
+    messages = [
+        *QUESTION,
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": "calculator", "content": "299114"},
+        {"role": "assistant", "content": "<answer>299114</answer>"},
+    ]
+    assert tok.apply_chat_template(messages, tokenize=False) == (
+        f"<|im_start|>user\n347*862<|im_end|>\n<|im_start|>assistant\n{CALL}<|im_end|>\n"
+        "<|im_start|>tool\n299114<|im_end|>\n<|im_start|>assistant\n<answer>299114</answer><|im_end|>\n"
+    )
+    # the call is written as the model writes it (aha.tools.calls.format_call), arguments given as JSON text too
+    assert CALL == format_call(ToolCall("calculator", {"expression": "347*862"}), "hermes")
+    as_text = {"type": "function", "function": {"name": "calculator", "arguments": '{"expression": "347*862"}'}}
+    text = tok.apply_chat_template(
+        [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [as_text]}], tokenize=False
+    )
+    assert text.endswith(f"<|im_start|>assistant\n{CALL}<|im_end|>\n")
+
+
+def test_the_rollout_layout_is_the_templates_conversation():
+    """prompt (with the tools) + the assistant's turn + EOS + tool_suffix_ids == the template's rendering of the
+    whole conversation up to the next assistant header: what the GRPO rollout and SFT build is what the template
+    gives."""
+    tok = build_tokenizer()
+    assert renders_tools(tok)
+    schemas = [get_json_schema(calculator)]
+    prompt = tok(render_tool_prompt(tok, QUESTION, schemas), add_special_tokens=False)["input_ids"]
+    turn = tok(CALL, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    suffix = tool_suffix_ids(tok, [Result("calculator", "299114")])
+    assert tok.decode(suffix) == "\n<|im_start|>tool\n299114<|im_end|>\n<|im_start|>assistant\n"
+    whole = [*QUESTION, {"role": "assistant", "content": CALL}, {"role": "tool", "content": "299114"}]
+    expected = tok.apply_chat_template(whole, tools=schemas, tokenize=False, add_generation_prompt=True)
+    assert prompt + turn + suffix == tok(expected, add_special_tokens=False)["input_ids"]
+    two = tool_suffix_ids(tok, [Result("calculator", "6"), Result("calculator", "-5")])
+    assert tok.decode(two) == "\n<|im_start|>tool\n6<|im_end|>\n<|im_start|>tool\n-5<|im_end|>\n<|im_start|>assistant\n"

@@ -13,13 +13,16 @@ QUESTION_STARTS = {
     "wordproblems": "",
     "summarize": "Summarize the following text.",
     "coding": "Write a Python function `f`",
+    "calculator": "",
 }
+DEFAULT_OFF = ("calculator",)
 STATES = {  # what each task's default instruction asks for
     "arithmetic": ["<think>", "<answer>", "sum"],
     "countdown": ["<think>", "<answer>", "expression"],
     "wordproblems": ["<think>", "<answer>", "number"],
     "summarize": ["summary only"],
     "coding": ["<think>", "```python"],
+    "calculator": ["calculator", "<answer>"],
 }
 
 
@@ -29,8 +32,12 @@ def test_every_task_is_covered():
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_instruction_default_off_and_custom(name):
-    on, off = get_task(name).rows("train", 3, seed=0), get_task(name, instruction=False).rows("train", 3, seed=0)
+    on = get_task(name, instruction=True).rows("train", 3, seed=0)
+    off = get_task(name, instruction=False).rows("train", 3, seed=0)
     custom = get_task(name, instruction="  Reply in French. ").rows("train", 3, seed=0)
+    # the default states the format, except for the calculator task, made for the tiny model (its prompt is a token
+    # per character)
+    assert get_task(name).rows("train", 3, seed=0) == (off if name in DEFAULT_OFF else on)
     for a, b, c in zip(on, off, custom):
         question = b["prompt"][0]["content"]
         assert question.startswith(QUESTION_STARTS[name])

@@ -25,12 +25,41 @@ REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 SPECIAL_TOKENS = {"pad": "<|pad|>", "unk": "<|unk|>", "bos": "<|im_start|>", "eos": "<|im_end|>"}
 CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
 
-# ChatML: <|im_start|>role\ncontent<|im_end|>\n ... ending with "<|im_start|>assistant\n".
+# ChatML: <|im_start|>role\ncontent<|im_end|>\n ... ending with "<|im_start|>assistant\n". `tool` messages are
+# ChatML turns too. Given `tools`, the prompt starts with a system turn naming them compactly (a character-level
+# model pays a token per character: Hermes' ~600-character tool prompt would dwarf the question), each tool as its
+# function name and parameter names: "tools: calculator(expression)" (after the text of a system message that
+# comes first). An assistant message's `tool_calls` (the OpenAI form) are written after its content in the Hermes
+# format the model calls in: <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{%- set ns = namespace(tools='') -%}"
+    "{%- for tool in (tools or []) -%}"
+    "{%- set f = tool.function if tool.function is defined else tool -%}"
+    "{%- set ns.args = '' -%}"
+    "{%- for p in ((f.parameters or {}).properties or {}) -%}"
+    "{%- set ns.args = ns.args + (', ' if ns.args else '') + p -%}"
+    "{%- endfor -%}"
+    "{%- set ns.tools = ns.tools + (', ' if ns.tools else '') + f.name + '(' + ns.args + ')' -%}"
+    "{%- endfor -%}"
+    "{%- set rest = messages -%}"
+    "{%- if ns.tools -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{ '<|im_start|>system\n' + messages[0]['content'] + '\ntools: ' + ns.tools + '<|im_end|>\n' }}"
+    "{%- set rest = messages[1:] -%}"
+    "{%- else -%}"
+    "{{ '<|im_start|>system\ntools: ' + ns.tools + '<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+    "{%- for message in rest -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{%- for call in (message['tool_calls'] or []) -%}"
+    "{%- set c = call.function if call.function is defined else call -%}"
+    "{%- set args = c.arguments if c.arguments is string else ((c.arguments or {}) | tojson) -%}"
+    "{{ '<tool_call>{\"name\": ' + (c.name | tojson) + ', \"arguments\": ' + args + '}</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>' + '\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
 

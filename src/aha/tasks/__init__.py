@@ -9,6 +9,7 @@ from typing import Any
 
 from aha.tasks.arithmetic import Arithmetic
 from aha.tasks.base import Task
+from aha.tasks.calculator import Calculator
 from aha.tasks.coding import Coding
 from aha.tasks.countdown import Countdown
 from aha.tasks.reasoning_gym import PREFIX as RG_PREFIX
@@ -16,7 +17,7 @@ from aha.tasks.reasoning_gym import ReasoningGym
 from aha.tasks.summarize import Summarize
 from aha.tasks.wordproblems import WordProblems
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Arithmetic, Countdown, WordProblems, Summarize, Coding)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Arithmetic, Countdown, WordProblems, Summarize, Coding, Calculator)}
 
 
 def is_task_name(name: Any) -> bool:

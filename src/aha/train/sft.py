@@ -7,6 +7,12 @@ Under ``accelerate launch`` / ``torchrun`` each of the W processes takes its sha
 W × batch rows and the loss is normalised by the completion tokens of all of them, so W processes train exactly as
 one process with W times the batch. ``bf16`` / ``fp16`` train in mixed precision as GRPO does (the loop's autocast;
 the cross-entropy in fp32).
+
+A completion may be several messages, a tool-calling trace: assistant turns with the ``tool`` messages of their
+calls' results between them. It is tokenised exactly as the GRPO tool rollout lays its tokens out: the prompt
+rendered with the tools' schemas (:func:`aha.tools.calls.render_tool_prompt`, given ``tools``), each assistant turn
+as its content's tokens and EOS (trained), and after a turn its tool messages as the template renders them up to the
+next assistant header (:func:`aha.tools.calls.tool_suffix_ids`; masked like the prompt).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aha.data.prompts import completion_text, render_prompt
+from aha.data.prompts import completion_text, is_conversational, render_prompt
 from aha.settings import check_types, require
+from aha.tools.calls import render_tool_prompt, tool_suffix_ids
+from aha.tools.toolbox import ToolResult
 from aha.train.distributed import make_accelerator, sum_all
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
@@ -97,16 +105,81 @@ class SFTConfig:
         )
 
 
-def tokenize_sft_row(tokenizer, row: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one row with `prompt` and `completion` (text or messages);
-    labels are -100 on the prompt. The completion ends with the EOS token."""
+def tokenize_sft_row(
+    tokenizer, row: dict[str, Any], max_length: int, schemas: Sequence[dict[str, Any]] = ()
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one row with `prompt` and `completion` (text or messages); labels are -100 on the
+    prompt. The completion ends with the EOS token. A completion of several messages (assistant turns and the tool
+    messages between them) is laid out as the GRPO tool rollout lays it out (see the module doc), labels -100 on
+    the tool messages; `schemas`: the tools' JSON schemas, rendered into a conversational prompt."""
     if "prompt" not in row or "completion" not in row:
         raise ValueError(f"an SFT row needs 'prompt' and 'completion' columns, got {sorted(row)}")
-    prompt_ids = tokenizer(render_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
-    comp_ids = tokenizer(completion_text(row["completion"]), add_special_tokens=False)["input_ids"]
-    comp_ids = comp_ids + [tokenizer.eos_token_id]
+    prompt = row["prompt"]
+    if schemas and not is_conversational(prompt):
+        raise ValueError(
+            "SFT with tools needs conversational prompts (lists of messages): the chat template renders "
+            "the tools into them; got a text prompt"
+        )
+    text = render_tool_prompt(tokenizer, prompt, schemas) if schemas else render_prompt(tokenizer, prompt)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    completion = row["completion"]
+    if isinstance(completion, list) and len(completion) > 1:
+        comp_ids, comp_labels = tokenize_turns(tokenizer, completion)
+    else:
+        comp_ids = tokenizer(completion_text(completion), add_special_tokens=False)["input_ids"]
+        comp_ids = comp_labels = comp_ids + [tokenizer.eos_token_id]
     ids = (prompt_ids + comp_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + comp_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + comp_labels)[:max_length]
+    return ids, labels
+
+
+def tokenize_turns(tokenizer, messages: list[Any]) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a multi-turn completion: each assistant message's content tokens + EOS (labelled), each run
+    of tool messages after one as :func:`aha.tools.calls.tool_suffix_ids` (the template's glue, the results and
+    the next assistant header; -100). It starts and ends with an assistant message, and tool messages separate
+    the assistant ones."""
+    ids: list[int] = []
+    labels: list[int] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "assistant":
+            if i > 0 and messages[i - 1].get("role") == "assistant":
+                raise ValueError(
+                    f"completion message {i}: two assistant messages in a row; a multi-turn completion has tool "
+                    "messages between its assistant turns (or join the two into one message)"
+                )
+            turn = tokenizer(str(m.get("content") or ""), add_special_tokens=False)["input_ids"]
+            turn = turn + [tokenizer.eos_token_id]
+            ids += turn
+            labels += turn
+            i += 1
+        elif role == "tool":
+            if i == 0:
+                raise ValueError(
+                    "completion message 0 is a tool message: a completion starts with the assistant's turn"
+                )
+            j = i
+            while j < len(messages) and isinstance(messages[j], dict) and messages[j].get("role") == "tool":
+                j += 1
+            if j == len(messages):
+                raise ValueError(
+                    f"completion message {len(messages) - 1} is a tool message: a completion ends with the "
+                    "assistant's turn (nothing to learn after the tool results)"
+                )
+            results = [
+                ToolResult(name=str(t.get("name") or ""), content=str(t.get("content") or "")) for t in messages[i:j]
+            ]
+            glue = tool_suffix_ids(tokenizer, results)
+            ids += glue
+            labels += [-100] * len(glue)
+            i = j
+        else:
+            raise ValueError(
+                f"completion message {i}: a multi-turn completion holds assistant and tool messages, got "
+                f"{role if role is not None else m!r}"
+            )
     return ids, labels
 
 
@@ -157,10 +230,32 @@ class SFTBatches:
         self.order, self.seen = list(state["order"]), int(state["seen"])
 
 
+def tool_schemas(tools: Sequence[Callable]) -> list[dict[str, Any]]:
+    """The JSON schemas of `tools` (``transformers.utils.get_json_schema``: type hints and a Google-style docstring
+    with an ``Args:`` section)."""
+    from transformers.utils import get_json_schema
+
+    out = []
+    for fn in tools:
+        if not callable(fn):
+            raise ValueError(f"SFTTrainer(tools=...): each tool must be a function, got {fn!r}")
+        try:
+            out.append(get_json_schema(fn))
+        except Exception as e:  # transformers raises its own TypeError/DocstringParsingException
+            name = getattr(fn, "__name__", repr(fn))
+            raise ValueError(
+                f"SFTTrainer(tools=...): tool {name!r} has no JSON schema ({e}); give it type hints and a docstring "
+                "with an Args: section describing each parameter"
+            ) from None
+    return out
+
+
 class SFTTrainer:
     """SFT of `model` in place on `train_dataset` (rows with ``prompt`` and ``completion``, text or messages):
     ``SFTTrainer(model, args, train_dataset, processing_class).train()``. `logger`: where the metrics rows go
-    (default ``OUTPUT_DIR/metrics.jsonl``); callbacks get ``(state, row)`` for every logged row."""
+    (default ``OUTPUT_DIR/metrics.jsonl``); callbacks get ``(state, row)`` for every logged row. `tools`: the
+    functions the model may call; their schemas are rendered into every prompt as the GRPO tool rollout renders
+    them (multi-turn completions are laid out alike with or without them, see the module doc)."""
 
     def __init__(
         self,
@@ -171,6 +266,7 @@ class SFTTrainer:
         callbacks: Sequence[Callable[[TrainerState, dict[str, Any]], None]] = (),
         logger: MetricsLogger | None = None,
         description: str = "SFT",
+        tools: Sequence[Callable] | None = None,
     ) -> None:
         self.args = args or SFTConfig()
         if not train_dataset:
@@ -182,7 +278,14 @@ class SFTTrainer:
         self.accelerator = make_accelerator(use_cpu=self.device.type == "cpu", mixed_precision=self.precision)
         self.callbacks, self.logger, self.description = list(callbacks), logger, description
         self.state = TrainerState()
-        self.examples = [tokenize_sft_row(processing_class, r, self.args.max_length) for r in train_dataset]
+        self.tools = list(tools or [])
+        schemas = tool_schemas(self.tools)
+        self.examples = []
+        for i, row in enumerate(train_dataset):
+            try:
+                self.examples.append(tokenize_sft_row(processing_class, row, self.args.max_length, schemas))
+            except ValueError as e:
+                raise ValueError(f"SFT row {i}: {e}") from None
         self.batches = SFTBatches(
             self.examples, self.args.per_device_train_batch_size, self.args.seed, self.accelerator
         )
