@@ -68,3 +68,16 @@ def test_eval_cli_errors(models, tmp_path, capsys, extra, message):
             and "expected one of answer," in err[-1]
             and "its columns: question, label" in err[-1]
         )
+
+
+def test_eval_cli_a_tool_using_task_brings_its_tools(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(models / "a"), "--data", "calculator", "--n", "1", "--k", "1", *FAST]
+    assert main([*args, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tools"] == ["calculator"] and "tool_use_rate" in summary and "greedy_tool_calls" in summary
+    assert "completions calling a tool" in capsys.readouterr().out
+    record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert record["greedy"]["conversation"][0]["role"] == "assistant"
+    assert main(["eval", "--model", str(models / "a"), "--data", "arithmetic", "--tool", "nosuch", *FAST]) == 1
+    assert "unknown tool 'nosuch'" in capsys.readouterr().err

@@ -134,7 +134,6 @@ def run_eval(
         raise ValueError("--tool runs with --backend fast (aha's sampler) only")
     if backend == "vllm":
         require_vllm()
-    callables = resolve_tools(tools) if tools else None
     device = inference_device()
     check_dtype(dtype, device)
     sized = cfg.for_device(device)
@@ -149,6 +148,11 @@ def run_eval(
     if out_dir is not None:
         check_output(out_dir, EVAL_DIR, overwrite, sources=[*paths, data])
     rows, verifier = verified_rows(data_spec(data, limit=limit, seed=cfg.seed), answer_format=answer_format)
+    if tools is None and verifier.task is not None and getattr(verifier.task, "tools", ()):
+        tools = list(verifier.task.tools)  # a tool-using task (e.g. calculator) brings its tools
+        if backend == "vllm":
+            raise ValueError(f"{data} is a tool-using task: evaluate it with --backend fast (aha's sampler)")
+    callables = resolve_tools(tools) if tools else None
     results = []
     for label, path in zip(("model", "compare"), paths):
         start = time.perf_counter()
