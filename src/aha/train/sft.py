@@ -169,7 +169,7 @@ def tokenize_turns(tokenizer, messages: list[Any]) -> tuple[list[int], list[int]
                     "assistant's turn (nothing to learn after the tool results)"
                 )
             results = [
-                ToolResult(name=str(t.get("name") or ""), content=str(t.get("content") or "")) for t in messages[i:j]
+                ToolResult(str(t.get("name") or ""), str(t.get("content") or ""), error=False) for t in messages[i:j]
             ]
             glue = tool_suffix_ids(tokenizer, results)
             ids += glue
