@@ -10,6 +10,7 @@ Top-level keys (anything else is an error with a suggestion)::
     peft: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}   # optional LoRA
     merge_lora: false        # also save the adapter merged into the base (RUN/merged/)
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation
+    tools: [calculator]      # SFT only for now: built-in tools (BUILTIN_TOOLS) rendered into the prompts
     training: {learning_rate: 1.0e-5, ...}   # GRPOConfig fields (aha train) or SFTConfig fields (aha sft)
 
 An Open R1 / ``trl grpo --config`` file (flat, with ``model_name_or_path``) is read as the aha recipe it means
@@ -41,7 +42,8 @@ from aha.settings import coerce, field_types, from_dict, suggest, type_ok
 from aha.train.config import GRPOConfig
 from aha.workflows.openr1 import ORIGIN, is_openr1_config, translate
 
-TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training")
+TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training", "tools")
+BUILTIN_TOOLS = ("calculator",)  # the tools a recipe's `tools:` may name (aha.tools.<name>.<name>)
 EVAL_TYPES = {
     "dataset": "dict",
     "samples": "int",
@@ -175,12 +177,15 @@ def _apply(
         raise ValueError(f"unknown recipe key {top!r}{suggest(top, TOP_KEYS)}; keys: {', '.join(TOP_KEYS)}")
     if not rest:
         expect = {"trainer": "str", "merge_lora": "bool", "rewards": "list[str] | None", "model": "str"}
+        expect["tools"] = "list[str] | None"
         if top in ("dataset", "training") or (top in ("peft", "eval") and value is not None):
             value = typed(value, "dict", top)
         elif top == "model" and not isinstance(value, dict):
             value = typed(value, "str", top)
-        elif top in ("trainer", "merge_lora") or (top == "rewards" and not isinstance(value, list)):
+        elif top in ("trainer", "merge_lora", "tools") or (top == "rewards" and not isinstance(value, list)):
             value = typed(value, expect[top], top)
+            if top == "tools":
+                resolve_tools(value)  # unknown names: the known ones
         recipe[top] = value
         return
     section = recipe.get(top)
@@ -355,6 +360,27 @@ def check_columns(rewards: list[RewardEntry], columns: set[str], where: str) -> 
                 raise ValueError(f"reward {r.name!r} needs the dataset column {col}, which {where} lacks (has: {have})")
 
 
+# ------------------------------------------------------------------------------------------ tools
+def resolve_tools(names: Any) -> list[Any]:
+    """The functions of a recipe's ``tools:`` (names of BUILTIN_TOOLS); None: none."""
+    if names is None:
+        return []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"tools: expected a list of built-in tool names, e.g. [calculator], got {names!r}")
+    out = []
+    for i, name in enumerate(names):
+        if name not in BUILTIN_TOOLS:
+            raise ValueError(
+                f"tools: unknown tool {name!r}{suggest(name, BUILTIN_TOOLS)}; built-in tools: {', '.join(BUILTIN_TOOLS)}"
+            )
+        if name in names[:i]:
+            raise ValueError(f"tools: {name!r} is listed twice")
+        from aha.tools.calculator import calculator  # the one built-in tool so far
+
+        out.append(calculator)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the recipe
 @dataclass
 class Recipe:
@@ -372,6 +398,10 @@ class Recipe:
     eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     translated: dict[str, Any] | None = None  # an Open R1/TRL config's aha recipe (after --set), as written
+    tools: list[str] = field(default_factory=list)  # names of BUILTIN_TOOLS (tool_functions() resolves them)
+
+    def tool_functions(self) -> list[Any]:
+        return resolve_tools(self.tools)
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -384,6 +414,8 @@ class Recipe:
         if self.kind == "grpo":
             out["rewards"] = [{"name": r.name, "weight": r.weight, **r.params} for r in self.rewards]
         out |= {"peft": self.peft, "merge_lora": self.merge_lora, "eval": self.eval}
+        if self.tools:
+            out["tools"] = list(self.tools)
         training = dataclasses.asdict(self.config)
         out["training"] = {"output_dir": self.output_dir, **training}
         return out
@@ -511,6 +543,7 @@ def load_recipe(
     if merge_lora and peft is None:
         raise ValueError("merge_lora needs a LoRA run (a `peft:` section)")
     recipe = Recipe(kind, src, model, raw.get("dataset"), config, output_dir, rewards, peft, merge_lora, None, notes)
+    recipe.tools = _check_tools(raw.get("tools"), kind, src, notes)
     if translated is not None:
         recipe.translated = copy.deepcopy(raw)
         notes[:0] = translated
@@ -521,6 +554,7 @@ def load_recipe(
             raise ValueError(f"peft: {e}") from None
 
     columns = probe_dataset(recipe.dataset, tok, "dataset", notes)
+    _task_tools_note(recipe.dataset, recipe.tools, notes)
     needs = [("prompt",), ("completion",)] if kind == "sft" else []
     if columns is not None:
         check_columns(rewards, columns, spec_name(recipe.dataset))
@@ -534,6 +568,33 @@ def load_recipe(
         needs_text = ", ".join(" or ".join(n) for n in r.needs) or "no dataset column"
         notes.append(f"reward {r.name} (weight {r.weight:g}) needs {needs_text}")
     return recipe
+
+
+def _check_tools(tools: Any, kind: str, src: str, notes: list[str]) -> list[str]:
+    """The recipe's tool names, checked (BUILTIN_TOOLS); GRPO with tools is refused until its trainer takes them."""
+    resolve_tools(tools)
+    if not tools:
+        return []
+    if kind == "grpo":
+        raise ValueError(
+            f"{src}: tools: a GRPO recipe takes no tools yet (GRPOTrainer has no tool-calling rollout in this build); "
+            "give tools to an SFT recipe or stage, which renders them into the prompts"
+        )
+    notes.append(f"tools: {', '.join(tools)} (their schemas are rendered into every prompt)")
+    return list(tools)
+
+
+def _task_tools_note(spec: Any, tools: list[str], notes: list[str]) -> None:
+    """A note when the dataset is a task made for tools (its ``tools`` attribute) that the recipe does not give."""
+    from aha.tasks import task_class
+
+    cls = task_class(spec.get("task")) if isinstance(spec, dict) else None
+    wanted = list(getattr(cls, "tools", ()) or ())
+    if [t for t in wanted if t not in tools]:
+        notes.append(
+            f"dataset: task {spec['task']!r} is made for the tools {', '.join(wanted)}, which this recipe does not "
+            f"give (tools: [{', '.join(wanted)}] renders them into the prompts)"
+        )
 
 
 def _sft_config(values: dict[str, Any]) -> Any:

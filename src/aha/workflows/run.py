@@ -198,7 +198,9 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
                 model = peft_model(model, recipe.lora_config())
             console.print(f"[bold]SFT[/bold] on {len(rows)} examples")
             recipe.config.output_dir = str(run)
-            sft = SFTTrainer(model, recipe.config, rows, tok, logger=logger, description="SFT")
+            sft = SFTTrainer(
+                model, recipe.config, rows, tok, logger=logger, description="SFT", tools=recipe.tool_functions()
+            )
             state = sft.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
             result = {"steps": state.global_step}
             logged = [r for r in state.log_history if "loss" in r]  # not the summary row
