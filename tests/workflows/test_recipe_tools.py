@@ -1,4 +1,5 @@
-"""A recipe's `tools:` (built-in tool names): checked, passed to the SFT trainer, refused by GRPO for now."""
+"""A recipe's `tools:` (built-in names or file.py:fn): checked, passed to the SFT trainer (rendered into the prompts),
+the GRPO trainer (multi-turn rollouts) and the held-out evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from aha.workflows.pipeline import build_stages, dry_run_report, read_pipeline, validate
-from aha.workflows.recipe import BUILTIN_TOOLS, apply_set, load_recipe, read_recipe, resolve_tools
+from aha.workflows.recipe import apply_set, load_recipe, read_recipe, resolve_tools
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
@@ -26,16 +27,18 @@ def sft_recipe(tmp_path: Path, **extra) -> Path:
     return path
 
 
-def test_resolve_tools_names_the_known_ones():
+def test_resolve_tools_names_the_known_ones(tmp_path):
     from aha.tools.calculator import calculator
 
-    assert BUILTIN_TOOLS == ("calculator",)
     assert resolve_tools(["calculator"]) == [calculator] and resolve_tools(None) == []
-    with pytest.raises(ValueError, match=r"unknown tool 'calculater' \(did you mean 'calculator'\?\); built-in tools"):
-        resolve_tools(["calculater"])
-    with pytest.raises(ValueError, match="unknown tool 'search'.*built-in tools: calculator"):
+    assert [t.__name__ for t in resolve_tools(["calculator", "python"])] == ["calculator", "python"]
+    (tmp_path / "mytools.py").write_text(
+        'def double(x: int) -> int:\n    """Double it.\n\n    Args:\n        x: a number\n    """\n    return 2 * x\n'
+    )
+    assert resolve_tools(["mytools.py:double"], tmp_path)[0](4) == 8  # a relative file: next to the recipe
+    with pytest.raises(ValueError, match="tools: unknown tool 'search'.*built-in tools are calculator, python"):
         resolve_tools(["search"])
-    with pytest.raises(ValueError, match="tools: expected a list of built-in tool names"):
+    with pytest.raises(ValueError, match="tools: expected a list of tool names"):
         resolve_tools("calculator")
     with pytest.raises(ValueError, match="'calculator' is listed twice"):
         resolve_tools(["calculator", "calculator"])
@@ -73,14 +76,57 @@ def test_without_tools_a_task_made_for_them_gets_a_note(tmp_path):
     assert not any("made for the tools" in n for n in recipe.notes)
 
 
-def test_bad_tools_and_grpo_tools_are_refused(tmp_path):
+def test_bad_tools_are_refused_and_a_grpo_recipe_calls_them(tmp_path, monkeypatch):
+    import aha.train.grpo as grpo_mod
+    import aha.workflows.run as run
+
     with pytest.raises(ValueError, match="unknown tool 'abacus'"):
         load_recipe(sft_recipe(tmp_path, tools=["abacus"]), kind="sft")
-    grpo = read_recipe(RECIPES / "demo-grpo.yaml")
-    grpo["tools"] = ["calculator"]
+    grpo = {
+        "model": {"tiny": SMALL},
+        "dataset": {"task": "calculator", "digits": 2, "split": "train", "n": 8},
+        "rewards": ["correctness"],
+        "tools": ["calculator"],
+        "eval": {
+            "dataset": {"task": "calculator", "digits": 2, "split": "eval", "n": 4},
+            "samples": 1,
+            "max_new_tokens": 40,
+        },
+        "training": {
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "num_generations": 2,
+            "logging_steps": 1,
+            "max_completion_length": 40,
+            "max_tool_calling_iterations": 1,
+        },
+    }
     (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(grpo))
-    with pytest.raises(ValueError, match="tools: a GRPO recipe takes no tools yet"):
-        load_recipe(tmp_path / "grpo.yaml", kind="grpo")
+    recipe = load_recipe(tmp_path / "grpo.yaml", kind="grpo", out=str(tmp_path / "run"))
+    assert any("called in multi-turn rollouts" in n for n in recipe.notes)
+    seen = {}
+
+    class Spy(grpo_mod.GRPOTrainer):
+        def __init__(self, *args, tools=None, **kwargs):
+            seen["tools"] = tools
+            super().__init__(*args, tools=tools, **kwargs)
+
+    import aha.eval.evaluate as ev
+
+    real = ev.evaluate
+
+    def spy_eval(*args, tools=None, max_tool_iterations=None, **kwargs):
+        seen.setdefault("eval_tools", []).append((tools, max_tool_iterations))
+        return real(*args, tools=tools, max_tool_iterations=max_tool_iterations, **kwargs)
+
+    monkeypatch.setattr(grpo_mod, "GRPOTrainer", Spy)
+    monkeypatch.setattr(ev, "evaluate", spy_eval)
+    summary = run.run_recipe(recipe, plot=False)
+    from aha.tools.calculator import calculator
+
+    assert seen["tools"] == [calculator] and all(t == ([calculator], 1) for t in seen["eval_tools"])
+    assert summary["steps"] == 1
+    assert "tool_use_after" in summary and "tool_use_rate" in summary["eval"]
 
 
 def test_set_tools(tmp_path):
@@ -94,18 +140,18 @@ def test_set_tools(tmp_path):
     assert load_recipe(sft_recipe(tmp_path), ["tools=[calculator]"], kind="sft").tools == ["calculator"]
 
 
-def test_a_pipelines_sft_stage_takes_tools(tmp_path):
-    """recipes/tools-tiny.yaml: its cold-start stage gets the calculator; its grpo stage's tools wait for the GRPO
-    tool rollout (refused until then: with them set aside the draft is valid)."""
+def test_the_tools_tiny_pipeline_gives_both_stages_the_calculator(tmp_path):
+    """recipes/tools-tiny.yaml: its cold-start stage renders the calculator, its grpo stage calls it."""
     path = RECIPES / "tools-tiny.yaml"
     raw = read_pipeline(path)
     stages = build_stages(raw, path.parent)
-    with pytest.raises(ValueError, match="stage 2-grpo: .*a GRPO recipe takes no tools yet"):
-        validate(raw, stages, tmp_path)
-    report = dry_run_report(path, ["stages.grpo.tools=null"], out=str(tmp_path / "out"))
+    validate(raw, stages, tmp_path)
+    report = dry_run_report(path, out=str(tmp_path / "out"))
     resolved = yaml.safe_load(report)
     cold, grpo = resolved["stages"]
-    assert cold["tools"] == ["calculator"] and cold["dataset"]["task"] == "calculator"
+    assert (
+        cold["tools"] == ["calculator"] and grpo["tools"] == ["calculator"] and cold["dataset"]["task"] == "calculator"
+    )
     assert cold["dataset"]["split"] == "sft" and grpo["training"]["max_completion_length"] == 160
     assert grpo["rewards"] == ["correctness"] and resolved["stages"][0]["eval"]["dataset"]["split"] == "eval"
     assert "# stage 1-cold-start: tools: calculator" in report

@@ -368,16 +368,24 @@ def _may_continue(stage: Stage, stage_dir: Path) -> bool:
 
 
 HELD_OUT = ("accuracy", "pass1", "format", "length")  # a training stage's summary.json <key>_after (workflows.run)
+TOOL_HELD_OUT = ("tool_use",)  # with tools: the share of greedy held-out completions that call one
+
+
+def held_out_keys(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """HELD_OUT, plus the tool-use rate where a stage measured it."""
+    return HELD_OUT + tuple(k for k in TOOL_HELD_OUT if any(r.get(k) is not None for r in rows))
 
 
 def _row(stage: Stage, summary: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
     row: dict[str, Any] = {"stage": stage.dirname, "kind": stage.kind, "seconds": summary.get("seconds")}
     if stage.kind == "sample":
         row |= {"kept": summary["kept"], "mean_pass_rate": summary["mean_pass_rate"]}
-        for k in HELD_OUT:  # the model is unchanged
-            row[k] = (previous or {}).get(k)
+        for k in HELD_OUT + TOOL_HELD_OUT:  # the model is unchanged
+            if (previous or {}).get(k) is not None or k in HELD_OUT:
+                row[k] = (previous or {}).get(k)
     else:
         row |= {k: summary.get(f"{k}_after") for k in HELD_OUT}
+        row |= {k: summary[f"{k}_after"] for k in TOOL_HELD_OUT if f"{k}_after" in summary}
         row |= {k: summary[k] for k in ("steps", "reward", "loss") if k in summary}
     return row
 
@@ -389,7 +397,7 @@ def before_after(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if len(evaluated) < 2:
         return {}
     first, last = evaluated[0], evaluated[-1]
-    return {f"{k}_{when}": r.get(k) for k in HELD_OUT for when, r in (("before", first), ("after", last))}
+    return {f"{k}_{when}": r.get(k) for k in held_out_keys(rows) for when, r in (("before", first), ("after", last))}
 
 
 # what a pipeline writes: its recipe, the stage directories <i>-<name>/, their recipes, the summary (and the demo's
@@ -424,7 +432,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def fmt(v: Any) -> str:
         return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    columns = ("stage", "kind", *HELD_OUT, "seconds")
+    columns = ("stage", "kind", *held_out_keys(rows), "seconds")
     table = Table(title="held-out accuracy after each stage")
     for col in columns:
         table.add_column(col, justify="left" if col in ("stage", "kind") else "right")
@@ -469,7 +477,9 @@ def run_pipeline(
             else:
                 summary = run_training_stage(config, run_dir, stage_dir, plot, base)
                 if not rows and summary.get("accuracy_before") is not None:  # the starting model's accuracy
-                    new.append({"stage": "0-start", "kind": "-", **{k: summary.get(f"{k}_before") for k in HELD_OUT}})
+                    start = {k: summary.get(f"{k}_before") for k in HELD_OUT}
+                    start |= {k: summary[f"{k}_before"] for k in TOOL_HELD_OUT if f"{k}_before" in summary}
+                    new.append({"stage": "0-start", "kind": "-", **start})
             new.append(_row(st, summary, (rows + new)[-1] if rows + new else None))
             rows += new
             _write_atomic(done, json.dumps({"config": config, "rows": new}, indent=2, default=str) + "\n")

@@ -10,7 +10,8 @@ Top-level keys (anything else is an error with a suggestion)::
     peft: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}   # optional LoRA
     merge_lora: false        # also save the adapter merged into the base (RUN/merged/)
     eval: {dataset: {task: arithmetic, split: eval, n: 100}, samples: 4}   # optional held-out evaluation
-    tools: [calculator]      # SFT only for now: built-in tools (BUILTIN_TOOLS) rendered into the prompts
+    tools: [calculator]      # tools the model may call: built-in (calculator, python) or file.py:fn (SFT renders
+                             # them into the prompts; GRPO runs them in multi-turn rollouts; eval too)
     training: {learning_rate: 1.0e-5, ...}   # GRPOConfig fields (aha train) or SFTConfig fields (aha sft)
 
 An Open R1 / ``trl grpo --config`` file (flat, with ``model_name_or_path``) is read as the aha recipe it means
@@ -43,7 +44,6 @@ from aha.train.config import GRPOConfig
 from aha.workflows.openr1 import ORIGIN, is_openr1_config, translate
 
 TOP_KEYS = ("trainer", "model", "dataset", "rewards", "peft", "merge_lora", "eval", "training", "tools")
-BUILTIN_TOOLS = ("calculator",)  # the tools a recipe's `tools:` may name (aha.tools.<name>.<name>)
 EVAL_TYPES = {
     "dataset": "dict",
     "samples": "int",
@@ -185,7 +185,7 @@ def _apply(
         elif top in ("trainer", "merge_lora", "tools") or (top == "rewards" and not isinstance(value, list)):
             value = typed(value, expect[top], top)
             if top == "tools":
-                resolve_tools(value)  # unknown names: the known ones
+                resolve_tools(value, base)  # unknown names: the known ones
         recipe[top] = value
         return
     section = recipe.get(top)
@@ -361,24 +361,22 @@ def check_columns(rewards: list[RewardEntry], columns: set[str], where: str) -> 
 
 
 # ------------------------------------------------------------------------------------------ tools
-def resolve_tools(names: Any) -> list[Any]:
-    """The functions of a recipe's ``tools:`` (names of BUILTIN_TOOLS); None: none."""
+def resolve_tools(names: Any, base: Path | None = None) -> list[Any]:
+    """The functions of a recipe's ``tools:``: built-in names (``aha.tools.BUILTIN_TOOLS``) or ``file.py:fn`` /
+    ``module:fn`` (a relative file read from `base`, the recipe's directory); None: none."""
+    from aha.tools import resolve_tools as resolve
+
     if names is None:
         return []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"tools: expected a list of built-in tool names, e.g. [calculator], got {names!r}")
-    out = []
+        raise ValueError(f"tools: expected a list of tool names, e.g. [calculator], got {names!r}")
     for i, name in enumerate(names):
-        if name not in BUILTIN_TOOLS:
-            raise ValueError(
-                f"tools: unknown tool {name!r}{suggest(name, BUILTIN_TOOLS)}; built-in tools: {', '.join(BUILTIN_TOOLS)}"
-            )
         if name in names[:i]:
             raise ValueError(f"tools: {name!r} is listed twice")
-        from aha.tools.calculator import calculator  # the one built-in tool so far
-
-        out.append(calculator)
-    return out
+    try:
+        return resolve(names, base)
+    except ValueError as e:
+        raise ValueError(f"tools: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ the recipe
@@ -398,10 +396,11 @@ class Recipe:
     eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     translated: dict[str, Any] | None = None  # an Open R1/TRL config's aha recipe (after --set), as written
-    tools: list[str] = field(default_factory=list)  # names of BUILTIN_TOOLS (tool_functions() resolves them)
+    tools: list[str] = field(default_factory=list)  # tool names / file.py:fn (tool_functions() resolves them)
+    base: Path | None = None  # where relative files (rewards, tools) are read from: the recipe's directory
 
     def tool_functions(self) -> list[Any]:
-        return resolve_tools(self.tools)
+        return resolve_tools(self.tools, self.base)
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -543,7 +542,8 @@ def load_recipe(
     if merge_lora and peft is None:
         raise ValueError("merge_lora needs a LoRA run (a `peft:` section)")
     recipe = Recipe(kind, src, model, raw.get("dataset"), config, output_dir, rewards, peft, merge_lora, None, notes)
-    recipe.tools = _check_tools(raw.get("tools"), kind, src, notes)
+    recipe.base = where
+    recipe.tools = _check_tools(raw.get("tools"), kind, where, notes)
     if translated is not None:
         recipe.translated = copy.deepcopy(raw)
         notes[:0] = translated
@@ -570,17 +570,13 @@ def load_recipe(
     return recipe
 
 
-def _check_tools(tools: Any, kind: str, src: str, notes: list[str]) -> list[str]:
-    """The recipe's tool names, checked (BUILTIN_TOOLS); GRPO with tools is refused until its trainer takes them."""
-    resolve_tools(tools)
+def _check_tools(tools: Any, kind: str, base: Path, notes: list[str]) -> list[str]:
+    """The recipe's tools, checked (each resolves to a function with a schema)."""
+    resolve_tools(tools, base)
     if not tools:
         return []
-    if kind == "grpo":
-        raise ValueError(
-            f"{src}: tools: a GRPO recipe takes no tools yet (GRPOTrainer has no tool-calling rollout in this build); "
-            "give tools to an SFT recipe or stage, which renders them into the prompts"
-        )
-    notes.append(f"tools: {', '.join(tools)} (their schemas are rendered into every prompt)")
+    what = "rendered into every prompt" if kind == "sft" else "called in multi-turn rollouts"
+    notes.append(f"tools: {', '.join(tools)} ({what})")
     return list(tools)
 
 

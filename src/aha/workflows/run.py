@@ -74,7 +74,14 @@ def evaluate_recipe(recipe: Recipe, model: Any, tok: Any, data: tuple[list[dict[
         seed=ev["seed"],
         batch_size=ev["batch_size"],
     )
-    _, metrics = evaluate(model, tok, rows, verifier, cfg, label=label)
+    # the tools the model trained with; else those of a tool-using eval task (as `aha eval` gives them)
+    tools = recipe.tool_functions() or None
+    if tools is None and verifier.task is not None and getattr(verifier.task, "tools", ()):
+        from aha.tools import resolve_tools
+
+        tools = resolve_tools(list(verifier.task.tools))
+    limit = getattr(recipe.config, "max_tool_calling_iterations", None)
+    _, metrics = evaluate(model, tok, rows, verifier, cfg, label=label, tools=tools, max_tool_iterations=limit)
     return metrics
 
 
@@ -85,11 +92,15 @@ BEFORE_AFTER = (
     ("pass1", "pass@1"),
     ("format", "greedy_format_rate"),
     ("length", "greedy_mean_length"),
+    ("tool_use", "greedy_tool_use_rate"),  # with tools: the share of greedy completions that call one
+    ("tool_use_sampled", "tool_use_rate"),
 )
 
 
 def _before_after(summary: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]) -> None:
     for key, metric in BEFORE_AFTER:
+        if metric not in after:
+            continue
         summary[f"{key}_after"] = after.get(metric)
         if before is not None:
             summary[f"{key}_before"] = before.get(metric)
@@ -182,6 +193,7 @@ def run_recipe(recipe: Recipe, overwrite: bool = False, plot: bool = True, resum
                 rows,
                 processing_class=tok,
                 peft_config=recipe.lora_config(),
+                tools=recipe.tool_functions() or None,
             )
             trainer.logger = logger
             state = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
