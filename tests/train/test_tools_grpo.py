@@ -132,10 +132,13 @@ def test_two_turn_batch_masks_the_tool_result_out_of_the_loss(small_tiny, tmp_pa
     assert hidden.any() and lp.grad[hidden].abs().max() == 0 and lp.grad[loss_mask(b).bool()].abs().max() > 0
 
 
-def test_trl_program_with_tools_runs_with_only_the_import_changed(small_tiny, tmp_path):
-    """The program as TRL's docs write it (tools=[...], max_tool_calling_iterations), on the real sampler."""
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_trl_program_with_tools_runs_with_only_the_import_changed(small_tiny, tmp_path, backend):
+    """The program as TRL's docs write it (tools=[...], max_tool_calling_iterations), on aha's sampler and on
+    transformers' generate."""
     model, tok = small_tiny
     args = GRPOConfig(
+        rollout_backend=backend,
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
         num_generations=4,
