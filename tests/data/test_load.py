@@ -304,6 +304,21 @@ def test_few_shot_turns_go_before_the_question_after_the_system_prompt(tmp_path)
     assert load_rows({"path": str(f)})[0]["prompt"] == "2+2"  # unchanged without few_shot
 
 
+def test_a_few_shot_exchange_with_a_tool_call():
+    exchange = [
+        {"role": "user", "content": "12*34"},
+        {
+            "role": "assistant",
+            "content": '<tool_call>{"name": "calculator", "arguments": {"expression": "12*34"}}</tool_call>',
+        },
+        {"role": "tool", "name": "calculator", "content": "408"},
+        {"role": "assistant", "content": "<answer>408</answer>"},
+    ]
+    shot = [{"messages": exchange}, {"user": "2+2", "assistant": "<answer>4</answer>"}]
+    (row,) = load_rows({"task": "arithmetic", "n": 1, "instruction": False, "few_shot": shot})
+    assert row["prompt"][:4] == exchange and [m["role"] for m in row["prompt"][4:]] == ["user", "assistant", "user"]
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -311,6 +326,9 @@ def test_few_shot_turns_go_before_the_question_after_the_system_prompt(tmp_path)
         ("12+7", "non-empty list"),
         ([{"user": "q"}], r"few_shot\[0\] must have exactly the keys user and assistant"),
         ([{"user": "q", "assistant": " "}], r"few_shot\[0\]\.assistant must be a non-empty string"),
+        ([{"messages": [{"role": "tool", "content": "5"}]}], r"few_shot\[0\]\.messages must start with a user"),
+        ([{"messages": [{"role": "robot", "content": "x"}]}], r"few_shot\[0\]\.messages\[0\] must be \{role"),
+        ([{"messages": [{"role": "user", "content": "x", "id": 1}]}], r"messages\[0\]: unknown keys \['id'\]"),
     ],
 )
 def test_bad_few_shot_is_refused_naming_the_example(bad, match):

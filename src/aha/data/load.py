@@ -228,7 +228,9 @@ def _with_system(prompt: Any, system_prompt: str, where: str) -> list[dict[str, 
 
 
 def few_shot_turns(few_shot: Any) -> list[dict[str, str]]:
-    """The chat turns of a spec's `few_shot` examples (a list of ``{user: text, assistant: text}``), checked."""
+    """The chat turns of a spec's `few_shot` examples, checked: each is ``{user: text, assistant: text}``, or
+    ``{messages: [...]}``, a whole solved exchange as chat messages (``user``, ``assistant`` and ``tool`` roles:
+    e.g. a question, a tool call, the tool's result, the answer)."""
     if few_shot is None:
         return []
     if not isinstance(few_shot, list) or not few_shot:
@@ -237,13 +239,41 @@ def few_shot_turns(few_shot: Any) -> list[dict[str, str]]:
         )
     turns: list[dict[str, str]] = []
     for i, ex in enumerate(few_shot):
+        if isinstance(ex, dict) and set(ex) == {"messages"}:
+            turns += few_shot_messages(ex["messages"], i)
+            continue
         if not isinstance(ex, dict) or set(ex) != {"user", "assistant"}:
-            raise ValueError(f"data: few_shot[{i}] must have exactly the keys user and assistant, got {ex!r:.80}")
+            raise ValueError(
+                f"data: few_shot[{i}] must have exactly the keys user and assistant (or messages), got {ex!r:.80}"
+            )
         for role in ("user", "assistant"):
             if not isinstance(ex[role], str) or not ex[role].strip():
                 raise ValueError(f"data: few_shot[{i}].{role} must be a non-empty string, got {ex[role]!r:.80}")
             turns.append({"role": role, "content": ex[role]})
     return turns
+
+
+FEW_SHOT_ROLES = ("user", "assistant", "tool")
+
+
+def few_shot_messages(messages: Any, i: int) -> list[dict[str, str]]:
+    """A ``few_shot[i].messages`` list, checked: chat messages with a role of FEW_SHOT_ROLES and a text content
+    (a ``tool`` message may name its tool), starting with the user's and ending with the assistant's."""
+    where = f"data: few_shot[{i}].messages"
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where} must be a non-empty list of {{role: ..., content: ...}}, got {messages!r:.80}")
+    out = []
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in FEW_SHOT_ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(
+                f"{where}[{j}] must be {{role: {' | '.join(FEW_SHOT_ROLES)}, content: text}}, got {m!r:.80}"
+            )
+        if set(m) - {"role", "content", "name"}:
+            raise ValueError(f"{where}[{j}]: unknown keys {sorted(set(m) - {'role', 'content', 'name'})}")
+        out.append({k: str(v) for k, v in m.items()})
+    if out[0]["role"] != "user" or out[-1]["role"] != "assistant":
+        raise ValueError(f"{where} must start with a user message and end with an assistant message")
+    return out
 
 
 def _with_context(prompt: Any, spec: dict[str, Any], where: str) -> Any:
