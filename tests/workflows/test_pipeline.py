@@ -170,3 +170,17 @@ def test_ctrl_c_in_a_training_stage_continues_from_its_checkpoint(tmp_path, monk
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "2-rs" / "samples.jsonl").read_text() == (tmp_path / "ref" / "2-rs" / "samples.jsonl").read_text()
+
+
+def test_tool_use_rates_join_the_table_only_where_a_stage_measured_them():
+    from aha.workflows.pipeline import HELD_OUT, before_after, held_out_keys
+
+    plain = [{"stage": "1-a", "kind": "sft", "accuracy": 0.1}, {"stage": "2-b", "kind": "grpo", "accuracy": 0.5}]
+    assert held_out_keys(plain) == HELD_OUT and "tool_use_before" not in before_after(plain)
+    tools = [
+        {**plain[0], "tool_use": 1.0, "tool_use_sampled": 0.5},
+        {**plain[1], "tool_use": 1.0, "tool_use_sampled": 0.9},
+    ]
+    assert held_out_keys(tools) == (*HELD_OUT, "tool_use", "tool_use_sampled")
+    got = before_after(tools)
+    assert got["tool_use_sampled_before"] == 0.5 and got["tool_use_sampled_after"] == 0.9

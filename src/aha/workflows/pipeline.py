@@ -368,7 +368,7 @@ def _may_continue(stage: Stage, stage_dir: Path) -> bool:
 
 
 HELD_OUT = ("accuracy", "pass1", "format", "length")  # a training stage's summary.json <key>_after (workflows.run)
-TOOL_HELD_OUT = ("tool_use",)  # with tools: the share of greedy held-out completions that call one
+TOOL_HELD_OUT = ("tool_use", "tool_use_sampled")  # with tools: the share of greedy / sampled completions calling one
 
 
 def held_out_keys(rows: list[dict[str, Any]]) -> tuple[str, ...]:
