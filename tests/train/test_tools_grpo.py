@@ -215,6 +215,10 @@ def test_environment_factory_gives_tools_and_the_reward(small_tiny, tmp_path, mo
     assert len(kwargs_seen) == 2 and all(isinstance(e, Counter) for e in kwargs_seen[0])
     assert [id(e) for e in kwargs_seen[0]] == [id(e) for e in kwargs_seen[1]]
     assert [f.__name__ for f in trainer2.reward_funcs] == ["spy", "Counter"]
+    # reward_weights for reward_funcs only: the environment's reward gets weight 1, the caller's config untouched
+    cfg = _cfg(tmp_path / "c", reward_weights=[0.5])
+    trainer3 = GRPOTrainer(model, spy, cfg, _questions(), processing_class=tok, environment_factory=Counter)
+    assert trainer3.args.reward_weights == [0.5, 1.0] and cfg.reward_weights == [0.5]
 
 
 def test_environment_dict_routes_rows_by_their_environment_column(small_tiny, tmp_path, monkeypatch):

@@ -163,6 +163,7 @@ class GRPOTrainer:
             self.reward_funcs += env_rewards
             self.reward_processing_classes += [None] * len(env_rewards)
             if a.reward_weights is not None and len(a.reward_weights) == len(self.reward_funcs) - len(env_rewards):
+                self.args = a = copy.copy(a)  # the caller's config is left as it was
                 a.reward_weights = [*a.reward_weights, *([1.0] * len(env_rewards))]
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise ValueError(
