@@ -201,3 +201,24 @@ def test_each_row_uses_its_own_toolbox(tok):
     out = run_tool_loop(Script(tok, script), [ids(tok, "q")] * 2, boxes, tok, "hermes", [eos], 400)
     assert [e.n for e in envs] == [2, 5]
     assert [c[1]["content"] for c in out.completions] == ["2", "5"]
+
+
+def test_a_tool_that_hangs_times_out_and_the_model_goes_on(tok):
+    import time
+
+    def slow(x: int) -> int:
+        """Takes too long.
+
+        Args:
+            x: anything
+        """
+        time.sleep(5)
+        return x
+
+    eos = tok.eos_token_id
+    script = [[call_text("slow", x=1), "<answer>gave up</answer>"]]
+    start = time.perf_counter()
+    out = run_tool_loop(Script(tok, script), [ids(tok, "q")], [Toolbox([slow], timeout=0.3)], tok, "hermes", [eos], 400)
+    assert time.perf_counter() - start < 3
+    assert "timed out" in out.completions[0][1]["content"] and out.failures == [1] and out.turns == [2]
+    assert out.completions[0][-1]["content"] == "<answer>gave up</answer>"
