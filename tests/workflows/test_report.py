@@ -98,3 +98,14 @@ def test_plot_cli(tmp_path, capsys):
     assert (run / "plots" / "reward.png").exists()
     assert main(["plot", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_tool_run_gets_its_tool_use_curve(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        {"phase": "grpo", "step": s, "reward": s / 10, "tools/used": s / 5, "tools/masked_share": 0.2}
+        for s in (1, 2, 3)
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert "tool_use.png" in {p.name for p in plot_run(run)}

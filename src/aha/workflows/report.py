@@ -74,6 +74,17 @@ FIXED_SPECS = [
         [("frac_reward_zero_std", "zero reward spread")],
         percent=True,
     ),
+    PlotSpec(
+        "tool_use",
+        "Tool use in the rollouts",
+        "fraction",
+        [
+            ("tools/used", "completions calling a tool"),
+            ("tools/failure_frequency", "calls that failed"),
+            ("tools/masked_share", "tokens the model did not write"),
+        ],
+        percent=True,
+    ),
     PlotSpec("sft_loss", "Cold-start SFT loss", "cross-entropy loss", [("loss", "loss")], phase="sft"),
 ]
 
