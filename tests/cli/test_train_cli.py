@@ -23,10 +23,10 @@ FAST = [
 # the dataset swap each recipe's header documents (demo and countdown already use a built-in task)
 DATASET = {r: "dataset={task: arithmetic, n: 64}" for r in ("smoltldr", "gsm8k", "openr1-math", "r1-zero")}
 DATASET |= {"demo-grpo": "dataset.n=64", "countdown": "dataset.n=64"}
-PIPELINE_RECIPES = ["demo", "r1-pipeline-tiny"]
+PIPELINE_RECIPES = ["demo", "r1-pipeline-tiny", "tools-tiny"]
 # the real model's recipes (its fetched directory is not here in `make test`): smoke-tested on the tiny model in
 # tests/workflows/test_recipe.py, run for real by hand (README's table)
-REAL_MODEL_RECIPES = ["smollm2-reasoning", "smollm2-smoltldr"]
+REAL_MODEL_RECIPES = ["smollm2-reasoning", "smollm2-smoltldr", "smollm2-tools"]
 RG_RECIPES = ["rg-tiny"]  # need reasoning-gym: run in tests/tasks/test_reasoning_gym.py (skipped without it)
 
 

@@ -152,7 +152,8 @@ def test_logged_names_and_events_are_trls(small_tiny, tmp_path):
 
 def test_every_trl_trainer_argument_is_taken_or_refused_clearly(small_tiny, tmp_path):
     """Each argument of TRL 1.16's GRPOTrainer exists by name in aha's; those aha does not take are refused with
-    what to use instead, and reward_funcs (optional in TRL for environments) is required with a clear error."""
+    what to use instead, and reward_funcs (optional in TRL for environments that give the reward) is required
+    otherwise, with a clear error (tools and environment_factory: tests/train/test_tools_grpo.py)."""
     import inspect
 
     trl = pytest.importorskip("trl")
@@ -164,9 +165,7 @@ def test_every_trl_trainer_argument_is_taken_or_refused_clearly(small_tiny, tmp_
     refused = {
         "optimizers": ((object(), None), "GRPOConfig.optim"),
         "quantization_config": (object(), "does not load quantised"),
-        "tools": ([len], "tool calling"),
-        "rollout_func": (len, "custom rollout functions"),
-        "environment_factory": (object, "environments are not supported"),
+        "rollout_func": (len, "aha runs the rollouts itself"),
     }
     for name, (value, message) in refused.items():
         with pytest.raises(ValueError, match=message):

@@ -157,3 +157,21 @@ def test_the_tools_tiny_pipeline_gives_both_stages_the_calculator(tmp_path):
     assert "# stage 1-cold-start: tools: calculator" in report
     with pytest.raises(ValueError, match="unknown tool 'abacus'"):
         dry_run_report(path, ["stages.cold-start.tools=[abacus]"], out=str(tmp_path / "out"))
+
+
+def test_the_smollm2_tools_pipeline_smoke_on_the_tiny_model(tmp_path):
+    """recipes/smollm2-tools.yaml's stages on the tiny model for a step each: cold start with the calculator's
+    traces, GRPO calling it, the held-out tool-use rate before and after."""
+    import json
+
+    from aha.cli import main
+
+    sets = ["model=tiny", "training.bf16=false", "eval.dataset.n=4", "eval.max_new_tokens=24"]
+    sets += ["stages.cold-start.training.max_steps=2", "stages.cold-start.dataset.n=16"]
+    sets += ["stages.grpo.training.max_steps=1", "stages.grpo.training.max_completion_length=24"]
+    sets += ["stages.grpo.training.per_device_train_batch_size=8", "stages.grpo.dataset.n=8"]
+    args = ["pipeline", str(RECIPES / "smollm2-tools.yaml"), "--out", str(tmp_path / "run")]
+    assert main([*args, *[x for s in sets for x in ("--set", s)]]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["0-start", "1-cold-start", "2-grpo"]
+    assert "tool_use_before" in summary and "tool_use_sampled_after" in summary
