@@ -31,13 +31,19 @@ def encode_prompts(
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     if max_prompt_length is not None:
         ids = [x[-max_prompt_length:] for x in ids]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
+    return left_pad(ids, tokenizer.pad_token_id, device)
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as left-padded ids and mask, (B, P) (P the longest row, at least 1)."""
+    width = max(1, max((len(r) for r in rows), default=1))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, x in enumerate(rows):
         if x:
-            input_ids[i, width - len(x) :] = torch.tensor(x)
+            input_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
             mask[i, width - len(x) :] = 1
     return input_ids.to(device), mask.to(device)
 

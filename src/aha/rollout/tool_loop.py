@@ -167,7 +167,7 @@ def complete_with_tools(
     The rows of every batch are concatenated into one :class:`ToolRollout`."""
     import torch
 
-    from aha.data.prompts import encode_prompts, eos_ids
+    from aha.data.prompts import encode_prompts, eos_ids, left_pad
     from aha.rollout.sampler import sample
     from aha.tools.calls import detect_format, render_tool_prompt
 
@@ -177,10 +177,8 @@ def complete_with_tools(
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def generate(rows_prompts: list[list[int]], rows: list[int], max_new: int, turn: int):
-        width = max(len(p) for p in rows_prompts)
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows_prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows_prompts], device=device)
+        ids, mask = left_pad(rows_prompts, pad, device)
         p = dataclasses.replace(params, max_new_tokens=max_new)
         out = sample(model, ids, mask, p, eos, pad, generator=gen, backend=backend, dtype=dtype)
         cut = []

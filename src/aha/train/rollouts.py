@@ -44,7 +44,7 @@ from typing import Any, TypedDict
 import torch
 import torch.nn.functional as F
 
-from aha.data.prompts import encode_prompts, is_conversational, render_prompt
+from aha.data.prompts import encode_prompts, is_conversational, left_pad, render_prompt
 from aha.grpo import completion_mask_after_eos, compute_advantages, dapo_num_items, group_rewards, zero_std_groups
 from aha.rewards.scoring import RewardLogs, score
 from aha.rollout.sampler import SamplingParams, fast_decode_status, sample
@@ -393,19 +393,7 @@ class RolloutSource:
         elif a.use_vllm:
             completion_ids, sampling_logps = self.vllm_generate(prompt_ids, prompt_mask, params, row_seeds)
         else:
-            with full_weights(self.sharded_model):
-                completion_ids = sample(
-                    self.model,
-                    prompt_ids,
-                    prompt_mask,
-                    params,
-                    self.eos,
-                    tok.pad_token_id,
-                    generator,
-                    a.rollout_backend,
-                    row_seeds=row_seeds,
-                    dtype=self.sample_dtype,
-                )  # (n, T)
+            completion_ids = self.sample_local(prompt_ids, prompt_mask, params, generator, row_seeds)  # (n, T)
         if tools is None:
             completion_mask = completion_mask_after_eos(completion_ids, self.eos)  # (n, T)
             truncated = ~torch.isin(completion_ids, torch.tensor(self.eos, device=self.device)).any(1)  # (n,)
@@ -478,6 +466,23 @@ class RolloutSource:
             info |= tool_metrics([c for part in gather_objects(acc, tool_counts(tools)) for c in part])  # type: ignore[union-attr]
         return Rollout(batch, info, rows, rewards)
 
+    def sample_local(self, prompt_ids, prompt_mask, params, generator, row_seeds) -> torch.Tensor:
+        """Completion ids (n, T) from aha's sampler (or transformers' generate: ``rollout_backend``) on the policy,
+        its weights gathered first under FSDP."""
+        with full_weights(self.sharded_model):
+            return sample(
+                self.model,
+                prompt_ids,
+                prompt_mask,
+                params,
+                self.eos,
+                self.tokenizer.pad_token_id,
+                generator,
+                self.args.rollout_backend,
+                row_seeds=row_seeds,
+                dtype=self.sample_dtype,
+            )
+
     def tool_rollout(self, prompt_ids, prompt_mask, boxes, params, generator, row_seeds) -> ToolRollout:
         """The multi-turn rollouts of a batch with tools (``aha.rollout.tool_loop``): each turn sampled by aha's
         sampler or vLLM, each row's turn k from its own seed (its row seed + k · 2³²)."""
@@ -489,19 +494,7 @@ class RolloutSource:
             if a.use_vllm:
                 return self.vllm_engine().generate(prompts, p, seeds)
             ids, mask = left_pad(prompts, tok.pad_token_id, self.device)
-            with full_weights(self.sharded_model):
-                out = sample(
-                    self.model,
-                    ids,
-                    mask,
-                    p,
-                    self.eos,
-                    tok.pad_token_id,
-                    generator,
-                    a.rollout_backend,
-                    row_seeds=seeds,
-                    dtype=self.sample_dtype,
-                )  # (r, T)
+            out = self.sample_local(ids, mask, p, generator, seeds)  # (r, T)
             keep = completion_mask_after_eos(out, self.eos).sum(1).tolist()
             return [row[:k] for row, k in zip(out.tolist(), keep)], None
 
@@ -642,18 +635,6 @@ def loss_mask(batch: Batch) -> torch.Tensor:
     template glue of a multi-turn rollout (its forward still attends to them: ``completion_mask``)."""
     mask = batch["completion_mask"]
     return mask * batch["tool_mask"] if "tool_mask" in batch else mask
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists as left-padded ids and mask, (n, P)."""
-    width = max(1, max((len(r) for r in rows), default=1))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def tool_tensors(
