@@ -2,8 +2,10 @@
 
 The replies come from aha's own sampler (:func:`aha.rollout.engine.stream_completion`, the fast decoder where the
 model allows it), the one training and ``aha eval`` sample with, so a chat shows what they see; each reply is
-printed as its tokens are drawn (the sampler's per-token hook). Heavy
-libraries (torch, transformers) are imported in :func:`run`, so ``aha chat --help`` is quick.
+printed as its tokens are drawn (the sampler's per-token hook). With ``--tool`` the model may call tools: each call
+and its result are shown (``→ calculator({...})``, ``← 42``) and the model goes on from the result, as in training
+(:mod:`aha.tools.calls`). Heavy libraries (torch, transformers) are imported in :func:`run`, so ``aha chat --help``
+is quick.
 """
 
 from __future__ import annotations

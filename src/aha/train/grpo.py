@@ -21,6 +21,10 @@ As TRL's trainer it also evaluates (``eval_dataset``, ``eval_strategy``/``eval_s
 ``trainer.evaluate()``: the eval prompts' rewards and loss under TRL's ``eval_`` names), runs
 ``transformers.TrainerCallback`` objects (``aha.train.callbacks``), takes streams (``IterableDataset``, with
 ``max_steps``) and synchronises π_ref with the policy (``sync_ref_model``, TR-DPO).
+
+With ``tools=`` / ``environment_factory=`` (``aha.train.environments``) the rollouts are multi-turn: the model's
+tool calls are run and their results appended (``aha.rollout.tool_loop``), and the batch's ``tool_mask`` keeps
+those tokens out of the loss, the KL and the entropy (``aha.train.rollouts.loss_mask``).
 """
 
 from __future__ import annotations
