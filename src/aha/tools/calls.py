@@ -165,8 +165,18 @@ def _probe() -> dict[str, Any]:
     }
 
 
+RENDERS_TOOLS: dict[tuple[int, str], bool] = {}  # (tokenizer id, template text) -> renders_tools's answer
+
+
 def renders_tools(tokenizer, chat_template: str | None = None) -> bool:
-    """Does the chat template put the tools it is given into the prompt?"""
+    """Does the chat template put the tools it is given into the prompt? (Probed once per tokenizer and template.)"""
+    key = (id(tokenizer), _template_text(tokenizer, chat_template))
+    if key not in RENDERS_TOOLS:
+        RENDERS_TOOLS[key] = _probe_renders(tokenizer, chat_template)
+    return RENDERS_TOOLS[key]
+
+
+def _probe_renders(tokenizer, chat_template: str | None) -> bool:
     try:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": "hi"}],
