@@ -28,6 +28,38 @@ def has_digit(completions, **kwargs):  # 0/1: many groups tie (all 0 or all 1), 
     return [float(any(ch.isdigit() for ch in completion_text(c))) for c in completions]
 
 
+def correct(completions, answer, **kwargs):
+    return [float(completion_text(c) == f"<answer>{a}</answer>") for c, a in zip(completions, answer)]
+
+
+def scripted_tool_calls(tok) -> None:
+    """aha's sampler replaced by a script that depends on the row alone (its seed and its conversation), so that a
+    row's turns are the same whichever process samples it: odd seeds call the calculator on the question and then
+    answer with its result, even ones guess 0."""
+    import json as _json
+
+    import aha.train.rollouts as rollouts
+
+    def sample(model, ids, mask, params, eos, pad, generator=None, backend="fast", row_seeds=None, **kw):
+        out = []
+        for r, m, seed in zip(ids, mask, row_seeds):
+            text = tok.decode(r[m.bool()].tolist())
+            if "<|im_start|>tool\n" in text:
+                turn = "<answer>" + text.rsplit("<|im_start|>tool\n", 1)[1].split("<|im_end|>")[0] + "</answer>"
+            elif seed % 2:
+                q = text.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
+                turn = (
+                    "<tool_call>" + _json.dumps({"name": "calculator", "arguments": {"expression": q}}) + "</tool_call>"
+                )
+            else:
+                turn = "<answer>0</answer>"
+            out.append((tok(turn, add_special_tokens=False)["input_ids"] + [eos[0]])[: params.max_new_tokens])
+        width = max(len(x) for x in out)
+        return torch.tensor([x + [pad] * (width - len(x)) for x in out])
+
+    rollouts.sample = sample
+
+
 def main(kind: str, out: str, batch: int, run_dir: str) -> None:
     torch.manual_seed(0)
     model, tok = build_tiny(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
@@ -60,6 +92,14 @@ def main(kind: str, out: str, batch: int, run_dir: str) -> None:
             Path(out).with_suffix(".json").write_text(
                 json.dumps({"by_hand": trainer.loss_model is not trainer.train_model})
             )
+    elif kind == "grpo-tools":  # multi-turn rollouts: a scripted sampler calls the calculator on odd row seeds
+        from aha.tools import calculator
+
+        scripted_tool_calls(tok)
+        cfg = GRPOConfig(**common, max_steps=3, max_completion_length=120, save_steps=10)
+        rows = get_task("calculator", digits=2).rows("train", 64, seed=0)
+        trainer = GRPOTrainer(model, correct, cfg, rows, processing_class=tok, tools=[calculator])
+        trainer.train()
     elif kind == "grpo-resume":  # 2 steps per generation × 2 iterations: checkpoints fall in the middle of a batch
         stop = int(os.environ.get("AHA_TEST_STOP_AT", "0"))
 

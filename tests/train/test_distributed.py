@@ -72,6 +72,24 @@ def test_two_processes_equal_one_process_with_twice_the_batch(kind, tmp_path):
         assert (run / "checkpoint-2").is_dir() and (run / "model" / "model.safetensors").is_file()
 
 
+def test_tool_rollouts_on_two_processes_equal_one_process(tmp_path):
+    """Multi-turn rollouts with the calculator (a scripted sampler: calls depend on the row's seed): 2 processes ×
+    batch 6 end where 1 × 12 does, with the same tool metrics (gathered) and the same masked-token normaliser."""
+    one = _run("grpo-tools", tmp_path, 1, 12)
+    two = _run("grpo-tools", tmp_path, 2, 6)
+    _assert_same(one, two, _start())
+
+    def logged(procs: int) -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / f"grpo-tools-{procs}" / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = logged(1), logged(2)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert 0 < x["tools/call_frequency"] < 1 and x["tools/masked_share"] > 0
+        for k in ("tools/call_frequency", "tools/used", "tools/turns", "tools/masked_share", "reward"):
+            assert x[k] == pytest.approx(y[k]), k
+
+
 def test_dynamic_sampling_on_two_processes_equals_one_process(tmp_path):
     # kept groups gathered from both processes, then split evenly: same kept batch, same update as one process
     one = _run("grpo-dynamic", tmp_path, 1, 12)
