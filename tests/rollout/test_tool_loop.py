@@ -222,3 +222,35 @@ def test_a_tool_that_hangs_times_out_and_the_model_goes_on(tok):
     assert time.perf_counter() - start < 3
     assert "timed out" in out.completions[0][1]["content"] and out.failures == [1] and out.turns == [2]
     assert out.completions[0][-1]["content"] == "<answer>gave up</answer>"
+
+
+def test_a_llama3_template_rollout():
+    """The loop on Llama 3.1's own template (as TRL ships it): a JSON call in the whole turn, the result appended as
+    the template's ipython turn, masked."""
+    from pathlib import Path
+
+    trl = pytest.importorskip("trl")
+    path = Path(trl.__file__).parent / "chat_templates" / "llama3_1.jinja"
+    if not path.exists():
+        pytest.skip("TRL ships no llama3_1 template")
+    tok = build_tokenizer()
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|python_tag|>", "<|eot_id|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.eos_token = "<|eot_id|>"
+    tok.chat_template = path.read_text()
+    from aha.tools.calls import detect_format
+
+    fmt = detect_format(tok)
+    assert fmt == "llama3"
+    eos = tok.eos_token_id
+    call = json.dumps({"name": "add", "parameters": {"a": 20, "b": 22}})
+    out = run_tool_loop(
+        Script(tok, [[call, "The answer is 42."]]), [ids(tok, "q")], [Toolbox([add])], tok, fmt, [eos], 400
+    )
+    assert out.calls == [1] and out.turns == [2] and out.completions[0][1]["content"] == "42"
+    hidden = tok.decode([t for t, m in zip(out.completion_ids[0], out.tool_mask[0]) if not m])
+    assert (
+        hidden
+        == '<|start_header_id|>ipython<|end_header_id|>\n\n"42"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n'
+    )
+    assert out.completions[0][-1]["content"] == "The answer is 42."
