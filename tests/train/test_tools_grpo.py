@@ -273,6 +273,8 @@ def test_bad_tool_setups_are_one_clear_error(small_tiny, tmp_path):
         GRPOTrainer(model, correct, _cfg(tmp_path), _questions(), processing_class=tok, environment_factory=NoReset)
     with pytest.raises(ValueError, match="reward_funcs is required"):
         GRPOTrainer(model, None, _cfg(tmp_path), _questions(), processing_class=tok, tools=[multiply])
+    with pytest.raises(ValueError, match="train_dataset is required: aha does not take the prompts"):
+        GRPOTrainer(model, None, _cfg(tmp_path), None, processing_class=tok, environment_factory=Counter)
     plain = Dataset.from_list([{"prompt": "2*3", "answer": "6"}] * 4)
     trainer = GRPOTrainer(model, correct, _cfg(tmp_path), plain, processing_class=tok, tools=[multiply])
     with pytest.raises(ValueError, match="conversational prompts"):

@@ -97,6 +97,11 @@ class GRPOTrainer:
         self.args = args or GRPOConfig()
         a = self.args
         if train_dataset is None:
+            if environment_factory is not None:
+                raise ValueError(
+                    "GRPOTrainer: train_dataset is required: aha does not take the prompts from the environments' "
+                    "reset() (TRL's dataset-less environments); give a dataset of prompts (each row is passed to reset)"
+                )
             raise ValueError("GRPOTrainer: train_dataset is empty")
         check_prompts(train_dataset, "train_dataset")
         if not hasattr(train_dataset, "__len__") and a.max_steps <= 0:
