@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from aha.data.prompts import completion_text, is_conversational, render_prompt
 from aha.settings import check_types, require
 from aha.tools.calls import render_tool_prompt, tool_suffix_ids
-from aha.tools.toolbox import ToolResult
+from aha.tools.toolbox import ToolResult, tool_schema
 from aha.train.distributed import make_accelerator, sum_all
 from aha.train.loop import TrainerState, TrainingLoop
 from aha.train.metrics import MetricsLogger
@@ -231,22 +231,16 @@ class SFTBatches:
 
 
 def tool_schemas(tools: Sequence[Callable]) -> list[dict[str, Any]]:
-    """The JSON schemas of `tools` (``transformers.utils.get_json_schema``: type hints and a Google-style docstring
-    with an ``Args:`` section)."""
-    from transformers.utils import get_json_schema
-
+    """The JSON schemas of `tools`, as the GRPO rollouts describe them (:func:`aha.tools.toolbox.tool_schema`)."""
     out = []
     for fn in tools:
         if not callable(fn):
             raise ValueError(f"SFTTrainer(tools=...): each tool must be a function, got {fn!r}")
         try:
-            out.append(get_json_schema(fn))
-        except Exception as e:  # transformers raises its own TypeError/DocstringParsingException
+            out.append(tool_schema(fn))
+        except ValueError as e:
             name = getattr(fn, "__name__", repr(fn))
-            raise ValueError(
-                f"SFTTrainer(tools=...): tool {name!r} has no JSON schema ({e}); give it type hints and a docstring "
-                "with an Args: section describing each parameter"
-            ) from None
+            raise ValueError(f"SFTTrainer(tools=...): tool {name!r} has no JSON schema ({e})") from None
     return out
 
 
