@@ -51,6 +51,7 @@ class ToolUse:
             )
         self.shared = Toolbox(self.tools, timeout=timeout)  # checks every standalone tool's schema
         self.pool: dict[Any, list[Any]] = {}
+        self.boxes: dict[int, Toolbox] = {}  # id of a pooled instance -> its toolbox (schemas read once)
         self.reward_funcs: list[Callable] = []
         rewarded: set[type] = set()  # one reward column per environment class with get_reward (as TRL)
         for name, factory in (self.factories or {}).items():
@@ -99,7 +100,9 @@ class ToolUse:
             if observation is not None:
                 last = prompts[i][-1]
                 prompts[i] = [*prompts[i][:-1], {**last, "content": str(last["content"]) + str(observation)}]
-            boxes.append(Toolbox.from_environment(env, self.tools, timeout=self.timeout))
+            if id(env) not in self.boxes:  # pooled instances live as long as the trainer: their ids stay theirs
+                self.boxes[id(env)] = Toolbox.from_environment(env, self.tools, timeout=self.timeout)
+            boxes.append(self.boxes[id(env)])
         return prompts, boxes, envs
 
     def render(self, prompt: list[dict[str, Any]], box: Toolbox, chat_template_kwargs: dict | None) -> str:
