@@ -168,6 +168,7 @@ def complete_with_tools(
     import torch
 
     from aha.data.prompts import encode_prompts, eos_ids, left_pad
+    from aha.grpo import completion_mask_after_eos
     from aha.rollout.sampler import sample
     from aha.tools.calls import detect_format, render_tool_prompt
 
@@ -181,11 +182,8 @@ def complete_with_tools(
         ids, mask = left_pad(rows_prompts, pad, device)
         p = dataclasses.replace(params, max_new_tokens=max_new)
         out = sample(model, ids, mask, p, eos, pad, generator=gen, backend=backend, dtype=dtype)
-        cut = []
-        for row in out.tolist():
-            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-            cut.append(row[:end])
-        return cut, None
+        keep = completion_mask_after_eos(out, eos).sum(1).tolist()  # each row up to and including its EOS
+        return [row[:k] for row, k in zip(out.tolist(), keep)], None
 
     parts: list[ToolRollout] = []
     for s in range(0, len(prompts), batch_size):
