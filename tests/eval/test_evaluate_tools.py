@@ -98,5 +98,12 @@ def test_chat_shows_the_calls_and_their_results(tmp_path, capsys, monkeypatch):
     assert '→ calculator({"expression": "6*/7"})' in out and "← Error" in out
     assert out.rstrip().endswith("42</answer>")
     assert len(seen) == 3 and "<|im_start|>tool\n42<|im_end|>" in seen[1]  # the result reached the model
+    seen.clear()
+    args = ["chat", "What is 6*7?", "--model", str(tmp_path / "m"), "--tool", "calculator", "--temperature", "0"]
+    assert main([*args, "--max-tool-calls", "1"]) == 0  # the second call is left unrun: the answer is that turn
+    out = capsys.readouterr().out
+    assert out.count("→ calculator") == 1 and len(seen) == 2
+    assert main([*args, "--max-tool-calls", "-1"]) == 1
+    assert "--max-tool-calls must be >= 0" in capsys.readouterr().err
     rc = main(["chat", "hi", "--model", str(tmp_path / "m"), "--tool", "nosuch"])
     assert rc != 0 and "unknown tool 'nosuch'" in capsys.readouterr().err
